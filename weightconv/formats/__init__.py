@@ -1,0 +1,111 @@
+"""The table of formats: how each is recognised, read and written.
+
+Each format module exposes ``sniff(head, path) -> bool``, ``read(path, **options)``
+and, where writing is supported, ``write(weights, path, **options)``. A new format
+is a new module and one entry in `FORMATS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError, UsageError
+from ..weights import WeightSet
+
+HEAD_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    title: str
+    suffixes: tuple[str, ...]
+    module: str
+    can_write: bool
+
+    def _module(self) -> Any:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{self.module}")
+
+    def sniff(self, head: bytes, path: Path) -> bool:
+        return bool(self._module().sniff(head, path))
+
+    def read(self, path: str | os.PathLike[str], **options: Any) -> WeightSet:
+        return self._module().read(path, **options)
+
+    def write(self, weights: WeightSet, path: str | os.PathLike[str], **options: Any) -> Any:
+        if not self.can_write:
+            raise UsageError(f"writing {self.title} is not supported")
+        return self._module().write(weights, path, **options)
+
+
+FORMATS: tuple[Format, ...] = (
+    Format("npy", "NumPy .npy weight dict", (".npy",), "npy", True),
+    Format("caffe-h5", "Caffe HDF5 snapshot", (".caffemodel.h5",), "caffe_h5", False),
+    Format("caffemodel", "Caffe .caffemodel (V0, V1, V2)", (".caffemodel", ".binaryproto"),
+           "caffe", False),
+)
+
+_BY_NAME: dict[str, Format] = {fmt.name: fmt for fmt in FORMATS}
+
+
+def get(name: str) -> Format:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise UsageError(f"unknown format {name!r}; known: {', '.join(_BY_NAME)}") from None
+
+
+def read_head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(HEAD_BYTES)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a weight file") from None
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot be read: {exc.strerror}") from None
+
+
+def detect(path: str | os.PathLike[str], name: str | None = None) -> Format:
+    """The format of `path`: `name` if given, else by content, else by suffix."""
+    if name:
+        return get(name)
+    target = Path(path)
+    head = read_head(target)
+    for fmt in FORMATS:
+        if fmt.sniff(head, target):
+            return fmt
+    lowered = target.name.lower()
+    for fmt in FORMATS:
+        if any(lowered.endswith(suffix) for suffix in fmt.suffixes):
+            return fmt
+    if lowered.endswith((".prototxt", ".pbtxt")):
+        raise FormatError(f"{target}: a prototxt holds a net definition, not weights; "
+                          f"pass it with --prototxt beside the .caffemodel")
+    if not head:
+        raise FormatError(f"{target}: file is empty")
+    raise FormatError(f"{target}: not a recognised weight file "
+                      f"(known: {', '.join(f.title for f in FORMATS)})")
+
+
+def for_output(path: str | os.PathLike[str], name: str | None = None) -> Format:
+    """The format to write `path` in: `name` if given, else by suffix."""
+    if name:
+        return get(name)
+    lowered = Path(path).name.lower()
+    for fmt in FORMATS:
+        if fmt.can_write and any(lowered.endswith(suffix) for suffix in fmt.suffixes):
+            return fmt
+    writable = ", ".join(f"{f.name} ({'/'.join(f.suffixes)})" for f in FORMATS if f.can_write)
+    raise UsageError(f"{path}: cannot tell the output format from the name; use --to "
+                     f"(writable: {writable})")
+
+
+Reader = Callable[..., WeightSet]

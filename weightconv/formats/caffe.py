@@ -1,0 +1,441 @@
+"""Caffe .caffemodel (V0, V1 and V2 nets), read at the wire level.
+
+Layer definitions (name, type, parameters) are small and go through the
+generated protobuf module; blob payloads are never parsed into protobuf
+objects: each packed ``data``/``double_data`` field becomes a read-only NumPy
+view of the memory-mapped file. So a model costs about one copy of itself in
+memory at most, parsing runs at disk speed, and files over 2 GiB (protobuf's
+ceiling) read like any other.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from .._proto import caffe_pb2
+from ..errors import FormatError, ShapeError, UsageError
+from ..weights import CAFFE, Kind, Layer, Provenance, WeightSet
+from . import caffe_net
+from .caffe_net import LayerDef, NetDef
+from .protowire import (
+    FIXED32,
+    LENGTH_DELIMITED,
+    VARINT,
+    WireError,
+    as_int64,
+    encode_length_delimited_header,
+    fixed_value,
+    iter_field_spans,
+    iter_fields,
+    packed_array,
+    packed_varints,
+    read_varint,
+)
+
+NET_LAYER_V2 = 100
+NET_LAYERS_V1 = 2
+V2_BLOBS = 7
+V1_BLOBS = 6
+V1_V0_LAYER = 1
+V0_BLOBS = 50
+
+#: Field number -> wire types allowed at the top level of a NetParameter.
+_NET_FIELDS = {1: {2}, 2: {2}, 3: {2}, 4: {0, 2}, 5: {0}, 6: {2}, 7: {0}, 8: {2}, 100: {2}}
+
+ROLES = {
+    Kind.CONV: ("weights", "biases"),
+    Kind.DECONV: ("weights", "biases"),
+    Kind.DENSE: ("weights", "biases"),
+    Kind.PRELU: ("alpha",),
+    Kind.BATCHNORM: ("mean", "variance", "scale_factor"),
+    Kind.SCALE: ("scale", "offset"),
+    Kind.BIAS: ("biases",),
+}
+
+
+def sniff(head: bytes, path: Path) -> bool:
+    """A binary NetParameter: every field in the first bytes is one a net may start with."""
+    pos, seen = 0, 0
+    end = len(head)
+    try:
+        while pos < end and seen < 64:
+            key, pos = read_varint(head, pos, end)
+            number, wire_type = key >> 3, key & 7
+            if wire_type not in _NET_FIELDS.get(number, ()):
+                return False
+            seen += 1
+            if wire_type == VARINT:
+                _, pos = read_varint(head, pos, end)
+                continue
+            length, pos = read_varint(head, pos, end)
+            payload = head[pos:min(pos + length, end)]
+            if number in (1, 3) and not _is_text(payload, complete=pos + length <= end):
+                return False
+            if number in (NET_LAYER_V2, NET_LAYERS_V1) and not _plausible_layer(payload):
+                return False
+            pos += length
+    except WireError:
+        return seen > 0
+    return seen > 0
+
+
+def _is_text(payload: bytes, complete: bool) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return not complete and exc.start >= len(payload) - 3
+    return all(byte >= 0x20 or byte in b"\t" for byte in payload)
+
+
+def _plausible_layer(payload: bytes) -> bool:
+    if not payload:
+        return True
+    try:
+        key, _ = read_varint(payload, 0, len(payload))
+    except WireError:
+        return False
+    number, wire_type = key >> 3, key & 7
+    return 1 <= number <= 1002 and wire_type in (VARINT, LENGTH_DELIMITED, FIXED32)
+
+
+@dataclass
+class RawLayer:
+    """A layer as the .caffemodel holds it: its definition and its blobs (Caffe layout)."""
+
+    definition: LayerDef
+    blobs: list[np.ndarray] = field(default_factory=list)
+
+
+def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | None = None,
+         input_shape: tuple[int, ...] | None = None, **_options: Any) -> WeightSet:
+    """Read a .caffemodel into a WeightSet whose layers are in Caffe layout.
+
+    `prototxt` (a deploy net definition) gives the blob shapes needed to reorder the
+    first fully-connected layer; `input_shape` (C, H, W) does the same for nets whose
+    data layer has no size.
+
+    Example::
+
+        ws = read("lenet.caffemodel", prototxt="lenet.prototxt")
+        ws["conv1"].tensors["weights"].shape   # (20, 1, 5, 5)
+    """
+    source = Path(path)
+    buffer = _map(source)
+    model_net, raw_layers = parse_caffemodel(buffer, source)
+    notes: list[str] = []
+    deploy_net = None
+    if prototxt is not None:
+        message, prototxt_notes = caffe_net.parse_prototxt(prototxt)
+        notes.extend(prototxt_notes)
+        deploy_net = caffe_net.net_def_from_message(message)
+    detail = {"encoding": model_net.encoding, "net_name": model_net.name,
+              "prototxt": str(prototxt) if prototxt is not None else None}
+    return assemble(source, "caffemodel", raw_layers, model_net, deploy_net, input_shape,
+                    notes, detail)
+
+
+def _map(source: Path) -> mmap.mmap:
+    try:
+        with open(source, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                raise FormatError(f"{source}: file is empty")
+            return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except FileNotFoundError:
+        raise UsageError(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{source}: is a directory") from None
+
+
+def parse_caffemodel(buffer: mmap.mmap | bytes,
+                     source: Path) -> tuple[NetDef, list[RawLayer]]:
+    """Walk a binary NetParameter: the net's header and each layer with its blobs."""
+    header = bytearray()
+    v2_spans: list[tuple[int, int]] = []
+    v1_spans: list[tuple[int, int]] = []
+    try:
+        for number, _wire, field_start, start, end in iter_field_spans(buffer):
+            if number == NET_LAYER_V2:
+                v2_spans.append((start, end))
+            elif number == NET_LAYERS_V1:
+                v1_spans.append((start, end))
+            else:
+                header += buffer[field_start:end]
+    except WireError as exc:
+        raise FormatError(f"{source}: not a readable .caffemodel ({exc})") from None
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(bytes(header))
+    except DecodeError:
+        raise FormatError(f"{source}: not a .caffemodel (its header does not decode as a "
+                          f"Caffe NetParameter)") from None
+    if v2_spans and v1_spans:
+        raise FormatError(f"{source}: mixes V2 `layer` and V1 `layers` entries, "
+                          f"which Caffe refuses")
+    if not v2_spans and not v1_spans:
+        raise FormatError(f"{source}: holds no layers; not a .caffemodel?")
+    layers = []
+    for index, (start, end) in enumerate(v2_spans or v1_spans):
+        try:
+            if v2_spans:
+                layers.append(_read_v2_layer(buffer, start, end))
+            else:
+                layers.append(_read_v1_layer(buffer, start, end))
+        except (WireError, DecodeError) as exc:
+            raise FormatError(f"{source}: layer #{index + 1} is corrupt ({exc})") from None
+        except FormatError as exc:
+            raise FormatError(f"{source}: {exc}") from None
+    encoding = "V2" if v2_spans else (
+        "V0" if any(raw.definition.params.get("_v0") for raw in layers) else "V1")
+    for raw in layers:
+        raw.definition.params.pop("_v0", None)
+    net_def = NetDef(name=net.name, encoding=encoding,
+                     layers=[raw.definition for raw in layers],
+                     inputs=caffe_net._net_inputs(net))
+    return net_def, layers
+
+
+def _split_fields(buffer: mmap.mmap | bytes, start: int, end: int,
+                  blob_field: int) -> tuple[bytes, list[tuple[int, int]]]:
+    rest = bytearray()
+    blobs = []
+    for number, wire_type, field_start, value_start, value_end in iter_field_spans(
+            buffer, start, end):
+        if number == blob_field and wire_type == LENGTH_DELIMITED:
+            blobs.append((value_start, value_end))
+        else:
+            rest += buffer[field_start:value_end]
+    return bytes(rest), blobs
+
+
+def _read_v2_layer(buffer: mmap.mmap | bytes, start: int, end: int) -> RawLayer:
+    rest, blob_spans = _split_fields(buffer, start, end, V2_BLOBS)
+    message = caffe_pb2.LayerParameter.FromString(rest)
+    definition = caffe_net.layer_def_from_v2(message)
+    return RawLayer(definition, [_read_blob(buffer, s, e, definition.name, i)
+                                 for i, (s, e) in enumerate(blob_spans)])
+
+
+def _read_v1_layer(buffer: mmap.mmap | bytes, start: int, end: int) -> RawLayer:
+    rest = bytearray()
+    blob_spans: list[tuple[int, int]] = []
+    is_v0 = False
+    for number, wire_type, field_start, value_start, value_end in iter_field_spans(
+            buffer, start, end):
+        if number == V1_BLOBS and wire_type == LENGTH_DELIMITED:
+            blob_spans.append((value_start, value_end))
+        elif number == V1_V0_LAYER and wire_type == LENGTH_DELIMITED:
+            is_v0 = True
+            inner, inner_blobs = _split_fields(buffer, value_start, value_end, V0_BLOBS)
+            blob_spans.extend(inner_blobs)
+            rest += encode_length_delimited_header(V1_V0_LAYER, len(inner)) + inner
+        else:
+            rest += buffer[field_start:value_end]
+    message = caffe_pb2.V1LayerParameter.FromString(bytes(rest))
+    if is_v0:
+        definition = caffe_net.layer_def_from_v0(message)
+        definition.params["_v0"] = True
+    else:
+        definition = caffe_net.layer_def_from_v1(message)
+    return RawLayer(definition, [_read_blob(buffer, s, e, definition.name, i)
+                                 for i, (s, e) in enumerate(blob_spans)])
+
+
+def _read_blob(buffer: mmap.mmap | bytes, start: int, end: int, layer: str,
+               index: int) -> np.ndarray:
+    legacy: dict[int, int] = {}
+    dims: list[int] | None = None
+    chunks: dict[str, list[np.ndarray]] = {"f4": [], "f8": []}
+    loose: dict[str, list[float]] = {"f4": [], "f8": []}
+    for number, wire_type, value, value_end in iter_fields(buffer, start, end):
+        if number in (1, 2, 3, 4) and wire_type == VARINT:
+            legacy[number] = as_int64(value)
+        elif number == 7 and wire_type == LENGTH_DELIMITED:
+            dims = []
+            for dim_number, dim_wire, dim_value, dim_end in iter_fields(buffer, value,
+                                                                        value_end):
+                if dim_number != 1:
+                    continue
+                if dim_wire == LENGTH_DELIMITED:
+                    dims.extend(as_int64(v) for v in packed_varints(buffer, dim_value, dim_end))
+                elif dim_wire == VARINT:
+                    dims.append(as_int64(dim_value))
+        elif number in (5, 8):
+            kind = "f4" if number == 5 else "f8"
+            if wire_type == LENGTH_DELIMITED:
+                chunks[kind].append(packed_array(buffer, value, value_end, kind))
+            elif wire_type == (FIXED32 if kind == "f4" else 1):
+                loose[kind].append(fixed_value(buffer, value, "f" if kind == "f4" else "d"))
+    kind = "f8" if chunks["f8"] or loose["f8"] else "f4"
+    parts = chunks[kind] + ([np.asarray(loose[kind], dtype="<" + kind)] if loose[kind] else [])
+    if not parts:
+        data = np.zeros(0, dtype="<" + kind)
+    elif len(parts) == 1:
+        data = parts[0]
+    else:
+        data = np.concatenate(parts)
+    if legacy:
+        shape = tuple(legacy.get(n, 0) for n in (1, 2, 3, 4))
+    elif dims is not None:
+        shape = tuple(dims)
+    else:
+        shape = (data.size,)
+    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.int64)) != data.size:
+        raise FormatError(f"layer {layer!r} blob {index}: shape "
+                          f"{'x'.join(map(str, shape)) or '()'} needs "
+                          f"{int(np.prod(shape, dtype=np.int64))} values but it holds "
+                          f"{data.size}")
+    return data.reshape(shape)
+
+
+# --- from raw layers to a WeightSet --------------------------------------------------------
+
+
+def assemble(source: Path, format_name: str, raw_layers: list[RawLayer],
+             model_net: NetDef | None, deploy_net: NetDef | None,
+             input_shape: tuple[int, ...] | None, notes: list[str],
+             detail: dict[str, Any]) -> WeightSet:
+    """Pair blobs with layer definitions (the prototxt's when given) into a WeightSet."""
+    blobs_by_name: dict[str, list[np.ndarray]] = {}
+    model_defs: dict[str, LayerDef] = {}
+    for raw in raw_layers:
+        if raw.blobs and raw.definition.name not in blobs_by_name:
+            blobs_by_name[raw.definition.name] = raw.blobs
+        model_defs.setdefault(raw.definition.name, raw.definition)
+    net = deploy_net or model_net
+    if net is None:
+        raise FormatError(f"{source}: no layer definitions")
+    if deploy_net is not None and blobs_by_name:
+        described = {layer.name for layer in deploy_net.layers}
+        if not described & set(blobs_by_name):
+            sample = ", ".join(list(blobs_by_name)[:4])
+            raise FormatError(f"{source}: the prototxt describes none of its weighted layers "
+                              f"({sample}, ...): caffemodel and prototxt do not match")
+    shapes = caffe_net.infer_blob_shapes(net, input_shape)
+    ws = WeightSet(source=Provenance(str(source), format_name, detail))
+    for message in notes:
+        ws.note(message)
+    placed: set[str] = set()
+    for definition in net.layers:
+        if definition.name in placed:
+            continue
+        placed.add(definition.name)
+        blobs = blobs_by_name.get(definition.name, [])
+        if not blobs and definition.kind in (Kind.CONV, Kind.DENSE, Kind.DECONV):
+            if deploy_net is not None and model_net is not None:
+                ws.note(f"layer {definition.name!r} ({definition.type}) is in the prototxt "
+                        f"but the caffemodel holds no weights for it")
+        ws.layers.append(_make_layer(definition, blobs, net, shapes, ws, source))
+    if deploy_net is not None:
+        for name, blobs in blobs_by_name.items():
+            if name not in placed:
+                definition = model_defs.get(name, LayerDef(name=name, type="Unknown"))
+                ws.note(f"layer {name!r} holds weights but is not in the prototxt; "
+                        f"kept with its caffemodel definition")
+                ws.layers.append(_make_layer(definition, blobs, model_net or net, {}, ws, source))
+    ws.channel_order = _channel_order(ws)
+    return ws
+
+
+def _make_layer(definition: LayerDef, blobs: list[np.ndarray], net: NetDef,
+                shapes: dict[str, tuple[int, ...]], ws: WeightSet, source: Path) -> Layer:
+    kind = definition.kind
+    roles = ROLES.get(kind, ())
+    if len(blobs) > len(roles):
+        extra = [f"blob{i}" for i in range(len(roles), len(blobs))]
+        roles = (*roles, *extra)
+        if kind == Kind.OTHER or len(ROLES.get(kind, ())) < len(blobs):
+            ws.note(f"layer {definition.name!r} ({definition.type}): "
+                    f"{len(extra)} blob(s) with no known role kept as {', '.join(extra)}")
+    tensors = {role: _normalise_blob(kind, role, blob) for role, blob in zip(roles, blobs,
+                                                                              strict=False)}
+    layer = Layer(name=definition.name, kind=kind, tensors=tensors,
+                  params=dict(definition.params), source_type=definition.type, layout=CAFFE,
+                  bottoms=tuple(definition.bottoms), tops=tuple(definition.tops))
+    bottom_shape = shapes.get(definition.bottoms[0]) if definition.bottoms else None
+    if kind == Kind.DENSE:
+        if bottom_shape is not None:
+            layer.input_shape = tuple(bottom_shape[1:])
+        elif definition.bottoms:
+            layer.params["follows_spatial"] = caffe_net.feeds_from_spatial(
+                net, definition.bottoms[0])
+    elif kind in (Kind.CONV, Kind.DECONV) and bottom_shape is not None:
+        layer.input_shape = tuple(bottom_shape[1:])
+    _check_against_definition(layer, source)
+    return layer
+
+
+def _normalise_blob(kind: str, role: str, blob: np.ndarray) -> np.ndarray:
+    """Drop the leading 1s of legacy 4-D blobs: V1 files store (1, 1, out, in) dense weights
+    and (1, 1, 1, n) bias vectors."""
+    if kind == Kind.DENSE and role == "weights" and blob.ndim > 2:
+        if all(d == 1 for d in blob.shape[:-2]):
+            return blob.reshape(blob.shape[-2:])
+    if role in ("biases", "alpha", "mean", "variance", "scale_factor", "scale", "offset") \
+            and blob.ndim > 1 and sum(d != 1 for d in blob.shape) <= 1:
+        return blob.reshape(-1)
+    return blob
+
+
+def _check_against_definition(layer: Layer, source: Path) -> None:
+    weights = layer.tensors.get("weights")
+    if weights is None:
+        return
+    p = layer.params
+    where = f"{source}: layer {layer.name!r}"
+    if layer.kind == Kind.CONV:
+        if weights.ndim != 4:
+            raise ShapeError(f"{where}: convolution weights must be 4-D, the blob is "
+                             f"{_shape(weights.shape)}")
+        out, per_group, kh, kw = weights.shape
+        expected_out = p.get("num_output") or out
+        group = p.get("group") or 1
+        kernel = tuple(p.get("kernel") or (kh, kw))
+        in_channels = layer.input_shape[0] if layer.input_shape else per_group * group
+        expected = (expected_out, in_channels // group, *kernel)
+        if weights.shape != expected or in_channels % group:
+            raise ShapeError(f"{where}: caffemodel/prototxt mismatch: the net definition "
+                             f"implies weights {_shape(expected)} (num_output {expected_out}, "
+                             f"{in_channels} input channels, group {group}, kernel "
+                             f"{kernel[0]}x{kernel[1]}), the caffemodel blob is "
+                             f"{_shape(weights.shape)}")
+    elif layer.kind == Kind.DENSE:
+        if weights.ndim != 2:
+            raise ShapeError(f"{where}: inner-product weights must be 2-D, the blob is "
+                             f"{_shape(weights.shape)}")
+        outputs, inputs = weights.shape[::-1] if p.get("transpose") else weights.shape
+        expected_out = p.get("num_output") or outputs
+        expected_in = int(np.prod(layer.input_shape)) if layer.input_shape else inputs
+        if (outputs, inputs) != (expected_out, expected_in):
+            raise ShapeError(f"{where}: caffemodel/prototxt mismatch: the net definition "
+                             f"implies {expected_out} outputs x {expected_in} inputs"
+                             f"{' (' + _shape(layer.input_shape) + ')' if layer.input_shape else ''}"
+                             f", the caffemodel blob is {_shape(weights.shape)}")
+    biases = layer.tensors.get("biases")
+    if biases is not None and layer.kind in (Kind.CONV, Kind.DENSE):
+        outputs = weights.shape[0] if layer.kind == Kind.CONV or not p.get("transpose") \
+            else weights.shape[1]
+        if biases.shape != (outputs,):
+            raise ShapeError(f"{where}: biases are {_shape(biases.shape)} but the layer has "
+                             f"{outputs} outputs")
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "x".join(str(d) for d in shape) if shape else "()"
+
+
+def _channel_order(ws: WeightSet) -> str | None:
+    for layer in ws.layers:
+        if layer.kind == Kind.CONV and "weights" in layer.tensors:
+            if layer.tensors["weights"].shape[1] == 3 and (layer.params.get("group") or 1) == 1:
+                ws.note("channel order of the first layer taken as BGR (Caffe's convention "
+                        "for 3-channel image models)")
+                return "bgr"
+            return None
+    return None

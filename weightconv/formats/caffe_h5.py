@@ -1,0 +1,88 @@
+"""Caffe's HDF5 snapshots (`.caffemodel.h5`): groups `data/<layer>/<blob index>`.
+
+The file holds only blobs; layer types, order and shapes come from the prototxt.
+Without one, layers are listed in the file's (alphabetical) order and their kinds
+follow from the blob ranks, which is enough to inspect but not to reorder a
+fully-connected layer that follows a convolution.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError, UsageError
+from . import caffe_net
+from .caffe import RawLayer, assemble
+from .caffe_net import LayerDef, NetDef
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def sniff(head: bytes, path: Path) -> bool:
+    if not head.startswith(HDF5_MAGIC):
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            return is_caffe_snapshot(handle)
+    except OSError:
+        return False
+
+
+def is_caffe_snapshot(handle: Any) -> bool:
+    """Caffe's layout: a `data` group of layer groups whose members are named 0, 1, ..."""
+    import h5py
+
+    group = handle.get("data")
+    if not isinstance(group, h5py.Group) or "layer_names" in handle.attrs:
+        return False
+    for layer in group.values():
+        if not isinstance(layer, h5py.Group) or not all(key.isdigit() for key in layer):
+            return False
+    return True
+
+
+def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | None = None,
+         input_shape: tuple[int, ...] | None = None, **_options: Any) -> Any:
+    """Read a Caffe HDF5 snapshot into a WeightSet in Caffe layout, like a .caffemodel."""
+    import h5py
+
+    source = Path(path)
+    if not source.exists():
+        raise UsageError(f"{source}: no such file")
+    try:
+        handle = h5py.File(source, "r")
+    except OSError as exc:
+        raise FormatError(f"{source}: not a readable HDF5 file ({exc})") from None
+    with handle:
+        if not is_caffe_snapshot(handle):
+            raise FormatError(f"{source}: not a Caffe HDF5 snapshot (no data/<layer>/<n> "
+                              f"groups)")
+        raw_layers = []
+        for name, group in handle["data"].items():
+            blobs = [np.asarray(group[key][()]) for key in sorted(group, key=int)]
+            rank = blobs[0].ndim if blobs else 0
+            layer_type = {4: "Convolution", 2: "InnerProduct"}.get(rank, "Unknown")
+            raw_layers.append(RawLayer(LayerDef(name=name, type=layer_type), blobs))
+    notes: list[str] = []
+    deploy_net = None
+    if prototxt is not None:
+        message, prototxt_notes = caffe_net.parse_prototxt(prototxt)
+        notes.extend(prototxt_notes)
+        deploy_net = caffe_net.net_def_from_message(message)
+    else:
+        notes.append(f"{source.name}: no prototxt; layers in the file's order with kinds "
+                     f"taken from blob ranks (4-D convolution, 2-D inner product)")
+        if any(raw.definition.type == "Convolution" for raw in raw_layers):
+            for raw in raw_layers:
+                if raw.definition.type == "InnerProduct":
+                    raw.definition.params["follows_spatial"] = True
+    model_net = NetDef(name="", encoding="HDF5", layers=[raw.definition for raw in raw_layers])
+    detail = {"encoding": "HDF5", "prototxt": str(prototxt) if prototxt is not None else None}
+    return assemble(source, "caffe-h5", raw_layers, model_net, deploy_net, input_shape, notes,
+                    detail)

@@ -1,0 +1,153 @@
+"""The canonical in-memory model every reader fills and every writer lays out.
+
+A `WeightSet` is an ordered list of `Layer`s. Each layer has a name, a kind, its
+tensors keyed by role (`weights`, `biases`, `alpha`, ...) and the facts a
+converter needs (group, stride, padding, LRN parameters, the shape of its input).
+
+Tensors are NumPy arrays, often read-only views of the input file. A layer's
+`layout` says how they are laid out:
+
+- ``"canonical"``: TensorFlow/Keras layout. Conv kernels HWIO with I the input
+  channels of one group; dense kernels (in, out) with a spatial input flattened
+  in H, W, C order.
+- ``"caffe"``: as Caffe stores them. Conv kernels OIHW; InnerProduct weights
+  (out, in) (or (in, out) with ``transpose``) with the input flattened C, H, W.
+
+`weightconv.layout.to_canonical` turns one layer into the canonical layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import MappingError
+
+CANONICAL = "canonical"
+CAFFE = "caffe"
+
+
+class Kind:
+    """Layer kinds the converter knows; anything else is OTHER and keeps its blobs."""
+
+    CONV = "conv"
+    DECONV = "deconv"
+    DENSE = "dense"
+    LRN = "lrn"
+    POOL = "pool"
+    PRELU = "prelu"
+    BATCHNORM = "batchnorm"
+    SCALE = "scale"
+    BIAS = "bias"
+    INPUT = "input"
+    RELU = "relu"
+    SOFTMAX = "softmax"
+    DROPOUT = "dropout"
+    OTHER = "other"
+
+
+@dataclass
+class Layer:
+    """One layer: named tensors plus the facts needed to place them elsewhere."""
+
+    name: str
+    kind: str = Kind.OTHER
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    source_type: str = ""
+    layout: str = CANONICAL
+    #: Shape (C, H, W) of the blob feeding this layer, when it is known.
+    input_shape: tuple[int, ...] | None = None
+    bottoms: tuple[str, ...] = ()
+    tops: tuple[str, ...] = ()
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(int(t.size) for t in self.tensors.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(t.nbytes) for t in self.tensors.values())
+
+
+@dataclass
+class Provenance:
+    """Where a WeightSet came from."""
+
+    path: str
+    format: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WeightSet:
+    """Ordered layers with named tensors; the one model all formats meet in.
+
+    Example::
+
+        ws = weightconv.load("lenet.caffemodel", prototxt="lenet.prototxt")
+        w = ws["conv1"].tensors["weights"]   # Caffe layout as stored
+        for layer in ws.canonical():         # HWIO / (in, out), one layer at a time
+            ...
+    """
+
+    layers: list[Layer] = field(default_factory=list)
+    source: Provenance | None = None
+    #: Channel order the first layer expects: "bgr", "rgb" or None when unknown.
+    channel_order: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise MappingError(f"no layer named {name!r} (layers: {', '.join(self.names()[:20])})")
+
+    def __contains__(self, name: object) -> bool:
+        return any(layer.name == name for layer in self.layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def weighted_layers(self) -> list[Layer]:
+        """The layers that hold at least one tensor, in order."""
+        return [layer for layer in self.layers if layer.tensors]
+
+    def tensors(self) -> Iterator[tuple[Layer, str, np.ndarray]]:
+        """Every (layer, role, array) in order, in the layout the layers are in."""
+        for layer in self.layers:
+            for role, array in layer.tensors.items():
+                yield layer, role, array
+
+    def canonical(self) -> Iterator[Layer]:
+        """Each weighted layer in the canonical layout, converted one at a time.
+
+        Only one converted layer is alive at a time when the caller does not keep
+        them, so writing a large model costs about one layer of extra memory.
+        """
+        from .layout import to_canonical
+
+        for layer in self.layers:
+            if layer.tensors:
+                yield to_canonical(layer)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(layer.parameter_count for layer in self.layers)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
+    def note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
