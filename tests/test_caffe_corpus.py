@@ -58,12 +58,12 @@ def squeeze_legacy(blob: np.ndarray, ndim: int) -> np.ndarray:
 @pytest.mark.parametrize(("model", "prototxt", "fc_inputs"), [
     ("caffe/lenet/lenet_iter_10000.caffemodel", "caffe/lenet/lenet.prototxt",
      {"ip1": (50, 4, 4), "ip2": (500,)}),
-    ("caffe/cifar10_v1/cifar10_quick_iter_5000.caffemodel", "caffe/cifar10_v1/cifar10_quick.prototxt",
-     {"ip1": (64, 4, 4), "ip2": (64,)}),
-    ("caffe/cifar10_v1/cifar10_full_iter_60000.caffemodel", "caffe/cifar10_v1/cifar10_full.prototxt",
-     {"ip1": (64, 4, 4)}),
-    ("caffe/cifar10_v2/cifar10_quick_iter_4000.caffemodel", "caffe/cifar10_v2/cifar10_quick.prototxt",
-     {"ip1": (64, 4, 4), "ip2": (64,)}),
+    ("caffe/cifar10_v1/cifar10_quick_iter_5000.caffemodel",
+     "caffe/cifar10_v1/cifar10_quick.prototxt", {"ip1": (64, 4, 4), "ip2": (64,)}),
+    ("caffe/cifar10_v1/cifar10_full_iter_60000.caffemodel",
+     "caffe/cifar10_v1/cifar10_full.prototxt", {"ip1": (64, 4, 4)}),
+    ("caffe/cifar10_v2/cifar10_quick_iter_4000.caffemodel",
+     "caffe/cifar10_v2/cifar10_quick.prototxt", {"ip1": (64, 4, 4), "ip2": (64,)}),
 ])
 def test_every_tensor_equals_the_protobuf_blob_transposed(model, prototxt, fc_inputs):
     model_path, prototxt_path = corpus_file(model), corpus_file(prototxt)
@@ -161,7 +161,7 @@ def test_v1_caffemodel_without_prototxt_asks_for_the_fc_input_size():
     model = corpus_file("caffe/cifar10_v1/cifar10_quick_iter_5000.caffemodel")
     ws = weightconv.load(model)
     assert ws.source.detail["encoding"] == "V1"
-    with pytest.raises(weightconv.ShapeError, match="ip1.*--input-shape"):
+    with pytest.raises(weightconv.ShapeError, match=r"ip1.*--input-shape"):
         list(ws.canonical())
     ws = weightconv.load(model, input_shape=(3, 32, 32))
     canonical = {layer.name: layer for layer in ws.canonical()}

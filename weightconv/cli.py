@@ -310,7 +310,8 @@ def _show_tensor(args: argparse.Namespace, weights: WeightSet, layers: list[Any]
         for role, array in layer.tensors.items():
             name = f"{layer.name}/{role}"
             candidates.append(name)
-            if args.tensor in (name, layer.name) and (args.tensor == name or len(layer.tensors) == 1):
+            only_tensor_of_layer = args.tensor == layer.name and len(layer.tensors) == 1
+            if args.tensor == name or only_tensor_of_layer:
                 found = (name, array)
     if found is None:
         roles = [c for c in candidates if c.startswith(args.tensor + "/")]

@@ -327,10 +327,10 @@ def assemble(source: Path, format_name: str, raw_layers: list[RawLayer],
             continue
         placed.add(definition.name)
         blobs = blobs_by_name.get(definition.name, [])
-        if not blobs and definition.kind in (Kind.CONV, Kind.DENSE, Kind.DECONV):
-            if deploy_net is not None and model_net is not None:
-                ws.note(f"layer {definition.name!r} ({definition.type}) is in the prototxt "
-                        f"but the caffemodel holds no weights for it")
+        expects_weights = definition.kind in (Kind.CONV, Kind.DENSE, Kind.DECONV)
+        if not blobs and expects_weights and deploy_net is not None and model_net is not None:
+            ws.note(f"layer {definition.name!r} ({definition.type}) is in the prototxt "
+                    f"but the caffemodel holds no weights for it")
         ws.layers.append(_make_layer(definition, blobs, net, shapes, ws, source))
     if deploy_net is not None:
         for name, blobs in blobs_by_name.items():
@@ -374,9 +374,9 @@ def _make_layer(definition: LayerDef, blobs: list[np.ndarray], net: NetDef,
 def _normalise_blob(kind: str, role: str, blob: np.ndarray) -> np.ndarray:
     """Drop the leading 1s of legacy 4-D blobs: V1 files store (1, 1, out, in) dense weights
     and (1, 1, 1, n) bias vectors."""
-    if kind == Kind.DENSE and role == "weights" and blob.ndim > 2:
-        if all(d == 1 for d in blob.shape[:-2]):
-            return blob.reshape(blob.shape[-2:])
+    if kind == Kind.DENSE and role == "weights" and blob.ndim > 2 \
+            and all(d == 1 for d in blob.shape[:-2]):
+        return blob.reshape(blob.shape[-2:])
     if role in ("biases", "alpha", "mean", "variance", "scale_factor", "scale", "offset") \
             and blob.ndim > 1 and sum(d != 1 for d in blob.shape) <= 1:
         return blob.reshape(-1)
@@ -413,10 +413,10 @@ def _check_against_definition(layer: Layer, source: Path) -> None:
         expected_out = p.get("num_output") or outputs
         expected_in = int(np.prod(layer.input_shape)) if layer.input_shape else inputs
         if (outputs, inputs) != (expected_out, expected_in):
+            blob_note = f" ({_shape(layer.input_shape)})" if layer.input_shape else ""
             raise ShapeError(f"{where}: caffemodel/prototxt mismatch: the net definition "
-                             f"implies {expected_out} outputs x {expected_in} inputs"
-                             f"{' (' + _shape(layer.input_shape) + ')' if layer.input_shape else ''}"
-                             f", the caffemodel blob is {_shape(weights.shape)}")
+                             f"implies {expected_out} outputs x {expected_in} inputs{blob_note}, "
+                             f"the caffemodel blob is {_shape(weights.shape)}")
     biases = layer.tensors.get("biases")
     if biases is not None and layer.kind in (Kind.CONV, Kind.DENSE):
         outputs = weights.shape[0] if layer.kind == Kind.CONV or not p.get("transpose") \

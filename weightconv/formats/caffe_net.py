@@ -373,8 +373,11 @@ def infer_blob_shapes(net: NetDef,
     return shapes
 
 
-def _layer_output_shapes(layer: LayerDef, shapes: dict[str, tuple[int, ...]],
-                         input_shape: tuple[int, ...] | None) -> list[tuple[int, ...] | None] | None:
+Shape = tuple[int, ...]
+
+
+def _layer_output_shapes(layer: LayerDef, shapes: dict[str, Shape],
+                         input_shape: Shape | None) -> list[Shape | None] | None:
     kind_type = layer.type
     p = layer.params
     if kind_type in ("Input", "DummyData", "MemoryData"):

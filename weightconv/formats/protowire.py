@@ -51,7 +51,8 @@ def iter_fields(buf: memoryview | bytes, start: int = 0,
     is the position after it. For length-delimited and fixed fields, [start, end)
     is the payload. Groups are skipped whole.
     """
-    for number, wire_type, field_start, value_start, value_end in iter_field_spans(buf, start, end):
+    for number, wire_type, _field_start, value_start, value_end in iter_field_spans(
+            buf, start, end):
         if wire_type == VARINT:
             value, _ = read_varint(buf, value_start, value_end)
             yield number, wire_type, value, value_end

@@ -1,0 +1,41 @@
+"""The committed caffe_pb2 module must be what protoc makes of proto/caffe.proto today."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import descriptor_pb2
+
+from weightconv._proto import caffe_pb2
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_generated_module_matches_the_proto_file(tmp_path):
+    protoc = pytest.importorskip("grpc_tools.protoc", reason="grpcio-tools (test extra) absent")
+    out = tmp_path / "caffe.desc"
+    rc = protoc.main(["protoc", f"-I{REPO / 'proto'}", f"--descriptor_set_out={out}",
+                      str(REPO / "proto" / "caffe.proto")])
+    assert rc == 0
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
+    committed = descriptor_pb2.FileDescriptorProto.FromString(caffe_pb2.DESCRIPTOR.serialized_pb)
+    for descriptor in (fresh, committed):
+        _normalise(descriptor.message_type)
+    assert committed == fresh, (
+        "weightconv/_proto/caffe_pb2.py is stale: run scripts/regen_protos.py "
+        "(see its docstring for the pinned grpcio-tools)")
+
+
+def _normalise(messages) -> None:
+    """Leave out what differs between protoc releases but not in meaning: json_name (filled
+    in by --descriptor_set_out) and the spelling of float defaults (0.999 vs 0.999000013)."""
+    for message in messages:
+        for field in message.field:
+            field.ClearField("json_name")
+            if field.type == field.TYPE_FLOAT and field.HasField("default_value"):
+                field.default_value = repr(float(np.float32(float(field.default_value))))
+            elif field.type == field.TYPE_DOUBLE and field.HasField("default_value"):
+                field.default_value = repr(float(field.default_value))
+        _normalise(message.nested_type)
