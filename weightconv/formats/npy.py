@@ -1,0 +1,325 @@
+"""NumPy ``.npy`` weight dicts: ``np.save`` of ``{layer: [W, b]}`` or ``{layer: {role: W}}``.
+
+The file is a ``.npy`` header declaring a 0-d object array, then a pickle of that
+array holding the dict. Reading goes through `safe_pickle` unless the caller trusts
+the file. Writing emits the pickle stream by hand, so each tensor goes to disk in
+chunks of at most `CHUNK_BYTES` straight from the (possibly memory-mapped, possibly
+transposed) array, never as one ``tobytes()`` copy.
+
+Example::
+
+    ws = npy.read("det1.npy")
+    npy.write(ws, "out.npy", flavour="list")
+    d = np.load("out.npy", allow_pickle=True, encoding="latin1").item()
+    W, b = d["conv1"]
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import pickletools
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from numpy.lib import format as npformat
+
+from ..errors import FormatError, MappingError, UsageError, WeightconvError
+from ..output import atomic_output
+from ..progress import Progress
+from ..weights import CANONICAL, Kind, Layer, Provenance, WeightSet
+from . import safe_pickle
+
+MAGIC = b"\x93NUMPY"
+FLAVOURS = ("list", "dict")
+#: Largest piece of a tensor converted and written at once.
+CHUNK_BYTES = 16 << 20
+#: Tensors larger than this need BINBYTES8 (pickle protocol 4).
+BINBYTES_LIMIT = (1 << 32) - 1
+
+_POSITIONAL_ROLES = ("weights", "biases")
+_NUMERIC_KINDS = "biufc"
+_UNPICKLING_ERRORS = (EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError,
+                      IndexError, AttributeError, ImportError, OverflowError, MemoryError,
+                      RecursionError)
+
+
+def sniff(head: bytes, path: Path) -> bool:
+    """True when `head` starts with the NumPy magic string."""
+    return head.startswith(MAGIC)
+
+
+# Reading ---------------------------------------------------------------------------------
+
+def read(path: str | os.PathLike[str], *, trust_pickle: bool = False,
+         **_ignored: Any) -> WeightSet:
+    """Read a pickled weight dict saved with ``np.save``; layers keep the dict's order.
+
+    Without `trust_pickle` the pickle may name only NumPy array globals; anything
+    else raises UnsafeInputError before it runs.
+    """
+    name = str(path)
+    try:
+        with open(path, "rb") as handle:
+            _read_header(handle, name)
+            first = handle.peek(2)[:2]
+            protocol = first[1] if first[:1] == pickle.PROTO and len(first) == 2 else None
+            wrapper = _unpickle(handle, name, trust_pickle)
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{name}: is a directory, not a weight file") from None
+    except OSError as exc:
+        raise FormatError(f"{name}: cannot be read: {exc.strerror}") from None
+    content = _weight_dict(wrapper, name)
+    layers, flavour = _layers(content, name)
+    return WeightSet(layers=layers, source=Provenance(
+        path=name, format="npy", detail={"flavour": flavour, "pickle_protocol": protocol}))
+
+
+def _read_header(handle: IO[bytes], name: str) -> None:
+    try:
+        version = npformat.read_magic(handle)
+    except ValueError:
+        raise FormatError(f"{name}: not a .npy file (it does not start with the NumPy "
+                          f"magic string)") from None
+    try:
+        if version == (1, 0):
+            shape, _, dtype = npformat.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = npformat.read_array_header_2_0(handle)
+        else:
+            raise FormatError(f"{name}: .npy format version {version[0]}.{version[1]} is "
+                              f"not supported for weight dicts (1.0 and 2.0 are)")
+    except ValueError as exc:
+        raise FormatError(f"{name}: corrupt or truncated .npy header: {_one_line(exc)}") from None
+    if dtype != np.dtype(object) or shape != ():
+        raise FormatError(f"{name}: holds one {dtype.name} array of shape {shape}, "
+                          f"not a weight dict")
+
+
+def _unpickle(handle: IO[bytes], name: str, trust_pickle: bool) -> Any:
+    try:
+        if trust_pickle:
+            return pickle.Unpickler(handle, encoding="latin1").load()
+        return safe_pickle.load(handle, name=name)
+    except WeightconvError:
+        raise
+    except _UNPICKLING_ERRORS as exc:
+        raise FormatError(f"{name}: truncated or corrupt pickle after the .npy header: "
+                          f"{_one_line(exc)}") from None
+
+
+def _weight_dict(wrapper: Any, name: str) -> dict[Any, Any]:
+    if not (isinstance(wrapper, np.ndarray) and wrapper.dtype == object and wrapper.shape == ()):
+        raise FormatError(f"{name}: the pickle holds {_describe(wrapper)}, not the 0-d "
+                          f"object array the .npy header declares")
+    content = wrapper[()]
+    if not isinstance(content, dict):
+        raise FormatError(f"{name}: holds a pickled {type(content).__name__}, not a weight "
+                          f"dict")
+    return content
+
+
+def _layers(content: dict[Any, Any], name: str) -> tuple[list[Layer], str]:
+    tensors_by_layer: dict[str, dict[str, np.ndarray]] = {}
+    flavours: set[str] = set()
+    for raw_key, value in content.items():
+        key = _text(raw_key, name, "a key of the weight dict")
+        if isinstance(value, np.ndarray | np.generic):
+            flavours.add("flat")
+            layer_name, slash, role = key.rpartition("/")
+            if not (slash and layer_name and role):
+                layer_name, role = key, "value"
+            _add(tensors_by_layer, layer_name, role, value, name)
+        elif isinstance(value, list | tuple):
+            flavours.add("list")
+            tensors_by_layer.setdefault(key, {})
+            for index, item in enumerate(value):
+                _add(tensors_by_layer, key, _positional_role(index), item, name)
+        elif isinstance(value, dict):
+            flavours.add("dict")
+            tensors_by_layer.setdefault(key, {})
+            for raw_role, item in value.items():
+                role = _text(raw_role, name, f"a role name in entry {key!r}")
+                _add(tensors_by_layer, key, role, item, name)
+        else:
+            raise FormatError(f"{name}: entry {key!r} holds {_describe(value)}; a weight dict "
+                              f"maps layer names to arrays, lists of arrays or dicts of arrays")
+    flavour = flavours.pop() if len(flavours) == 1 else "mixed" if flavours else "empty"
+    layers = [Layer(name=layer_name, kind=_guess_kind(tensors), tensors=tensors,
+                    source_type="npy", layout=CANONICAL)
+              for layer_name, tensors in tensors_by_layer.items()]
+    return layers, flavour
+
+
+def _positional_role(index: int) -> str:
+    return _POSITIONAL_ROLES[index] if index < len(_POSITIONAL_ROLES) else f"blob{index}"
+
+
+def _add(tensors_by_layer: dict[str, dict[str, np.ndarray]], layer: str, role: str,
+         value: Any, name: str) -> None:
+    where = f"{layer}/{role}"
+    if not isinstance(value, np.ndarray | np.generic):
+        raise FormatError(f"{name}: tensor {where!r} is {_describe(value)}, not an array")
+    array = np.asarray(value)
+    if array.dtype.hasobject:
+        raise FormatError(f"{name}: tensor {where!r} is an object array, not numbers")
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        raise FormatError(f"{name}: tensor {where!r} has dtype {array.dtype}, not numbers")
+    tensors = tensors_by_layer.setdefault(layer, {})
+    if role in tensors:
+        raise FormatError(f"{name}: tensor {where!r} appears twice")
+    tensors[role] = array
+
+
+def _guess_kind(tensors: dict[str, np.ndarray]) -> str:
+    roles = set(tensors)
+    if "weights" in roles and roles <= {"weights", "biases"}:
+        return {4: Kind.CONV, 2: Kind.DENSE}.get(tensors["weights"].ndim, Kind.OTHER)
+    if roles == {"alpha"}:
+        return Kind.PRELU
+    return Kind.OTHER
+
+
+def _text(key: Any, name: str, what: str) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bytes):
+        return key.decode("latin1")
+    raise FormatError(f"{name}: {what} is {_describe(key)}, not a string")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# Writing ---------------------------------------------------------------------------------
+
+# Pickle opcodes written directly; the rest come from `_fragment`.
+_MARK, _STOP, _TUPLE, _BUILD = b"(", b".", b"t", b"b"
+_EMPTY_LIST, _EMPTY_DICT, _APPEND, _APPENDS = b"]", b"}", b"a", b"e"
+_SETITEM, _SETITEMS, _NEWFALSE = b"s", b"u", b"\x89"
+_STATE_VERSION_1 = b"K\x01"
+# _reconstruct(ndarray, (0,), b"b"), spelled as NumPy 1.x spelled it (all files in the
+# wild do, and NumPy 2 still loads it).
+_NEW_ARRAY = (b"cnumpy.core.multiarray\n_reconstruct\n" b"cnumpy\nndarray\n"
+              b"K\x00\x85" b"C\x01b" b"\x87R")
+
+
+def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str = "list",
+          force: bool = False, progress: Progress | None = None, **_ignored: Any
+          ) -> dict[str, Any]:
+    """Write `weights` in the canonical layout as an ``np.save``-compatible weight dict.
+
+    ``flavour="list"`` writes ``{layer: [W, b]}`` where a layer holds just weights
+    (and biases), and ``{role: array}`` for any other layer; ``"dict"`` writes every
+    layer as ``{role: array}``. Returns counts of what was written.
+    """
+    if flavour not in FLAVOURS:
+        raise UsageError(f"unknown .npy flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
+    counts = {"layers": 0, "tensors": 0, "parameters": 0}
+    names: set[str] = set()
+    with atomic_output(path, force) as handle:
+        npformat.write_array_header_1_0(
+            handle, {"descr": "|O", "fortran_order": False, "shape": ()})
+        # PROTO 4 without framing: the wrapping 0-d object array, its state up to the dict.
+        handle.write(pickle.PROTO + b"\x04" + _NEW_ARRAY + _MARK + _STATE_VERSION_1
+                     + _fragment(()) + _dtype_fragment("|O") + _NEWFALSE
+                     + _EMPTY_LIST + _EMPTY_DICT)
+        for layer in weights.canonical():
+            if layer.name in names:
+                raise MappingError(f"{path}: two layers are named {layer.name!r}; a weight "
+                                   f"dict needs unique names")
+            names.add(layer.name)
+            handle.write(_fragment(layer.name))
+            if flavour == "list" and set(layer.tensors) in ({"weights"}, {"weights", "biases"}):
+                handle.write(_EMPTY_LIST + _MARK)
+                for role in _POSITIONAL_ROLES:
+                    if role in layer.tensors:
+                        _write_tensor(handle, path, layer, role, progress)
+                handle.write(_APPENDS)
+            else:
+                handle.write(_EMPTY_DICT + _MARK)
+                for role in layer.tensors:
+                    handle.write(_fragment(role))
+                    _write_tensor(handle, path, layer, role, progress)
+                handle.write(_SETITEMS)
+            handle.write(_SETITEM)
+            counts["layers"] += 1
+            counts["tensors"] += len(layer.tensors)
+            counts["parameters"] += layer.parameter_count
+        handle.write(_APPEND + _TUPLE + _BUILD + _STOP)
+        size = handle.tell()
+    return {**counts, "bytes": size, "flavour": flavour}
+
+
+def _write_tensor(handle: IO[bytes], path: str | os.PathLike[str], layer: Layer, role: str,
+                  progress: Progress | None) -> None:
+    """One ndarray pickled as NumPy pickles it, its bytes streamed in chunks."""
+    array = np.asarray(layer.tensors[role])
+    if array.dtype.kind not in _NUMERIC_KINDS or array.dtype.hasobject:
+        raise FormatError(f"{path}: tensor {layer.name}/{role} has dtype {array.dtype}; only "
+                          f"numeric tensors can be written to a .npy weight dict")
+    dtype = array.dtype.newbyteorder("<")
+    nbytes = array.size * dtype.itemsize
+    handle.write(_NEW_ARRAY + _MARK + _STATE_VERSION_1
+                 + _fragment(tuple(int(n) for n in array.shape)) + _dtype_fragment(dtype.str)
+                 + _NEWFALSE + _bytes_opcode(nbytes))
+    written = 0
+    for chunk in _chunks(array):
+        data = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8)
+        handle.write(data)
+        written += data.nbytes
+        if progress is not None:
+            progress.advance(data.nbytes)
+        del data  # before the next chunk is made, so only one is alive
+    if written != nbytes:  # cannot happen unless _chunks is wrong; the file would be corrupt
+        raise FormatError(f"{path}: tensor {layer.name}/{role}: wrote {written} of {nbytes} bytes")
+    handle.write(_TUPLE + _BUILD)
+
+
+def _bytes_opcode(nbytes: int) -> bytes:
+    if nbytes < 256:
+        return pickle.SHORT_BINBYTES + bytes([nbytes])
+    if nbytes <= BINBYTES_LIMIT:
+        return pickle.BINBYTES + struct.pack("<I", nbytes)
+    return pickle.BINBYTES8 + struct.pack("<Q", nbytes)
+
+
+def _chunks(array: np.ndarray) -> Iterator[np.ndarray]:
+    """Pieces of `array` in C order, each at most CHUNK_BYTES (or one element)."""
+    if array.ndim == 0 or array.nbytes <= CHUNK_BYTES:
+        yield array
+        return
+    row_bytes = array.nbytes // array.shape[0]
+    if row_bytes <= CHUNK_BYTES:
+        step = max(1, CHUNK_BYTES // max(row_bytes, 1))
+        for start in range(0, array.shape[0], step):
+            yield array[start:start + step]
+    else:
+        for row in array:
+            yield from _chunks(row)
+
+
+def _fragment(obj: Any) -> bytes:
+    """The pickle opcodes that push `obj`, with no PROTO, STOP or memo PUTs."""
+    data = pickletools.optimize(pickle.dumps(obj, protocol=3))
+    assert data[:2] == pickle.PROTO + b"\x03" and data[-1:] == _STOP
+    return data[2:-1]
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype_fragment(dtype_str: str) -> bytes:
+    return _fragment(np.dtype(dtype_str))
