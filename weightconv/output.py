@@ -39,8 +39,6 @@ def atomic_output(path: str | os.PathLike[str], force: bool = False) -> Iterator
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644 & ~_umask())
         os.replace(tmp_name, target)
     except BaseException:

@@ -18,7 +18,7 @@ Tensors are NumPy arrays, often read-only views of the input file. A layer's
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +99,8 @@ class WeightSet:
     #: Channel order the first layer expects: "bgr", "rgb" or None when unknown.
     channel_order: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Set by readers that map files: drops a layer's pages from memory once written.
+    release: Callable[[Layer], None] | None = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> Layer:
         for layer in self.layers:
@@ -139,6 +141,8 @@ class WeightSet:
         for layer in self.layers:
             if layer.tensors:
                 yield to_canonical(layer)
+                if self.release is not None:
+                    self.release(layer)
 
     @property
     def parameter_count(self) -> int:

@@ -111,6 +111,8 @@ class RawLayer:
 
     definition: LayerDef
     blobs: list[np.ndarray] = field(default_factory=list)
+    #: Where the layer's bytes are in the file, for releasing its pages once written.
+    span: tuple[int, int] | None = None
 
 
 def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | None = None,
@@ -137,8 +139,25 @@ def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | Non
         deploy_net = caffe_net.net_def_from_message(message)
     detail = {"encoding": model_net.encoding, "net_name": model_net.name,
               "prototxt": str(prototxt) if prototxt is not None else None}
-    return assemble(source, "caffemodel", raw_layers, model_net, deploy_net, input_shape,
-                    notes, detail)
+    weights = assemble(source, "caffemodel", raw_layers, model_net, deploy_net, input_shape,
+                       notes, detail)
+    weights.release = _page_releaser(buffer, {raw.definition.name: raw.span
+                                              for raw in raw_layers if raw.span})
+    return weights
+
+
+def _page_releaser(buffer: mmap.mmap, spans: dict[str, tuple[int, int]]) -> Any:
+    """Drop a layer's pages of the mapped file from this process's memory. Its arrays stay
+    valid: touching them again reads the pages back from the file."""
+
+    def release(layer: Layer) -> None:
+        span = spans.get(layer.name)
+        if span is None or not hasattr(buffer, "madvise"):
+            return
+        start = span[0] - span[0] % mmap.PAGESIZE
+        buffer.madvise(mmap.MADV_DONTNEED, start, span[1] - start)
+
+    return release
 
 
 def _map(source: Path) -> mmap.mmap:
@@ -187,6 +206,7 @@ def parse_caffemodel(buffer: mmap.mmap | bytes,
                 layers.append(_read_v2_layer(buffer, start, end))
             else:
                 layers.append(_read_v1_layer(buffer, start, end))
+            layers[-1].span = (start, end)
         except (WireError, DecodeError) as exc:
             raise FormatError(f"{source}: layer #{index + 1} is corrupt ({exc})") from None
         except FormatError as exc:
