@@ -71,7 +71,7 @@ def test_caffe2npy_json_summary_lists_transforms(capsys, tmp_path, models):
     assert steps["conv kernel OIHW -> HWIO"] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert any(step.startswith("flatten order C,H,W -> H,W,C") and layers == ["fc6"]
                for step, layers in steps.items())
-    weights = dict(net.weights())
+    weights = dict(net.weights)
     w, b = load_npy(out)["conv2"]
     np.testing.assert_array_equal(w, weights["conv2"][0].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(b, weights["conv2"][1])
@@ -142,7 +142,7 @@ def test_inspect_json_and_tensor_statistics(capsys, models):
     rows = {row["name"]: row for row in report["tensors"]}
     assert rows["conv1/weights"]["shape"] == [20, 1, 5, 5]
     assert report["totals"]["parameters"] == 431_080
-    expected = dict(synthetic.build("lenet", seed=7).weights())["ip2"][1]
+    expected = dict(synthetic.build("lenet", seed=7).weights)["ip2"][1]
     code, stdout, _ = run(capsys, "inspect", models["lenet_v2"], "--tensor", "ip2/biases",
                           "--json", "--values")
     tensor = json.loads(stdout)["tensor"]

@@ -8,7 +8,6 @@ is a new module and one entry in `FORMATS`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,4 +107,3 @@ def for_output(path: str | os.PathLike[str], name: str | None = None) -> Format:
                      f"(writable: {writable})")
 
 
-Reader = Callable[..., WeightSet]
