@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, UsageError
+from ..weights import WeightSet
 from . import caffe_net
 from .caffe import RawLayer, assemble
 from .caffe_net import LayerDef, NetDef
@@ -48,7 +49,7 @@ def is_caffe_snapshot(handle: Any) -> bool:
 
 
 def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | None = None,
-         input_shape: tuple[int, ...] | None = None, **_options: Any) -> Any:
+         input_shape: tuple[int, ...] | None = None, **_options: Any) -> WeightSet:
     """Read a Caffe HDF5 snapshot into a WeightSet in Caffe layout, like a .caffemodel."""
     import h5py
 
