@@ -177,3 +177,34 @@ def test_sniff_accepts_nets_with_and_without_a_name():
     assert not caffe.sniff(b"\x93NUMPY\x01\x00", None)
     assert not caffe.sniff(b"\x89HDF\r\n\x1a\n", None)
     assert not caffe.sniff(b'layer {\n  name: "conv1"\n}\n', None)
+
+
+def test_v0_caffemodel_with_padding_layer_and_nested_blobs(tmp_path):
+    """2013-style nets: each `layers` entry wraps a V0 `layer` that holds its own blobs."""
+    rng = np.random.default_rng(5)
+    conv_w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    fc_w = rng.standard_normal((5, 4 * 3 * 3)).astype(np.float32)
+    net = caffe_pb2.NetParameter(name="v0", input=["data"], input_dim=[1, 3, 5, 5])
+    pad = net.layers.add(bottom=["data"], top=["pad1"])
+    pad.layer.name, pad.layer.type, pad.layer.pad = "pad1", "padding", 1
+    conv = net.layers.add(bottom=["pad1"], top=["conv1"])
+    conv.layer.name, conv.layer.type = "conv1", "conv"
+    conv.layer.num_output, conv.layer.kernelsize, conv.layer.stride = 4, 3, 2
+    for array in (conv_w, np.arange(4, dtype=np.float32)):
+        blob = conv.layer.blobs.add(num=1, channels=1, height=1, width=array.size) \
+            if array.ndim == 1 else conv.layer.blobs.add(num=4, channels=3, height=3, width=3)
+        blob.data.extend(array.ravel().tolist())
+    fc = net.layers.add(bottom=["conv1"], top=["fc1"])
+    fc.layer.name, fc.layer.type, fc.layer.num_output = "fc1", "innerproduct", 5
+    fc.layer.blobs.add(num=1, channels=1, height=5, width=36).data.extend(fc_w.ravel().tolist())
+    fc.layer.blobs.add(num=1, channels=1, height=1, width=5).data.extend([0, 1, 2, 3, 4])
+    path = tmp_path / "v0.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    ws = weightconv.load(path)
+    assert ws.source.detail["encoding"] == "V0"
+    np.testing.assert_array_equal(ws["conv1"].tensors["weights"], conv_w)
+    np.testing.assert_array_equal(ws["fc1"].tensors["weights"], fc_w)
+    # padding 1 then 3x3/2 on 5x5 gives 3x3: fc1 reads a 4x3x3 blob in C,H,W order
+    canonical = {layer.name: layer for layer in ws.canonical()}
+    expected = fc_w.reshape(5, 4, 3, 3).transpose(2, 3, 1, 0).reshape(36, 5)
+    np.testing.assert_array_equal(canonical["fc1"].tensors["weights"], expected)
