@@ -208,3 +208,20 @@ def test_v0_caffemodel_with_padding_layer_and_nested_blobs(tmp_path):
     canonical = {layer.name: layer for layer in ws.canonical()}
     expected = fc_w.reshape(5, 4, 3, 3).transpose(2, 3, 1, 0).reshape(36, 5)
     np.testing.assert_array_equal(canonical["fc1"].tensors["weights"], expected)
+
+
+def test_released_pages_read_back_unchanged(tmp_path):
+    """canonical() drops each layer's mapped pages once used; the views must still read the
+    file's values afterwards (the kernel faults them back in)."""
+    rng = np.random.default_rng(9)
+    weights = rng.standard_normal((64, 3, 7, 7)).astype(np.float32)
+    layer = conv_layer(out=64, k=7)
+    blob = layer.blobs.add()
+    blob.shape.dim.extend(weights.shape)
+    blob.data.extend(weights.ravel().tolist())
+    ws = weightconv.load(write_net(tmp_path, input_layer((1, 3, 16, 16)), layer))
+    view = ws["conv1"].tensors["weights"]
+    assert ws.release is not None
+    (canonical,) = ws.canonical()
+    np.testing.assert_array_equal(view, weights)
+    np.testing.assert_array_equal(canonical.tensors["weights"], weights.transpose(2, 3, 1, 0))

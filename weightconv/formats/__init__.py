@@ -7,10 +7,12 @@ is a new module and one entry in `FORMATS`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import FormatError, UsageError
 from ..weights import WeightSet
@@ -60,16 +62,24 @@ def get(name: str) -> Format:
         raise UsageError(f"unknown format {name!r}; known: {', '.join(_BY_NAME)}") from None
 
 
-def read_head(path: Path) -> bytes:
+@contextlib.contextmanager
+def open_input(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a weight file for reading; a missing, folder or unreadable path is one clear line."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read(HEAD_BYTES)
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, errors translated here
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a directory, not a weight file") from None
     except OSError as exc:
         raise FormatError(f"{path}: cannot be read: {exc.strerror}") from None
+    with handle:
+        yield handle
+
+
+def read_head(path: Path) -> bytes:
+    with open_input(path) as handle:
+        return handle.read(HEAD_BYTES)
 
 
 def detect(path: str | os.PathLike[str], name: str | None = None) -> Format:

@@ -20,9 +20,9 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from .._proto import caffe_pb2
-from ..errors import FormatError, ShapeError, UsageError
+from ..errors import FormatError, ShapeError
 from ..weights import CAFFE, Kind, Layer, Provenance, WeightSet
-from . import caffe_net
+from . import caffe_net, open_input
 from .caffe_net import LayerDef, NetDef
 from .protowire import (
     FIXED32,
@@ -161,15 +161,10 @@ def _page_releaser(buffer: mmap.mmap, spans: dict[str, tuple[int, int]]) -> Any:
 
 
 def _map(source: Path) -> mmap.mmap:
-    try:
-        with open(source, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size == 0:
-                raise FormatError(f"{source}: file is empty")
-            return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    except FileNotFoundError:
-        raise UsageError(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{source}: is a directory") from None
+    with open_input(source) as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise FormatError(f"{source}: file is empty")
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def parse_caffemodel(buffer: mmap.mmap | bytes,

@@ -32,7 +32,7 @@ from ..errors import FormatError, MappingError, UsageError, WeightconvError
 from ..output import atomic_output
 from ..progress import Progress
 from ..weights import CANONICAL, Kind, Layer, Provenance, WeightSet
-from . import safe_pickle
+from . import open_input, safe_pickle
 
 MAGIC = b"\x93NUMPY"
 FLAVOURS = ("list", "dict")
@@ -63,18 +63,11 @@ def read(path: str | os.PathLike[str], *, trust_pickle: bool = False,
     else raises UnsafeInputError before it runs.
     """
     name = str(path)
-    try:
-        with open(path, "rb") as handle:
-            _read_header(handle, name)
-            first = handle.peek(2)[:2]
-            protocol = first[1] if first[:1] == pickle.PROTO and len(first) == 2 else None
-            wrapper = _unpickle(handle, name, trust_pickle)
-    except FileNotFoundError:
-        raise UsageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{name}: is a directory, not a weight file") from None
-    except OSError as exc:
-        raise FormatError(f"{name}: cannot be read: {exc.strerror}") from None
+    with open_input(path) as handle:
+        _read_header(handle, name)
+        first = handle.peek(2)[:2]
+        protocol = first[1] if first[:1] == pickle.PROTO and len(first) == 2 else None
+        wrapper = _unpickle(handle, name, trust_pickle)
     content = _weight_dict(wrapper, name)
     layers, flavour = _layers(content, name)
     return WeightSet(layers=layers, source=Provenance(
