@@ -125,7 +125,7 @@ def test_list_flavour_loads_with_numpy(tmp_path, encoding):
     tensors = [array for layer in ws for array in layer.tensors.values()]
     assert summary == {"layers": 5, "tensors": len(tensors),
                        "parameters": sum(a.size for a in tensors),
-                       "bytes": path.stat().st_size, "flavour": "list"}
+                       "bytes": path.stat().st_size, "flavour": "list", "skipped": []}
 
 
 @pytest.mark.parametrize("encoding", ["latin1", "bytes"])

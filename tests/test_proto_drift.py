@@ -1,4 +1,4 @@
-"""The committed caffe_pb2 module must be what protoc makes of proto/caffe.proto today."""
+"""Each committed *_pb2 module must be what protoc makes of its proto/*.proto today."""
 
 from __future__ import annotations
 
@@ -8,23 +8,25 @@ import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
 
-from weightconv._proto import caffe_pb2
+from weightconv._proto import caffe_pb2, tf_checkpoint_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_generated_module_matches_the_proto_file(tmp_path):
+@pytest.mark.parametrize("stem, module", [("caffe", caffe_pb2),
+                                          ("tf_checkpoint", tf_checkpoint_pb2)])
+def test_generated_module_matches_the_proto_file(tmp_path, stem, module):
     protoc = pytest.importorskip("grpc_tools.protoc", reason="grpcio-tools (test extra) absent")
-    out = tmp_path / "caffe.desc"
+    out = tmp_path / f"{stem}.desc"
     rc = protoc.main(["protoc", f"-I{REPO / 'proto'}", f"--descriptor_set_out={out}",
-                      str(REPO / "proto" / "caffe.proto")])
+                      str(REPO / "proto" / f"{stem}.proto")])
     assert rc == 0
     fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
-    committed = descriptor_pb2.FileDescriptorProto.FromString(caffe_pb2.DESCRIPTOR.serialized_pb)
+    committed = descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)
     for descriptor in (fresh, committed):
         _normalise(descriptor.message_type)
     assert committed == fresh, (
-        "weightconv/_proto/caffe_pb2.py is stale: run scripts/regen_protos.py "
+        f"weightconv/_proto/{stem}_pb2.py is stale: run scripts/regen_protos.py "
         "(see its docstring for the pinned grpcio-tools)")
 
 

@@ -8,7 +8,9 @@ Exit codes: 0 success; 1 a check failed (diff, verify); 2 bad input or usage
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -44,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("weightconv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
+        return EXIT_OK
     except Exception as exc:  # a bug: say so in one line unless --debug
         if args.debug:
             raise
@@ -78,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     reading.add_argument("--trust-pickle", action="store_true",
                          help="allow a .npy pickle to load any Python object (runs code: only "
                               "for files you trust)")
+    reading.add_argument("--only", metavar="GLOB", action="append", default=[],
+                         help="keep only layers (or tensors) whose name matches; repeatable")
+    reading.add_argument("--skip", metavar="GLOB", action="append", default=[],
+                         help="leave out layers (or tensors) whose name matches, e.g. fc8; "
+                              "repeatable")
+    reading.add_argument("--strip-scope", metavar="SCOPE", default="",
+                         help="checkpoint input: remove this leading scope from tensor names, "
+                              "e.g. vgg_16/")
+    reading.add_argument("--flat", action="store_true",
+                         help="checkpoint input: keep every tensor under its full name "
+                              "(Variable_3, h1/w/Adam, ...) instead of grouping layer/role")
 
     writing = argparse.ArgumentParser(add_help=False)
     writing.add_argument("-o", "--output", metavar="OUT", type=Path, help="output file")
@@ -85,9 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="output format (default: from the output's suffix)")
     writing.add_argument("-f", "--force", action="store_true",
                          help="overwrite the output if it exists")
-    writing.add_argument("--flavour", choices=("list", "dict"), default="list",
-                         help=".npy layout: {layer: [W, b]} (list, default) or "
-                              "{layer: {'weights': W, 'biases': b}} (dict)")
+    writing.add_argument("--flavour", choices=("list", "dict", "flat"), default=None,
+                         help=".npy layout: {layer: [W, b]} (list, default), "
+                              "{layer: {'weights': W, 'biases': b}} (dict) or "
+                              "{tensor name: array} (flat, the default with --flat)")
+    writing.add_argument("--scope", metavar="SCOPE", default="",
+                         help="checkpoint output: put every tensor under this scope, e.g. my/")
+    writing.add_argument("--shards", metavar="N", type=_positive_int, default=1,
+                         help="checkpoint output: spread tensors over N data files")
+    writing.add_argument("--max-shard-size", metavar="SIZE", type=_size_arg, default=None,
+                         help="checkpoint output: start a new data file before one would "
+                              "exceed SIZE (bytes, or with K/M/G)")
 
     parser = argparse.ArgumentParser(
         prog="weightconv",
@@ -103,7 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Convert Caffe weights to a .npy dict in TensorFlow layout "
                                      "(conv HWIO, dense (in, out) with H,W,C flatten order).")
     p.add_argument("model", type=Path, help=".caffemodel or .caffemodel.h5")
-    p.set_defaults(handler=_caffe2npy, dst_format="npy")
+    p.set_defaults(handler=_caffe2npy, verb_output_format="npy")
+
+    p = verbs.add_parser("npy2ckpt", parents=[common, reading, writing],
+                         help="convert a .npy weight dict to a TensorFlow checkpoint",
+                         description="Write a V2 checkpoint (PREFIX.index, PREFIX.data-*) that "
+                                     "tf.train.load_checkpoint and tf.compat.v1.train.Saver "
+                                     "read; tensors are named layer/weights, layer/biases under "
+                                     "an optional --scope.")
+    p.add_argument("model", type=Path, help=".npy weight dict")
+    p.set_defaults(handler=_npy2ckpt, verb_output_format="ckpt")
+
+    p = verbs.add_parser("ckpt2npy", parents=[common, reading, writing],
+                         help="convert a TensorFlow checkpoint to a .npy weight dict",
+                         description="Read a V2 or V1 checkpoint (a prefix, its .index, a "
+                                     ".data file or a folder with a `checkpoint` file) and "
+                                     "write {layer: [W, b]}; --flat writes {name: array}.")
+    p.add_argument("model", type=Path, help="checkpoint prefix, .index, or folder")
+    p.set_defaults(handler=_ckpt2npy, verb_output_format="npy")
 
     p = verbs.add_parser("convert", parents=[common, reading, writing],
                          help="convert between any two supported formats",
@@ -129,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("demo", parents=[common],
                          help="generate an AlexNet-shaped Caffe model and convert it",
                          description="Build a small AlexNet-shaped .caffemodel (grouped conv, "
-                                     "LRN) in DIR and convert it to .npy: the whole path on "
-                                     "a built-in example.")
+                                     "LRN) in DIR, convert it to .npy and that to a "
+                                     "TensorFlow checkpoint: the whole path on a built-in "
+                                     "example.")
     p.add_argument("--dir", type=Path, default=Path("weightconv-demo"),
                    help="where to write (default: ./weightconv-demo)")
     p.add_argument("--width", type=float, default=0.25,
@@ -150,8 +193,35 @@ def _shape_arg(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _size_arg(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = cleaned[-1:] if cleaned[-1:] in "KMG" else ""
+    try:
+        value = int(float(cleaned[:len(cleaned) - len(unit)]) * units[unit])
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a size such as 500M or 2G, got {text!r}")
+    return value
+
+
 def _read_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
+    if getattr(args, "strip_scope", ""):
+        options["strip_scope"] = args.strip_scope
+    if getattr(args, "flat", False):
+        options["flat"] = True
     if getattr(args, "prototxt", None) is not None:
         options["prototxt"] = args.prototxt
     if getattr(args, "input_shape", None) is not None:
@@ -173,6 +243,24 @@ def _caffe2npy(args: argparse.Namespace) -> int:
     return _run_conversion(args, source, args.model, output)
 
 
+def _npy2ckpt(args: argparse.Namespace) -> int:
+    source = formats.detect(args.model, args.src_format)
+    if source.name != "npy":
+        raise UsageError(f"{args.model}: is {source.title}, not a .npy weight dict; use "
+                         f"`weightconv convert`")
+    output = args.output or args.model.with_suffix(".ckpt")
+    return _run_conversion(args, source, args.model, output)
+
+
+def _ckpt2npy(args: argparse.Namespace) -> int:
+    source = formats.detect(args.model, args.src_format)
+    if source.name != "ckpt":
+        raise UsageError(f"{args.model}: is {source.title}, not a TensorFlow checkpoint; use "
+                         f"`weightconv convert`")
+    output = args.output or Path(str(args.model).removesuffix(".index") + ".npy")
+    return _run_conversion(args, source, args.model, output)
+
+
 def _convert(args: argparse.Namespace) -> int:
     output = args.dst or args.output
     if output is None:
@@ -183,21 +271,36 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _run_conversion(args: argparse.Namespace, source: formats.Format, src: Path,
                     dst: Path) -> int:
-    from .output import check_writable
 
-    target = formats.for_output(dst, args.dst_format)
-    check_writable(dst, args.force)
-    weights = source.read(src, **_read_options(args))
+    # Parsers share the --to action through `parents`, so a verb's own output format lives
+    # in another attribute: set_defaults(dst_format=...) would change it for every verb.
+    target = formats.for_output(dst, args.dst_format or getattr(args, "verb_output_format", None))
+    target.check_output(dst, args.force)
+    weights, left_out = _selected(args, source.read(src, **_read_options(args)))
+    flavour = args.flavour or ("flat" if getattr(args, "flat", False) else "list")
     with Progress(total=weights.nbytes, label=f"{src.name} -> {dst.name}",
                   enabled=False if args.quiet else None) as bar:
-        written = target.write(weights, dst, force=args.force, flavour=args.flavour,
-                               progress=bar)
+        written = target.write(weights, dst, force=args.force, flavour=flavour,
+                               progress=bar, scope=args.scope, shards=args.shards,
+                               max_shard_bytes=args.max_shard_size)
+    written["skipped"] = left_out + list(written.get("skipped", []))
     summary = _conversion_summary(weights, source, target, src, dst, written)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         _print_summary(summary, quiet=args.quiet)
     return EXIT_OK
+
+
+def _selected(args: argparse.Namespace, weights: WeightSet) -> tuple[WeightSet, list[str]]:
+    only, skip = getattr(args, "only", []), getattr(args, "skip", [])
+    if not only and not skip:
+        return weights, []
+    selected, left_out = weights.select(only, skip)
+    if only and not selected.weighted_layers():
+        raise UsageError(f"--only {' '.join(only)} matches no layer (layers: "
+                         f"{', '.join(weights.names()[:12])})")
+    return selected, left_out
 
 
 def _conversion_summary(weights: WeightSet, source: formats.Format, target: formats.Format,
@@ -237,14 +340,14 @@ def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
 
 def _inspect(args: argparse.Namespace) -> int:
     source = formats.detect(args.file, args.src_format)
-    weights = source.read(args.file, **_read_options(args))
+    weights, _ = _selected(args, source.read(args.file, **_read_options(args)))
     layers = list(weights.canonical()) if args.canonical else weights.weighted_layers()
     if args.tensor:
         return _show_tensor(args, weights, layers)
     rows = []
     for layer in layers:
         for role, array in layer.tensors.items():
-            rows.append({"name": f"{layer.name}/{role}", "layer": layer.name, "role": role,
+            rows.append({"name": layer.tensor_name(role), "layer": layer.name, "role": role,
                          "kind": layer.kind, "shape": list(array.shape),
                          "dtype": str(array.dtype.newbyteorder("=")),
                          "parameters": int(array.size), "bytes": int(array.nbytes)})
@@ -308,10 +411,10 @@ def _show_tensor(args: argparse.Namespace, weights: WeightSet, layers: list[Any]
     candidates = []
     for layer in layers:
         for role, array in layer.tensors.items():
-            name = f"{layer.name}/{role}"
+            name = layer.tensor_name(role)
             candidates.append(name)
             only_tensor_of_layer = args.tensor == layer.name and len(layer.tensors) == 1
-            if args.tensor == name or only_tensor_of_layer:
+            if args.tensor in (name, f"{layer.name}/{role}") or only_tensor_of_layer:
                 found = (name, array)
     if found is None:
         roles = [c for c in candidates if c.startswith(args.tensor + "/")]
@@ -369,10 +472,17 @@ def _demo(args: argparse.Namespace) -> int:
     prototxt.write_text(net.deploy_prototxt)
     if not args.quiet and not args.json:
         print(f"generated {model} ({_mb(model.stat().st_size)}) and {prototxt}")
-    convert = argparse.Namespace(**{**vars(args), "prototxt": prototxt, "input_shape": None,
-                                    "src_format": None, "dst_format": "npy", "force": True,
-                                    "flavour": "list", "trust_pickle": False})
-    return _run_conversion(convert, formats.get("caffemodel"), model, args.dir / "alexnet.npy")
+    step = argparse.Namespace(**{**vars(args), "prototxt": prototxt, "input_shape": None,
+                                 "src_format": None, "dst_format": "npy", "force": True,
+                                 "flavour": "list", "trust_pickle": False, "only": [],
+                                 "skip": [], "strip_scope": "", "flat": False, "scope": "",
+                                 "shards": 1, "max_shard_size": None})
+    status = _run_conversion(step, formats.get("caffemodel"), model, args.dir / "alexnet.npy")
+    if status != EXIT_OK:
+        return status
+    step.dst_format = "ckpt"
+    return _run_conversion(step, formats.get("npy"), args.dir / "alexnet.npy",
+                           args.dir / "alexnet.ckpt")
 
 
 def _mb(count: int | None) -> str:

@@ -18,8 +18,9 @@ Tensors are NumPy arrays, often read-only views of the input file. A layer's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import fnmatch
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,65 @@ from .errors import MappingError
 
 CANONICAL = "canonical"
 CAFFE = "caffe"
+#: The role of a tensor whose name has no "/": it is its own layer.
+VALUE_ROLE = "value"
+
+
+def split_tensor_name(name: str) -> tuple[str, str]:
+    """``"conv1/weights"`` -> ``("conv1", "weights")``; ``"global_step"`` -> its own layer."""
+    layer, slash, role = name.rpartition("/")
+    if not (slash and layer and role):
+        return name, VALUE_ROLE
+    return layer, role
+
+
+def join_tensor_name(layer: str, role: str) -> str:
+    """The inverse of `split_tensor_name`."""
+    return layer if role == VALUE_ROLE else f"{layer}/{role}"
+
+
+class LazyTensor:
+    """A tensor known by shape and dtype whose values are read (and checked) on demand.
+
+    Readers of indexed formats hand these out so that listing a file does not read
+    it. ``np.asarray(t)`` loads the values; nothing is cached, so memory is released
+    as soon as the caller drops the array.
+    """
+
+    __slots__ = ("_loader", "dtype", "shape")
+
+    def __init__(self, shape: Sequence[int], dtype: np.dtype[Any] | type | str,
+                 loader: Callable[[], np.ndarray]) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self._loader = loader
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for n in self.shape:
+            count *= n
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def load(self) -> np.ndarray:
+        return self._loader()
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        array = self._loader()
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            return array.astype(dtype)
+        return array.copy() if copy else array
+
+    def __repr__(self) -> str:
+        return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
 
 
 class Kind:
@@ -63,6 +123,13 @@ class Layer:
     input_shape: tuple[int, ...] | None = None
     bottoms: tuple[str, ...] = ()
     tops: tuple[str, ...] = ()
+    #: Role -> the tensor's full name in the file it came from, where that is not
+    #: simply ``layer/role`` (checkpoint scopes, Keras and object-based names).
+    stored_names: dict[str, str] = field(default_factory=dict)
+
+    def tensor_name(self, role: str) -> str:
+        """The tensor's name as its source file spells it."""
+        return self.stored_names.get(role) or join_tensor_name(self.name, role)
 
     @property
     def parameter_count(self) -> int:
@@ -151,6 +218,24 @@ class WeightSet:
     @property
     def nbytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)
+
+    def select(self, only: Sequence[str] = (), skip: Sequence[str] = ()
+               ) -> tuple[WeightSet, list[str]]:
+        """The layers whose name (or any tensor's full name) matches a glob in `only` (all
+        when empty) and none in `skip`; returns the new set and the names left out. A
+        pattern also matches everything under it as a scope: ``fc8`` matches ``fc8/weights``.
+        """
+        def matches(layer: Layer, patterns: Sequence[str]) -> bool:
+            names = [layer.name, *(layer.tensor_name(role) for role in layer.tensors)]
+            return any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(n, p.rstrip("/") + "/*")
+                       for p in patterns for n in names)
+
+        kept, dropped = [], []
+        for layer in self.layers:
+            wanted = (not only or matches(layer, only)) and not matches(layer, skip)
+            (kept if wanted else dropped).append(layer)
+        return replace(self, layers=kept, notes=list(self.notes)), [
+            layer.name for layer in dropped if layer.tensors]
 
     def note(self, message: str) -> None:
         if message not in self.notes:

@@ -1,14 +1,18 @@
 """The table of formats: how each is recognised, read and written.
 
 Each format module exposes ``sniff(head, path) -> bool``, ``read(path, **options)``
-and, where writing is supported, ``write(weights, path, **options)``. A new format
-is a new module and one entry in `FORMATS`.
+and, where writing is supported, ``write(weights, path, **options)``. Formats whose
+input is not one file (a checkpoint prefix, a folder) also expose
+``claims(path) -> bool``, asked before any file is opened, and those with several
+output files ``check_output(path, force)``. A new format is a new module and one
+entry in `FORMATS`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,8 @@ from ..errors import FormatError, UsageError
 from ..weights import WeightSet
 
 HEAD_BYTES = 4096
+#: ``model.ckpt-1000``: a checkpoint prefix with a global step.
+CHECKPOINT_STEP = re.compile(r"\.ckpt-\d+$")
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,20 @@ class Format:
     def sniff(self, head: bytes, path: Path) -> bool:
         return bool(self._module().sniff(head, path))
 
+    def claims(self, path: Path) -> bool:
+        claims = getattr(self._module(), "claims", None)
+        return bool(claims(path)) if claims else False
+
+    def check_output(self, path: str | os.PathLike[str], force: bool) -> None:
+        """Raise unless `path` may be written (it or its companions exist and not `force`)."""
+        check = getattr(self._module(), "check_output", None)
+        if check is not None:
+            check(path, force)
+        else:
+            from ..output import check_writable
+
+            check_writable(path, force)
+
     def read(self, path: str | os.PathLike[str], **options: Any) -> WeightSet:
         return self._module().read(path, **options)
 
@@ -50,6 +70,8 @@ FORMATS: tuple[Format, ...] = (
     Format("caffe-h5", "Caffe HDF5 snapshot", (".caffemodel.h5",), "caffe_h5", False),
     Format("caffemodel", "Caffe .caffemodel (V0, V1, V2)", (".caffemodel", ".binaryproto"),
            "caffe", False),
+    Format("ckpt", "TensorFlow checkpoint (V2 TensorBundle; V1 read-only)",
+           (".ckpt", ".index"), "ckpt", True),
 )
 
 _BY_NAME: dict[str, Format] = {fmt.name: fmt for fmt in FORMATS}
@@ -87,6 +109,9 @@ def detect(path: str | os.PathLike[str], name: str | None = None) -> Format:
     if name:
         return get(name)
     target = Path(path)
+    for fmt in FORMATS:
+        if fmt.claims(target):
+            return fmt
     head = read_head(target)
     for fmt in FORMATS:
         if fmt.sniff(head, target):
@@ -112,6 +137,8 @@ def for_output(path: str | os.PathLike[str], name: str | None = None) -> Format:
     for fmt in FORMATS:
         if fmt.can_write and any(lowered.endswith(suffix) for suffix in fmt.suffixes):
             return fmt
+    if CHECKPOINT_STEP.search(lowered):
+        return get("ckpt")
     writable = ", ".join(f"{f.name} ({'/'.join(f.suffixes)})" for f in FORMATS if f.can_write)
     raise UsageError(f"{path}: cannot tell the output format from the name; use --to "
                      f"(writable: {writable})")

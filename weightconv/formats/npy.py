@@ -35,7 +35,7 @@ from ..weights import CANONICAL, Kind, Layer, Provenance, WeightSet
 from . import open_input, safe_pickle
 
 MAGIC = b"\x93NUMPY"
-FLAVOURS = ("list", "dict")
+FLAVOURS = ("list", "dict", "flat")
 #: Largest piece of a tensor converted and written at once.
 CHUNK_BYTES = 16 << 20
 #: Tensors larger than this need BINBYTES8 (pickle protocol 4).
@@ -218,12 +218,14 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str = "l
 
     ``flavour="list"`` writes ``{layer: [W, b]}`` where a layer holds just weights
     (and biases), and ``{role: array}`` for any other layer; ``"dict"`` writes every
-    layer as ``{role: array}``. Returns counts of what was written.
+    layer as ``{role: array}``; ``"flat"`` writes ``{full tensor name: array}`` (the
+    name the tensor had in its source file, else ``layer/role``). Returns counts.
     """
     if flavour not in FLAVOURS:
         raise UsageError(f"unknown .npy flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
     counts = {"layers": 0, "tensors": 0, "parameters": 0}
     names: set[str] = set()
+    skipped: list[str] = []
     with atomic_output(path, force) as handle:
         npformat.write_array_header_1_0(
             handle, {"descr": "|O", "fortran_order": False, "shape": ()})
@@ -232,6 +234,22 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str = "l
                      + _fragment(()) + _dtype_fragment("|O") + _NEWFALSE
                      + _EMPTY_LIST + _EMPTY_DICT)
         for layer in weights.canonical():
+            if flavour == "flat":
+                for role in layer.tensors:
+                    key = layer.tensor_name(role)
+                    if layer.tensors[role].dtype.hasobject:
+                        skipped.append(f"{key} (string tensor)")
+                        continue
+                    if key in names:
+                        raise MappingError(f"{path}: two tensors are named {key!r}")
+                    names.add(key)
+                    handle.write(_fragment(key))
+                    _write_tensor(handle, path, layer, role, progress)
+                    handle.write(_SETITEM)
+                counts["layers"] += 1
+                counts["tensors"] += len(layer.tensors)
+                counts["parameters"] += layer.parameter_count
+                continue
             if layer.name in names:
                 raise MappingError(f"{path}: two layers are named {layer.name!r}; a weight "
                                    f"dict needs unique names")
@@ -255,7 +273,7 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str = "l
             counts["parameters"] += layer.parameter_count
         handle.write(_APPEND + _TUPLE + _BUILD + _STOP)
         size = handle.tell()
-    return {**counts, "bytes": size, "flavour": flavour}
+    return {**counts, "bytes": size, "flavour": flavour, "skipped": skipped}
 
 
 def _write_tensor(handle: IO[bytes], path: str | os.PathLike[str], layer: Layer, role: str,

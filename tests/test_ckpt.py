@@ -1,0 +1,532 @@
+"""TensorFlow checkpoints without TensorFlow: layout on disk, corruption, paths, laziness.
+
+TensorFlow itself checks what we write and what we read in test_ckpt_tf_oracle.py;
+the tests here need nothing but the package and build their inputs byte by byte
+where the writer under test cannot make them (partitioned variables, V1 files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import weightconv
+from weightconv import cli
+from weightconv._proto import tf_checkpoint_pb2 as pb
+from weightconv.formats import ckpt, crc32c, ordered_code, sstable
+from weightconv.weights import Layer, WeightSet
+
+
+def _weights() -> WeightSet:
+    rng = np.random.default_rng(7)
+    return WeightSet(layers=[
+        Layer("conv1", tensors={"weights": rng.standard_normal((3, 3, 3, 8)).astype("f4"),
+                                "biases": rng.standard_normal(8).astype("f4")}),
+        Layer("fc6", tensors={"weights": rng.standard_normal((300, 200)).astype("f4"),
+                              "biases": np.zeros(200, "f4")}),
+        Layer("fc7", tensors={"weights": rng.standard_normal((200, 10)).astype("f8")}),
+    ])
+
+
+ALL_DTYPES = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+              "uint16", "uint32", "uint64", "bool", "complex64", "complex128"]
+
+
+def _all_dtypes() -> WeightSet:
+    rng = np.random.default_rng(3)
+    tensors = {}
+    for name in ALL_DTYPES:
+        dtype = np.dtype(name)
+        if dtype.kind == "b":
+            values = rng.integers(0, 2, (4, 5)).astype(bool)
+        elif dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            values = rng.integers(info.min, info.max, (4, 5), dtype=dtype, endpoint=True)
+        elif dtype.kind == "c":
+            values = (rng.standard_normal((4, 5)) + 1j * rng.standard_normal((4, 5))
+                      ).astype(dtype)
+        else:
+            values = rng.standard_normal((4, 5)).astype(dtype)
+            values[0, :3] = [np.nan, np.inf, -0.0]
+        tensors[name] = values
+    tensors["scalar"] = np.array(2.5, "f4")
+    tensors["empty"] = np.zeros((0, 3), "f4")
+    tensors["strings"] = np.array([[b"a\x00b", "\u00e9t\u00e9".encode()], [b"", b"\xff" * 300]],
+                                  dtype=object)
+    return WeightSet(layers=[Layer("all", tensors=tensors)])
+
+
+def _assert_same(a: np.ndarray, b: np.ndarray) -> None:
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype
+    if a.dtype == object:
+        assert a.tolist() == b.tolist()
+    else:
+        assert a.tobytes() == b.tobytes()
+
+
+# Writing and reading back ------------------------------------------------------------------
+
+def test_round_trip_every_dtype(tmp_path):
+    source = _all_dtypes()
+    summary = weightconv.save(source, tmp_path / "m.ckpt")
+    assert summary["tensors"] == len(source.layers[0].tensors)
+    back = weightconv.load(tmp_path / "m.ckpt", flat=True)
+    for role, array in source.layers[0].tensors.items():
+        _assert_same(back[f"all/{role}"].tensors["value"], array)
+
+
+def test_files_and_state_file(tmp_path):
+    weightconv.save(_weights(), tmp_path / "model.ckpt-100", format="ckpt")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint", "model.ckpt-100.data-00000-of-00001", "model.ckpt-100.index"]
+    state = (tmp_path / "checkpoint").read_text()
+    assert 'model_checkpoint_path: "model.ckpt-100"' in state
+    weightconv.save(_weights(), tmp_path / "model.ckpt-200", format="ckpt")
+    state = (tmp_path / "checkpoint").read_text().splitlines()
+    assert state == ['model_checkpoint_path: "model.ckpt-200"',
+                     'all_model_checkpoint_paths: "model.ckpt-100"',
+                     'all_model_checkpoint_paths: "model.ckpt-200"']
+    # the folder now means its latest checkpoint
+    assert ckpt.locate(tmp_path).path == tmp_path / "model.ckpt-200"
+
+
+def test_index_layout_by_hand(tmp_path):
+    """Decode the index with nothing but struct and the generated protobuf module."""
+    weightconv.save(_weights(), tmp_path / "m.ckpt", scope="net/")
+    raw = (tmp_path / "m.ckpt.index").read_bytes()
+    assert raw[-8:] == bytes.fromhex("57fb808b247547db")
+    data = (tmp_path / "m.ckpt.data-00000-of-00001").read_bytes()
+    entries = dict(sstable.TableReader(tmp_path / "m.ckpt.index").items())
+    keys = list(entries)
+    assert keys == sorted(keys) and keys[0] == b""
+    header = pb.BundleHeaderProto.FromString(bytes(entries[b""]))
+    assert (header.num_shards, header.endianness, header.version.producer) == (1, 0, 1)
+    entry = pb.BundleEntryProto.FromString(bytes(entries[b"net/fc6/weights"]))
+    assert entry.dtype == pb.DT_FLOAT and [d.size for d in entry.shape.dim] == [300, 200]
+    payload = data[entry.offset:entry.offset + entry.size]
+    assert entry.size == 300 * 200 * 4
+    assert np.array_equal(np.frombuffer(payload, "<f4").reshape(300, 200),
+                          _weights()["fc6"].tensors["weights"])
+    assert crc32c.unmask(entry.crc32c) == crc32c.value(payload)
+    total = sum(pb.BundleEntryProto.FromString(bytes(v)).size for k, v in entries.items() if k)
+    assert total == len(data)  # densely packed, as TensorFlow writes
+
+
+def test_many_tensors_span_several_index_blocks(tmp_path):
+    layers = [Layer(f"layer_{i:04d}_{'x' * 40}", tensors={"weights": np.full((2,), i, "i4")})
+              for i in range(4000)]
+    weightconv.save(WeightSet(layers=layers), tmp_path / "big.ckpt")
+    with sstable.TableReader(tmp_path / "big.ckpt.index") as table:
+        assert len(list(table.data_blocks())) > 1
+        assert table.get(b"layer_3999_" + b"x" * 40 + b"/weights") is not None
+        assert table.get(b"layer_3999_zzz") is None
+    back = weightconv.load(tmp_path / "big.ckpt")
+    assert len(back) == 4000
+    assert np.asarray(back[f"layer_2345_{'x' * 40}"].tensors["weights"]).tolist() == [2345] * 2
+
+
+@pytest.mark.parametrize("shards", [2, 3, 5])
+def test_shards(tmp_path, shards):
+    weightconv.save(_weights(), tmp_path / "s.ckpt", shards=shards)
+    data = sorted(tmp_path.glob("s.ckpt.data-*"))
+    assert [p.name for p in data] == [f"s.ckpt.data-{i:05d}-of-{shards:05d}"
+                                      for i in range(shards)]
+    assert all(p.stat().st_size > 0 for p in data)
+    back = weightconv.load(tmp_path / "s.ckpt")
+    for layer in _weights():
+        for role, array in layer.tensors.items():
+            _assert_same(back[layer.name].tensors[role], array)
+
+
+def test_max_shard_size(tmp_path):
+    weightconv.save(_weights(), tmp_path / "s.ckpt", max_shard_bytes=200_000)
+    sizes = [p.stat().st_size for p in sorted(tmp_path.glob("s.ckpt.data-*"))]
+    assert len(sizes) == 3  # fc6/weights (240 kB) alone, then the rest fit under the limit
+    assert max(sizes) == 300 * 200 * 4
+
+
+def test_scope_and_strip_scope(tmp_path):
+    weightconv.save(_weights(), tmp_path / "m.ckpt", scope="vgg_16/")
+    listed = [layer.name for layer in weightconv.load(tmp_path / "m.ckpt")]
+    assert listed == ["vgg_16/conv1", "vgg_16/fc6", "vgg_16/fc7"]
+    stripped = weightconv.load(tmp_path / "m.ckpt", strip_scope="vgg_16/")
+    assert stripped.names() == ["conv1", "fc6", "fc7"]
+    _assert_same(stripped["fc6"].tensors["weights"], _weights()["fc6"].tensors["weights"])
+
+
+def test_keras_style_names_map_to_roles(tmp_path):
+    rng = np.random.default_rng(0)
+    kernel, bias = rng.standard_normal((4, 3)).astype("f4"), np.ones(3, "f4")
+    flat = WeightSet(layers=[Layer("dense/kernel", tensors={"value": kernel}),
+                             Layer("dense/bias", tensors={"value": bias}),
+                             Layer("global_step", tensors={"value": np.array(7, "i8")}),
+                             Layer("dense/kernel/Adam", tensors={"value": kernel})])
+    weightconv.save(flat, tmp_path / "k.ckpt")
+    grouped = weightconv.load(tmp_path / "k.ckpt")
+    assert grouped.names() == ["dense"]
+    layer = grouped["dense"]
+    assert layer.kind == "dense" and set(layer.tensors) == {"weights", "biases"}
+    assert layer.tensor_name("weights") == "dense/kernel"
+    assert any("global_step" in note and "--flat" in note for note in grouped.notes)
+    every = weightconv.load(tmp_path / "k.ckpt", flat=True)
+    assert sorted(every.names()) == ["dense/bias", "dense/kernel", "dense/kernel/Adam",
+                                     "global_step"]
+
+
+def test_partitioned_variable_is_reassembled(tmp_path):
+    """A bundle holding a variable in three row slices, built by hand as TensorFlow lays
+    it out: the full-name entry lists the slices, each slice is under its slice key."""
+    full = np.arange(60, dtype="f4").reshape(10, 6)
+    parts = [(0, 4), (4, 3), (7, 3)]
+    prefix = tmp_path / "part"
+    data = bytearray()
+    entries: dict[bytes, bytes] = {}
+    whole = pb.BundleEntryProto(dtype=pb.DT_FLOAT)
+    whole.shape.dim.add(size=10)
+    whole.shape.dim.add(size=6)
+    for start, length in parts:
+        extent = whole.slices.add()
+        extent.extent.add(start=start, length=length)
+        extent.extent.add()  # the whole second dimension
+        piece = full[start:start + length].tobytes()
+        entry = pb.BundleEntryProto(dtype=pb.DT_FLOAT, offset=len(data), size=len(piece),
+                                    crc32c=crc32c.mask(crc32c.value(piece)))
+        entry.shape.dim.add(size=length)
+        entry.shape.dim.add(size=6)
+        entries[ordered_code.encode_slice_key("w", [(start, length), (0, -1)])] = \
+            entry.SerializeToString()
+        data += piece
+    entries[b"w"] = whole.SerializeToString()
+    _write_bundle(prefix, entries, bytes(data))
+    listed = ckpt.list_tensors(prefix)[1]
+    assert [(i.name, i.shape, i.slices) for i in listed] == [("w", (10, 6), 3)]
+    assert np.array_equal(np.asarray(weightconv.load(prefix, flat=True)["w"].tensors["value"]),
+                          full)
+
+
+def _write_bundle(prefix: Path, entries: dict[bytes, bytes], data: bytes) -> None:
+    header = pb.BundleHeaderProto(num_shards=1)
+    header.version.producer = 1
+    with open(f"{prefix}.index", "wb") as handle:
+        table = sstable.TableWriter(handle)
+        table.add(b"", header.SerializeToString())
+        for key in sorted(entries):
+            table.add(key, entries[key])
+        table.finish()
+    Path(f"{prefix}.data-00000-of-00001").write_bytes(data)
+
+
+# Finding checkpoints ------------------------------------------------------------------------
+
+def test_every_way_of_naming_a_checkpoint(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    weightconv.save(_weights(), folder / "model.ckpt-1000")
+    expected = folder / "model.ckpt-1000"
+    for spelled in [expected, f"{expected}.index", f"{expected}.data-00000-of-00001", folder]:
+        assert ckpt.locate(spelled).path == expected, spelled
+        assert weightconv.load(spelled).names() == ["conv1", "fc6", "fc7"]
+    alone = tmp_path / "variables"
+    alone.mkdir()
+    weightconv.save(_weights(), alone / "variables", update_state=False, format="ckpt")
+    assert ckpt.locate(alone).path == alone / "variables"  # a SavedModel's variables/
+
+
+def test_state_file_with_absolute_path_from_another_machine(tmp_path):
+    weightconv.save(_weights(), tmp_path / "export", update_state=False, format="ckpt")
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "/tmp/elsewhere/export"\n')
+    assert ckpt.locate(tmp_path).path == tmp_path / "export"
+
+
+def test_listing_does_not_touch_the_data_file(tmp_path):
+    weightconv.save(_weights(), tmp_path / "m.ckpt")
+    data = tmp_path / "m.ckpt.data-00000-of-00001"
+    data.unlink()
+    ws = weightconv.load(tmp_path / "m.ckpt")
+    assert ws["fc6"].tensors["weights"].shape == (300, 200)
+    assert ws.nbytes == sum(t.nbytes for _, _, t in _weights().tensors())
+    with pytest.raises(weightconv.FormatError, match=r"data-00000-of-00001: missing.*fc6"):
+        np.asarray(ws["fc6"].tensors["weights"])
+
+
+# Corrupt and hostile input ------------------------------------------------------------------
+
+def _checkpoint(tmp_path: Path) -> Path:
+    weightconv.save(_weights(), tmp_path / "m.ckpt")
+    return tmp_path / "m.ckpt"
+
+
+def test_flipped_byte_in_tensor_data_names_the_tensor(tmp_path):
+    prefix = _checkpoint(tmp_path)
+    entries = dict(sstable.TableReader(f"{prefix}.index").items())
+    entry = pb.BundleEntryProto.FromString(bytes(entries[b"fc6/weights"]))
+    data = tmp_path / "m.ckpt.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[entry.offset + entry.size // 2] ^= 0x01
+    data.write_bytes(raw)
+    ws = weightconv.load(prefix)
+    np.asarray(ws["conv1"].tensors["weights"])  # other tensors still read
+    with pytest.raises(weightconv.FormatError, match=r"'fc6/weights': checksum mismatch"):
+        np.asarray(ws["fc6"].tensors["weights"])
+
+
+def test_flipped_byte_in_index_names_the_block(tmp_path):
+    prefix = _checkpoint(tmp_path)
+    index = Path(f"{prefix}.index")
+    raw = bytearray(index.read_bytes())
+    raw[10] ^= 0x20
+    index.write_bytes(raw)
+    with pytest.raises(weightconv.FormatError, match=r"data block at offset 0 .*checksum"):
+        weightconv.load(prefix)
+
+
+@pytest.mark.parametrize("cut", [1, 8, 30, 47, 60])
+def test_truncated_index(tmp_path, cut):
+    prefix = _checkpoint(tmp_path)
+    index = Path(f"{prefix}.index")
+    index.write_bytes(index.read_bytes()[:-cut])
+    with pytest.raises(weightconv.FormatError):
+        weightconv.load(index)
+
+
+def test_every_single_byte_flip_in_the_index_is_caught(tmp_path):
+    """Never wrong numbers: any one flipped bit in the index either raises or, when it hits
+    bytes no reader uses (footer padding), leaves every tensor intact."""
+    prefix = _checkpoint(tmp_path)
+    index = Path(f"{prefix}.index")
+    pristine = index.read_bytes()
+    expected = {n: np.asarray(t).tobytes() for n, t in _flat(weightconv.load(prefix)).items()}
+    for position in range(len(pristine)):
+        damaged = bytearray(pristine)
+        damaged[position] ^= 0x04
+        index.write_bytes(damaged)
+        try:
+            got = {n: np.asarray(t).tobytes() for n, t in _flat(weightconv.load(prefix)).items()}
+        except weightconv.WeightconvError:
+            continue
+        assert got == expected, f"byte {position}"
+
+
+def _flat(ws: WeightSet) -> dict[str, object]:
+    return {layer.tensor_name(role): t for layer, role, t in ws.tensors()}
+
+
+def test_entry_pointing_outside_the_data_file(tmp_path):
+    entry = pb.BundleEntryProto(dtype=pb.DT_FLOAT, offset=4, size=400)
+    entry.shape.dim.add(size=100)
+    _write_bundle(tmp_path / "bad", {b"w": entry.SerializeToString()}, b"\0" * 16)
+    ws = weightconv.load(tmp_path / "bad")
+    with pytest.raises(weightconv.FormatError, match=r"'w': bytes 4\.\.404 lie outside"):
+        np.asarray(ws["w"].tensors["value"])
+
+
+def test_size_that_does_not_match_the_shape(tmp_path):
+    payload = b"\0" * 12
+    entry = pb.BundleEntryProto(dtype=pb.DT_FLOAT, size=12,
+                                crc32c=crc32c.mask(crc32c.value(payload)))
+    entry.shape.dim.add(size=4)
+    _write_bundle(tmp_path / "bad", {b"w": entry.SerializeToString()}, payload)
+    with pytest.raises(weightconv.FormatError, match=r"12 bytes stored for shape \[4\]"):
+        np.asarray(weightconv.load(tmp_path / "bad")["w"].tensors["value"])
+
+
+def test_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path):
+    prefix = _checkpoint(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(weightconv.OutputExistsError):
+        weightconv.save(_weights(), prefix)
+    broken = _weights()
+    broken.layers.append(Layer("when", tensors={"t": np.array(["2020-01-01"],
+                                                              dtype="datetime64[D]")}))
+    with pytest.raises(weightconv.FormatError, match="when/t"):
+        weightconv.save(broken, tmp_path / "other.ckpt")
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # no partial files, the existing checkpoint untouched
+
+
+# V1 checkpoints, built byte by byte --------------------------------------------------------
+
+def _v1_file(path: Path, tensors: dict[str, tuple[int, np.ndarray, list]]) -> None:
+    """A V1 checkpoint: header under the empty key, one SavedSlice per slice key."""
+    records: dict[bytes, bytes] = {}
+    header = pb.SavedTensorSlices()
+    header.meta.versions.producer = 1
+    for name, (dtype, array, slices) in tensors.items():
+        meta = header.meta.tensor.add(name=name, type=dtype)
+        for n in array.shape:
+            meta.shape.dim.add(size=n)
+        for extents in slices:
+            proto = meta.slice.add()
+            region = []
+            for (start, length), size in zip(extents, array.shape, strict=True):
+                extent = proto.extent.add(start=start)
+                if length >= 0:
+                    extent.length = length
+                region.append(slice(start, size if length < 0 else start + length))
+            piece = array[tuple(region)]
+            record = pb.SavedTensorSlices()
+            record.data.name = name
+            record.data.slice.CopyFrom(proto)
+            record.data.data.dtype = dtype
+            _fill(record.data.data, dtype, piece.reshape(-1))
+            records[ordered_code.encode_slice_key(name, extents)] = record.SerializeToString()
+    records[b""] = header.SerializeToString()
+    with open(path, "wb") as handle:
+        table = sstable.TableWriter(handle)
+        for key in sorted(records):
+            table.add(key, records[key])
+        table.finish()
+
+
+def _fill(proto, dtype: int, values: np.ndarray) -> None:
+    if dtype == pb.DT_FLOAT:
+        proto.float_val.extend(values.tolist())
+    elif dtype == pb.DT_DOUBLE:
+        proto.double_val.extend(values.tolist())
+    elif dtype == pb.DT_INT64:
+        proto.int64_val.extend(values.tolist())
+    elif dtype == pb.DT_BOOL:
+        proto.bool_val.extend(values.tolist())
+    elif dtype == pb.DT_STRING:
+        proto.string_val.extend(values.tolist())
+    elif dtype == pb.DT_HALF:
+        proto.half_val.extend(values.view(np.uint16).tolist())
+    else:
+        proto.int_val.extend(values.tolist())
+
+
+def test_v1_checkpoint_every_field(tmp_path):
+    rng = np.random.default_rng(5)
+    tensors = {
+        "conv1/weights": (pb.DT_FLOAT, rng.standard_normal((3, 3, 2, 4)).astype("f4"),
+                          [[(0, -1)] * 4]),
+        "d": (pb.DT_DOUBLE, rng.standard_normal(5), [[(0, -1)]]),
+        "i32": (pb.DT_INT32, np.array([-1, 0, 2**31 - 1, -2**31], "i4"), [[(0, -1)]]),
+        "i8": (pb.DT_INT8, np.array([-128, 127, 0], "i1"), [[(0, -1)]]),
+        "u8": (pb.DT_UINT8, np.array([0, 255, 7], "u1"), [[(0, -1)]]),
+        "i64": (pb.DT_INT64, np.array([-(2**63), 2**63 - 1, -5], "i8"), [[(0, -1)]]),
+        "flag": (pb.DT_BOOL, np.array([True, False, True]), [[(0, -1)]]),
+        "half": (pb.DT_HALF, np.array([1.5, -2.0, 65504], "f2"), [[(0, -1)]]),
+        "names": (pb.DT_STRING, np.array([b"x\x00y", b""], dtype=object), [[(0, -1)]]),
+        "global_step": (pb.DT_INT64, np.array(9, "i8"), [[]]),
+        "split": (pb.DT_FLOAT, np.arange(24, dtype="f4").reshape(6, 4),
+                  [[(0, 2), (0, -1)], [(2, 4), (0, -1)]]),
+    }
+    path = tmp_path / "old.ckpt"
+    _v1_file(path, tensors)
+    where = ckpt.locate(path)
+    assert where.version == 1
+    ws = weightconv.load(path, flat=True)
+    assert ws.source.detail["version"] == "V1 (tensor_slice)"
+    for name, (_, array, _) in tensors.items():
+        got = np.asarray(ws[name].tensors["value"])
+        if array.dtype == object:
+            assert got.tolist() == array.tolist()
+        else:
+            assert got.dtype == array.dtype and got.tobytes() == array.tobytes(), name
+
+
+def test_v1_slice_missing(tmp_path):
+    path = tmp_path / "old.ckpt"
+    _v1_file(path, {"w": (pb.DT_FLOAT, np.zeros(4, "f4"), [[(0, 2)]])})
+    ws = weightconv.load(path, flat=True)
+    with pytest.raises(weightconv.FormatError, match="'w': its slices cover 2 of 4"):
+        np.asarray(ws["w"].tensors["value"])
+
+
+# The command line ---------------------------------------------------------------------------
+
+def _run(*argv: str) -> tuple[int, str, str]:
+    result = subprocess.run([sys.executable, "-m", "weightconv", *argv], capture_output=True,
+                            text=True, timeout=120)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_npy2ckpt_ckpt2npy_round_trip(tmp_path):
+    weightconv.save(_weights(), tmp_path / "w.npy")
+    assert cli.main(["npy2ckpt", str(tmp_path / "w.npy"), "-o", str(tmp_path / "w.ckpt"),
+                     "--scope", "my", "-q"]) == 0
+    assert cli.main(["ckpt2npy", str(tmp_path / "w.ckpt"), "-o", str(tmp_path / "back.npy"),
+                     "--strip-scope", "my/", "-q"]) == 0
+    original = np.load(tmp_path / "w.npy", allow_pickle=True, encoding="latin1").item()
+    back = np.load(tmp_path / "back.npy", allow_pickle=True, encoding="latin1").item()
+    assert list(back) == list(original)
+    for name, tensors in original.items():
+        for a, b in zip(tensors, back[name], strict=True):
+            _assert_same(a, b)
+
+
+def test_ckpt2npy_flat_and_filters(tmp_path):
+    weightconv.save(_weights(), tmp_path / "m.ckpt", scope="s/")
+    assert cli.main(["ckpt2npy", str(tmp_path), "--flat", "--skip", "s/fc7", "-o",
+                     str(tmp_path / "flat.npy"), "-q"]) == 0
+    flat = np.load(tmp_path / "flat.npy", allow_pickle=True).item()
+    assert sorted(flat) == ["s/conv1/biases", "s/conv1/weights", "s/fc6/biases",
+                            "s/fc6/weights"]
+
+
+def test_inspect_json_lists_stored_names_and_shows_one_tensor(tmp_path, capsys):
+    weightconv.save(_weights(), tmp_path / "m.ckpt", scope="vgg_16/")
+    assert cli.main(["inspect", str(tmp_path / "m.ckpt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "ckpt"
+    assert [row["name"] for row in report["tensors"]] == [
+        "vgg_16/conv1/biases", "vgg_16/conv1/weights", "vgg_16/fc6/biases",
+        "vgg_16/fc6/weights", "vgg_16/fc7/weights"]
+    assert cli.main(["inspect", str(tmp_path / "m.ckpt"), "--tensor", "vgg_16/fc7/weights",
+                     "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["tensor"]
+    expected = _weights()["fc7"].tensors["weights"]
+    assert shown["shape"] == [200, 10] and shown["dtype"] == "float64"
+    assert shown["max"] == pytest.approx(float(expected.max()))
+
+
+def test_bad_checkpoint_exit_code_and_one_line(tmp_path):
+    prefix = _checkpoint(tmp_path)
+    data = tmp_path / "m.ckpt.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[-3] ^= 0xFF
+    data.write_bytes(raw)
+    code, _out, err = _run("ckpt2npy", str(prefix), "-o", str(tmp_path / "out.npy"))
+    assert code == 2
+    assert err.count("\n") == 1 and "checksum mismatch" in err and "Traceback" not in err
+    assert not (tmp_path / "out.npy").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_no_tensorflow_import(tmp_path):
+    """Listing, reading and writing checkpoints must not import TensorFlow."""
+    weightconv.save(_weights(), tmp_path / "w.npy")
+    script = f"""
+import sys
+from weightconv import cli
+folder = {str(tmp_path)!r}
+assert cli.main(["npy2ckpt", folder + "/w.npy", "-o", folder + "/w.ckpt", "-q"]) == 0
+assert cli.main(["inspect", folder + "/w.ckpt", "--json"]) == 0
+assert cli.main(["inspect", folder + "/w.ckpt", "--tensor", "fc6/weights"]) == 0
+assert cli.main(["ckpt2npy", folder + "/w.ckpt", "-o", folder + "/b.npy", "-q"]) == 0
+assert cli.main(["convert", folder + "/w.ckpt", folder + "/c.ckpt", "-q"]) == 0
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+print("LOADED", loaded)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stdout
+
+
+def test_header_struct_fields_are_little_endian_and_masked():
+    """The masked CRC as LevelDB defines it: rotate right by 15, add a constant."""
+    crc = crc32c.value(b"123456789")
+    assert crc == 0xE3069283  # the CRC-32C check value for "123456789"
+    assert crc32c.unmask(crc32c.mask(crc)) == crc
+    assert crc32c.mask(crc) == ((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+    assert struct.pack("<Q", sstable.MAGIC).hex() == "57fb808b247547db"
