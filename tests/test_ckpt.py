@@ -530,3 +530,20 @@ def test_header_struct_fields_are_little_endian_and_masked():
     assert crc32c.unmask(crc32c.mask(crc)) == crc
     assert crc32c.mask(crc) == ((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
     assert struct.pack("<Q", sstable.MAGIC).hex() == "57fb808b247547db"
+
+
+def test_bfloat16_round_trip_and_exact_float32_in_npy(tmp_path):
+    import ml_dtypes
+
+    values = np.array([1.0, -2.5, 3.0e38, 1.0e-38, np.inf], dtype=ml_dtypes.bfloat16)
+    weightconv.save(WeightSet(layers=[Layer("emb", tensors={"weights": values})]),
+                    tmp_path / "b.ckpt")
+    entries = dict(sstable.TableReader(tmp_path / "b.ckpt.index").items())
+    assert pb.BundleEntryProto.FromString(bytes(entries[b"emb/weights"])).dtype == pb.DT_BFLOAT16
+    back = np.asarray(weightconv.load(tmp_path / "b.ckpt")["emb"].tensors["weights"])
+    assert back.dtype == values.dtype and back.tobytes() == values.tobytes()
+    assert cli.main(["ckpt2npy", str(tmp_path / "b.ckpt"), "-o", str(tmp_path / "b.npy"),
+                     "-q"]) == 0
+    (weights,) = np.load(tmp_path / "b.npy", allow_pickle=True).item()["emb"]
+    assert weights.dtype == np.float32
+    assert weights.tolist() == values.astype(np.float32).tolist()

@@ -280,6 +280,8 @@ def _write_tensor(handle: IO[bytes], path: str | os.PathLike[str], layer: Layer,
                   progress: Progress | None) -> None:
     """One ndarray pickled as NumPy pickles it, its bytes streamed in chunks."""
     array = np.asarray(layer.tensors[role])
+    if array.dtype.name == "bfloat16":  # no NumPy dtype: np.load could not read it back
+        array = array.astype(np.float32)  # exact: every bfloat16 is a float32
     if array.dtype.kind not in _NUMERIC_KINDS or array.dtype.hasobject:
         raise FormatError(f"{path}: tensor {layer.name}/{role} has dtype {array.dtype}; only "
                           f"numeric tensors can be written to a .npy weight dict")
