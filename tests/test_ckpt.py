@@ -547,3 +547,17 @@ def test_bfloat16_round_trip_and_exact_float32_in_npy(tmp_path):
     (weights,) = np.load(tmp_path / "b.npy", allow_pickle=True).item()["emb"]
     assert weights.dtype == np.float32
     assert weights.tolist() == values.astype(np.float32).tolist()
+
+
+@pytest.mark.parametrize("shards", [1, 2, 4])
+def test_shard_plan_with_empty_trailing_tensors(tmp_path, shards):
+    """Zero-byte tensors after the last byte of data must not open a shard of their own."""
+    ws = WeightSet(layers=[Layer("a", tensors={"weights": np.ones((10, 10), "f4")}),
+                           Layer("b", tensors={"weights": np.ones(3, "f4")}),
+                           Layer("c", tensors={"weights": np.ones(2, "f4")}),
+                           Layer("d", tensors={"weights": np.ones(1, "f4")}),
+                           Layer("z", tensors={"empty": np.zeros((0, 3), "f4")})])
+    summary = weightconv.save(ws, tmp_path / "e.ckpt", shards=shards)
+    assert summary["shards"] == shards
+    assert len(list(tmp_path.glob("e.ckpt.data-*"))) == shards
+    assert weightconv.load(tmp_path / "e.ckpt")["z"].tensors["empty"].shape == (0, 3)

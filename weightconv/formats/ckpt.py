@@ -569,7 +569,7 @@ def _plan(weights: WeightSet, scope: str, shards: int, max_shard_bytes: int | No
     done = 0
     previous = 0
     for position, item in enumerate(planned):
-        by_size = int(done // share) if share else 0
+        by_size = min(shards - 1, int(done // share)) if share else 0
         needed = shards - (len(planned) - position)  # leave one tensor for each later shard
         item.shard = 0 if position == 0 else min(previous + 1, max(previous, by_size, needed))
         previous = item.shard
@@ -707,6 +707,7 @@ def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str,
 
     entry = pb.BundleEntryProto()
     entry.dtype = tf_types.from_numpy(array.dtype, what)  # type: ignore[assignment]
+    entry.shape.SetInParent()  # present even for scalars, as TensorFlow writes it
     for n in array.shape:
         entry.shape.dim.add(size=int(n))
     if entry.dtype == tf_types.STRING:

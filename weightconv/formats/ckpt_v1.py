@@ -178,9 +178,10 @@ def _decode_values(tensor: memoryview, dtype: int, numpy_dtype: np.dtype[Any], c
                 pieces.append(decode_varints(tensor, start, end, what))
             else:
                 pieces.append(np.frombuffer(tensor, dtype=encoding, count=1, offset=start))
-    raw = np.concatenate(pieces) if len(pieces) != 1 else pieces[0]
     if not pieces:
-        raw = np.empty(0, dtype=np.uint64)
+        raw = np.empty(0, dtype=np.uint64 if encoding == "varint" else encoding)
+    else:
+        raw = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
     return _as_dtype(raw, dtype, numpy_dtype, what)
 
 
