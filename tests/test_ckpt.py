@@ -478,9 +478,9 @@ def test_inspect_json_lists_stored_names_and_shows_one_tensor(tmp_path, capsys):
     assert cli.main(["inspect", str(tmp_path / "m.ckpt"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["format"] == "ckpt"
-    assert [row["name"] for row in report["tensors"]] == [
-        "vgg_16/conv1/biases", "vgg_16/conv1/weights", "vgg_16/fc6/biases",
-        "vgg_16/fc6/weights", "vgg_16/fc7/weights"]
+    assert [row["name"] for row in report["tensors"]] == [  # the order they were written in
+        "vgg_16/conv1/weights", "vgg_16/conv1/biases", "vgg_16/fc6/weights",
+        "vgg_16/fc6/biases", "vgg_16/fc7/weights"]
     assert cli.main(["inspect", str(tmp_path / "m.ckpt"), "--tensor", "vgg_16/fc7/weights",
                      "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["tensor"]

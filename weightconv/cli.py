@@ -20,13 +20,27 @@ from typing import Any
 import numpy as np
 
 from . import __version__, formats
-from .errors import EXIT_BAD_INPUT, EXIT_OK, UsageError, WeightconvError
+from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, UsageError, WeightconvError
 from .layout import canonicalization_steps
+from .mapping import CHANNEL_ORDERS, NAME_SCHEMES, MapFile, Mapping
 from .progress import Progress
 from .weights import WeightSet
 
 EXIT_INTERNAL = 3
 CAFFE_FORMATS = ("caffemodel", "caffe-h5")
+KERAS_FORMAT = "keras-h5"
+#: verb -> (the formats it reads, the format it writes)
+SHORT_VERBS: dict[str, tuple[tuple[str, ...], str]] = {
+    "caffe2npy": (CAFFE_FORMATS, "npy"),
+    "caffe2ckpt": (CAFFE_FORMATS, "ckpt"),
+    "caffe2h5": (CAFFE_FORMATS, KERAS_FORMAT),
+    "npy2ckpt": (("npy",), "ckpt"),
+    "ckpt2npy": (("ckpt",), "npy"),
+    "npy2h5": (("npy",), KERAS_FORMAT),
+    "h52npy": ((KERAS_FORMAT,), "npy"),
+    "ckpt2h5": (("ckpt",), KERAS_FORMAT),
+    "h52ckpt": ((KERAS_FORMAT,), "ckpt"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,13 +120,53 @@ def build_parser() -> argparse.ArgumentParser:
                          help=".npy layout: {layer: [W, b]} (list, default), "
                               "{layer: {'weights': W, 'biases': b}} (dict) or "
                               "{tensor name: array} (flat, the default with --flat)")
-    writing.add_argument("--scope", metavar="SCOPE", default="",
-                         help="checkpoint output: put every tensor under this scope, e.g. my/")
     writing.add_argument("--shards", metavar="N", type=_positive_int, default=1,
                          help="checkpoint output: spread tensors over N data files")
     writing.add_argument("--max-shard-size", metavar="SIZE", type=_size_arg, default=None,
                          help="checkpoint output: start a new data file before one would "
                               "exceed SIZE (bytes, or with K/M/G)")
+    writing.add_argument("--keras-layout", choices=("keras3", "keras2"), default="keras3",
+                         help="Keras output: .weights.h5 as Keras 3 writes it (default) or "
+                              "the Keras 2 save_weights .h5 layout")
+    writing.add_argument("--model", metavar="CONFIG", type=Path,
+                         help="Keras output: the target model (config.json or .keras); "
+                              "default: one Conv2D/Dense per weighted layer, in order")
+
+    mapping = argparse.ArgumentParser(add_help=False)
+    mapping.add_argument("--names", choices=NAME_SCHEMES, default="keep",
+                         help="output tensor names: keep the source's (default), tf1 "
+                              "(conv1/weights), slim (NET/conv1/conv1_1/weights), keras "
+                              "(conv1/kernel) or caffe (conv1/weights, scopes dropped)")
+    mapping.add_argument("--net", metavar="NAME", default="",
+                         help="the net scope of slim names, e.g. vgg_16 or alexnet_v2")
+    mapping.add_argument("--scope", metavar="SCOPE", default="",
+                         help="put every output tensor under this scope, e.g. my/")
+    mapping.add_argument("--fc-as-conv", action="store_true",
+                         help="write fully-connected layers (matching --fc-pattern) as slim's "
+                              "convolutions: fc6 (25088, 4096) -> (7, 7, 512, 4096)")
+    mapping.add_argument("--fc-as-dense", action="store_true",
+                         help="turn fc-as-conv kernels (matching --fc-pattern) back into dense "
+                              "(in, out) kernels")
+    mapping.add_argument("--fc-pattern", metavar="GLOB", default="fc*",
+                         help="which layers --fc-as-conv/--fc-as-dense apply to (default fc*)")
+    mapping.add_argument("--fc-input", metavar="NAME=H,W,C", action="append", default=[],
+                         type=_fc_input_arg,
+                         help="the input size of a fully-connected layer when the source does "
+                              "not record it, e.g. fc6=7,7,512")
+    mapping.add_argument("--input-channels", choices=CHANNEL_ORDERS, default=None,
+                         help="channel order the output's first convolution should expect; "
+                              "its input channels are swapped if the source's differs")
+    mapping.add_argument("--source-channels", choices=CHANNEL_ORDERS, default=None,
+                         help="the source's channel order when the file does not record it "
+                              "(Caffe models are BGR)")
+    mapping.add_argument("--split-groups", action="store_true",
+                         help="write grouped convolutions as one kernel per group "
+                              "(conv2_group0, conv2_group1)")
+    mapping.add_argument("--merge-groups", action="store_true",
+                         help="merge NAME_group0, NAME_group1, ... back into one grouped kernel")
+    mapping.add_argument("--map", dest="map_file", metavar="FILE", type=Path,
+                         help="JSON or TOML map file: regex renames, skips, per-tensor "
+                              "reshape/transpose/flip_axis")
 
     parser = argparse.ArgumentParser(
         prog="weightconv",
@@ -123,31 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"weightconv {__version__}")
     verbs = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    p = verbs.add_parser("caffe2npy", parents=[common, reading, writing],
-                         help="convert a .caffemodel (or .caffemodel.h5) to a .npy weight dict",
-                         description="Convert Caffe weights to a .npy dict in TensorFlow layout "
-                                     "(conv HWIO, dense (in, out) with H,W,C flatten order).")
-    p.add_argument("model", type=Path, help=".caffemodel or .caffemodel.h5")
-    p.set_defaults(handler=_caffe2npy, verb_output_format="npy")
+    for verb, (sources, target) in SHORT_VERBS.items():
+        source_title = "/".join(sources)
+        p = verbs.add_parser(verb, parents=[common, reading, writing, mapping],
+                             help=f"convert {source_title} to {target}",
+                             description=f"Convert a {source_title} file to {target}; "
+                                         f"`weightconv convert` with the formats fixed.")
+        p.add_argument("model", type=Path, help=f"the {source_title} input")
+        p.set_defaults(handler=_short_verb, verb_sources=sources, verb_output_format=target)
 
-    p = verbs.add_parser("npy2ckpt", parents=[common, reading, writing],
-                         help="convert a .npy weight dict to a TensorFlow checkpoint",
-                         description="Write a V2 checkpoint (PREFIX.index, PREFIX.data-*) that "
-                                     "tf.train.load_checkpoint and tf.compat.v1.train.Saver "
-                                     "read; tensors are named layer/weights, layer/biases under "
-                                     "an optional --scope.")
-    p.add_argument("model", type=Path, help=".npy weight dict")
-    p.set_defaults(handler=_npy2ckpt, verb_output_format="ckpt")
-
-    p = verbs.add_parser("ckpt2npy", parents=[common, reading, writing],
-                         help="convert a TensorFlow checkpoint to a .npy weight dict",
-                         description="Read a V2 or V1 checkpoint (a prefix, its .index, a "
-                                     ".data file or a folder with a `checkpoint` file) and "
-                                     "write {layer: [W, b]}; --flat writes {name: array}.")
-    p.add_argument("model", type=Path, help="checkpoint prefix, .index, or folder")
-    p.set_defaults(handler=_ckpt2npy, verb_output_format="npy")
-
-    p = verbs.add_parser("convert", parents=[common, reading, writing],
+    p = verbs.add_parser("convert", parents=[common, reading, writing, mapping],
                          help="convert between any two supported formats",
                          description="Convert SRC to DST; formats from content and suffix.")
     p.add_argument("src", type=Path)
@@ -164,6 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canonical", action="store_true",
                    help="show tensors in TensorFlow layout, as a conversion would write them")
     p.set_defaults(handler=_inspect)
+
+    p = verbs.add_parser("map", parents=[common, reading, writing, mapping],
+                         help="show (--explain) or apply a mapping between tensor layouts",
+                         description="Print the plan: each source tensor and shape -> target "
+                                     "name and shape, and the transforms in between; with DST "
+                                     "(and without --explain), also convert.")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path, nargs="?")
+    p.add_argument("--explain", action="store_true", help="only print the plan")
+    p.set_defaults(handler=_map)
+
+    p = verbs.add_parser("diff", parents=[common, reading, mapping],
+                         help="compare the tensors of two weight files of any formats",
+                         description="Compare A and B tensor by tensor in the canonical layout "
+                                     "(after the mapping options, applied to both): max abs and "
+                                     "rel difference, missing and extra names, shape "
+                                     "mismatches. Exit 0 when equal within tolerance, 1 when "
+                                     "not.")
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
+    p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0)")
+    p.set_defaults(handler=_diff)
 
     p = verbs.add_parser("formats", parents=[common], help="list the supported formats")
     p.set_defaults(handler=_formats)
@@ -203,6 +265,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fc_input_arg(text: str) -> tuple[str, tuple[int, int, int]]:
+    name, _, dims = text.partition("=")
+    try:
+        h, w, c = (int(part) for part in dims.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=H,W,C such as fc6=7,7,512, got "
+                                         f"{text!r}") from None
+    if not name or min(h, w, c) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=H,W,C such as fc6=7,7,512, got {text!r}")
+    return name, (h, w, c)
+
+
 def _size_arg(text: str) -> int:
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -234,31 +308,27 @@ def _read_options(args: argparse.Namespace) -> dict[str, Any]:
 # --- verbs -----------------------------------------------------------------------------------
 
 
-def _caffe2npy(args: argparse.Namespace) -> int:
+def _short_verb(args: argparse.Namespace) -> int:
     source = formats.detect(args.model, args.src_format)
-    if source.name not in CAFFE_FORMATS:
-        raise UsageError(f"{args.model}: is {source.title}, not a Caffe model; use "
-                         f"`weightconv convert`")
-    output = args.output or args.model.with_suffix(".npy")
+    if source.name not in args.verb_sources:
+        raise UsageError(f"{args.model}: is {source.title}, not {' or '.join(args.verb_sources)}; "
+                         f"use `weightconv convert`")
+    output = args.output or _default_output(args.model, args.verb_output_format, args)
     return _run_conversion(args, source, args.model, output)
 
 
-def _npy2ckpt(args: argparse.Namespace) -> int:
-    source = formats.detect(args.model, args.src_format)
-    if source.name != "npy":
-        raise UsageError(f"{args.model}: is {source.title}, not a .npy weight dict; use "
-                         f"`weightconv convert`")
-    output = args.output or args.model.with_suffix(".ckpt")
-    return _run_conversion(args, source, args.model, output)
-
-
-def _ckpt2npy(args: argparse.Namespace) -> int:
-    source = formats.detect(args.model, args.src_format)
-    if source.name != "ckpt":
-        raise UsageError(f"{args.model}: is {source.title}, not a TensorFlow checkpoint; use "
-                         f"`weightconv convert`")
-    output = args.output or Path(str(args.model).removesuffix(".index") + ".npy")
-    return _run_conversion(args, source, args.model, output)
+def _default_output(model: Path, target: str, args: argparse.Namespace) -> Path:
+    base = str(model).removesuffix(".index")
+    for suffix in (".caffemodel.h5", ".weights.h5", ".caffemodel", ".npy", ".h5", ".keras",
+                   ".ckpt"):
+        if base.endswith(suffix):
+            base = base[:-len(suffix)]
+            break
+    if target == KERAS_FORMAT:
+        suffix = ".h5" if getattr(args, "keras_layout", "keras3") == "keras2" else ".weights.h5"
+    else:
+        suffix = {"npy": ".npy", "ckpt": ".ckpt"}[target]
+    return Path(base + suffix)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -277,14 +347,20 @@ def _run_conversion(args: argparse.Namespace, source: formats.Format, src: Path,
     target = formats.for_output(dst, args.dst_format or getattr(args, "verb_output_format", None))
     target.check_output(dst, args.force)
     weights, left_out = _selected(args, source.read(src, **_read_options(args)))
+    plan = _mapping(args)
+    steps = _transform_steps(weights)
+    if not plan.is_identity():
+        weights = plan.apply(weights)
+        steps = _transform_steps(weights)
     flavour = args.flavour or ("flat" if getattr(args, "flat", False) else "list")
     with Progress(total=weights.nbytes, label=f"{src.name} -> {dst.name}",
                   enabled=False if args.quiet else None) as bar:
         written = target.write(weights, dst, force=args.force, flavour=flavour,
-                               progress=bar, scope=args.scope, shards=args.shards,
-                               max_shard_bytes=args.max_shard_size)
+                               progress=bar, shards=args.shards,
+                               max_shard_bytes=args.max_shard_size,
+                               keras_layout=args.keras_layout, model=args.model)
     written["skipped"] = left_out + list(written.get("skipped", []))
-    summary = _conversion_summary(weights, source, target, src, dst, written)
+    summary = _conversion_summary(weights, source, target, src, dst, written, steps)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -297,18 +373,46 @@ def _selected(args: argparse.Namespace, weights: WeightSet) -> tuple[WeightSet, 
     if not only and not skip:
         return weights, []
     selected, left_out = weights.select(only, skip)
+    for pattern in skip:
+        _, unmatched = weights.select((), [pattern])
+        if not unmatched:
+            where = weights.source.path if weights.source else "the input"
+            raise UsageError(f"--skip {pattern}: no layer or tensor of {where} matches it "
+                             f"(layers: {', '.join(weights.names()[:12])})")
     if only and not selected.weighted_layers():
         raise UsageError(f"--only {' '.join(only)} matches no layer (layers: "
                          f"{', '.join(weights.names()[:12])})")
     return selected, left_out
 
 
-def _conversion_summary(weights: WeightSet, source: formats.Format, target: formats.Format,
-                        src: Path, dst: Path, written: dict[str, Any]) -> dict[str, Any]:
+def _mapping(args: argparse.Namespace) -> Mapping:
+    map_file = MapFile.load(args.map_file) if getattr(args, "map_file", None) else None
+    return Mapping(names=args.names, net=args.net, scope=args.scope,
+                   fc_as_conv=args.fc_as_conv, fc_as_dense=args.fc_as_dense,
+                   fc_pattern=args.fc_pattern, fc_inputs=dict(args.fc_input),
+                   input_channels=args.input_channels, source_channels=args.source_channels,
+                   split_groups=args.split_groups, merge_groups=args.merge_groups,
+                   map_file=map_file)
+
+
+def _transform_steps(weights: WeightSet) -> dict[str, list[str]]:
+    """Each transform a conversion applies -> the layers it applies to, for summaries."""
     transforms: dict[str, list[str]] = {}
     for layer in weights.weighted_layers():
-        for step in canonicalization_steps(layer):
+        mapped = layer.params.get("mapping")
+        if mapped:
+            steps = list(dict.fromkeys(step for origin in mapped.values()
+                                       for step in origin["transforms"]))
+        else:
+            steps = canonicalization_steps(layer)
+        for step in steps:
             transforms.setdefault(step, []).append(layer.name)
+    return transforms
+
+
+def _conversion_summary(weights: WeightSet, source: formats.Format, target: formats.Format,
+                        src: Path, dst: Path, written: dict[str, Any],
+                        transforms: dict[str, list[str]]) -> dict[str, Any]:
     return {
         "ok": True,
         "input": {"path": str(src), "format": source.name},
@@ -448,6 +552,111 @@ def _show_tensor(args: argparse.Namespace, weights: WeightSet, layers: list[Any]
     return EXIT_OK
 
 
+def _map(args: argparse.Namespace) -> int:
+    source = formats.detect(args.src, args.src_format)
+    weights, left_out = _selected(args, source.read(args.src, **_read_options(args)))
+    rows = _mapping(args).explain(weights)
+    converting = args.dst is not None and not args.explain
+    if args.json and not converting:
+        print(json.dumps({"ok": True, "input": {"path": str(args.src), "format": source.name},
+                          "plan": rows, "skipped": left_out, "notes": weights.notes}, indent=2))
+        return EXIT_OK
+    if not args.json:
+        out = sys.stderr if converting else sys.stdout
+        for row in rows:
+            steps = "; ".join(row["transforms"]) or "as is"
+            print(f"{row['from']} {_shape_text(row['from_shape'])} -> {row['to']} "
+                  f"{_shape_text(row['to_shape'])}: {steps}", file=out)
+        if left_out:
+            print(f"skipped: {_names(left_out)}", file=out)
+    if converting:
+        return _run_conversion(args, source, args.src, args.dst)
+    return EXIT_OK
+
+
+def _shape_text(shape: list[Any]) -> str:
+    if shape and isinstance(shape[0], list):
+        return " + ".join(_shape_text(part) for part in shape)
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def _diff(args: argparse.Namespace) -> int:
+    sides = []
+    for path in (args.a, args.b):
+        fmt = formats.detect(path, args.src_format)
+        weights, _ = _selected(args, fmt.read(path, **_read_options(args)))
+        mapped = _mapping(args).apply(weights)
+        tensors = {layer.tensor_name(role): tensor
+                   for layer in mapped.layers for role, tensor in layer.tensors.items()}
+        sides.append((fmt, tensors))
+    (fmt_a, a), (fmt_b, b) = sides
+    rows = []
+    for name in [*a, *(n for n in b if n not in a)]:
+        rows.append(_compare(name, a.get(name), b.get(name), args.atol, args.rtol))
+    differing = [row for row in rows if row["status"] not in ("equal", "close")]
+    report = {"ok": not differing, "a": {"path": str(args.a), "format": fmt_a.name},
+              "b": {"path": str(args.b), "format": fmt_b.name},
+              "atol": args.atol, "rtol": args.rtol, "tensors": rows,
+              "counts": {status: sum(r["status"] == status for r in rows)
+                         for status in ("equal", "close", "differs", "shape mismatch",
+                                        "only in a", "only in b")}}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        width = max([len(r["name"]) for r in rows] + [6])
+        for row in rows:
+            detail = ""
+            if row["status"] in ("close", "differs"):
+                detail = f"  max abs {row['max_abs']:.3g}, max rel {row['max_rel']:.3g}"
+            elif row["status"] == "shape mismatch":
+                detail = f"  {_shape_text(row['shape_a'])} vs {_shape_text(row['shape_b'])}"
+            print(f"{row['name']:<{width}}  {row['status']}{detail}")
+        counts = ", ".join(f"{n} {k}" for k, n in report["counts"].items() if n)
+        print(f"{'same' if not differing else 'DIFFERENT'}: {counts}")
+    return EXIT_OK if not differing else EXIT_CHECK_FAILED
+
+
+def _compare(name: str, a: Any, b: Any, atol: float, rtol: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": name}
+    if a is None or b is None:
+        row["status"] = "only in b" if a is None else "only in a"
+        return row
+    row.update(shape_a=list(a.shape), shape_b=list(b.shape), dtype_a=str(a.dtype),
+               dtype_b=str(b.dtype))
+    if tuple(a.shape) != tuple(b.shape):
+        row["status"] = "shape mismatch"
+        return row
+    left, right = np.asarray(a), np.asarray(b)
+    if left.dtype == object or right.dtype == object:
+        same = left.dtype == right.dtype and left.tolist() == right.tolist()
+        row.update(status="equal" if same else "differs", max_abs=None, max_rel=None)
+        return row
+    max_abs = max_rel = 0.0
+    bitwise = left.dtype == right.dtype
+    within = True
+    flat_a, flat_b = left.reshape(-1), right.reshape(-1)
+    for start in range(0, flat_a.size, 1 << 22):  # 4M values at a time bounds the memory
+        x = flat_a[start:start + (1 << 22)]
+        y = flat_b[start:start + (1 << 22)]
+        if bitwise and not np.array_equal(x.view(np.uint8), y.view(np.uint8)):
+            bitwise = False
+        xf, yf = x.astype(np.complex128 if x.dtype.kind == "c" or y.dtype.kind == "c"
+                          else np.float64), y.astype(np.float64 if y.dtype.kind != "c"
+                                                     else np.complex128)
+        both_nan = np.isnan(xf) & np.isnan(yf)
+        delta = np.where(both_nan | (xf == yf), 0.0, np.abs(xf - yf))
+        if delta.size:
+            max_abs = max(max_abs, float(np.nanmax(np.where(np.isnan(delta), np.inf, delta))))
+            scale = np.abs(yf)
+            rel = np.divide(delta, scale, out=np.zeros_like(delta), where=scale > 0)
+            rel = np.where((scale == 0) & (delta > 0), np.inf, rel)
+            max_rel = max(max_rel, float(rel.max()))
+            within = within and bool(np.all(delta <= atol + rtol * scale))
+    row.update(max_abs=max_abs, max_rel=max_rel,
+               status="equal" if bitwise or max_abs == 0 else "close" if within else "differs")
+    return row
+
+
 def _formats(args: argparse.Namespace) -> int:
     rows = [{"name": f.name, "title": f.title, "suffixes": list(f.suffixes), "read": True,
              "write": f.can_write} for f in formats.FORMATS]
@@ -472,17 +681,17 @@ def _demo(args: argparse.Namespace) -> int:
     prototxt.write_text(net.deploy_prototxt)
     if not args.quiet and not args.json:
         print(f"generated {model} ({_mb(model.stat().st_size)}) and {prototxt}")
-    step = argparse.Namespace(**{**vars(args), "prototxt": prototxt, "input_shape": None,
-                                 "src_format": None, "dst_format": "npy", "force": True,
-                                 "flavour": "list", "trust_pickle": False, "only": [],
-                                 "skip": [], "strip_scope": "", "flat": False, "scope": "",
-                                 "shards": 1, "max_shard_size": None})
-    status = _run_conversion(step, formats.get("caffemodel"), model, args.dir / "alexnet.npy")
-    if status != EXIT_OK:
-        return status
-    step.dst_format = "ckpt"
-    return _run_conversion(step, formats.get("npy"), args.dir / "alexnet.npy",
-                           args.dir / "alexnet.ckpt")
+    common = ["--force", *(["--json"] if args.json else []), *(["-q"] if args.quiet else [])]
+    steps = [["caffe2npy", str(model), "--prototxt", str(prototxt), "-o",
+              str(args.dir / "alexnet.npy")],
+             ["npy2ckpt", str(args.dir / "alexnet.npy"), "-o", str(args.dir / "alexnet.ckpt")]]
+    parser = build_parser()
+    for step in steps:
+        parsed = parser.parse_args([*step, *common])
+        status = int(parsed.handler(parsed))
+        if status != EXIT_OK:
+            return status
+    return EXIT_OK
 
 
 def _mb(count: int | None) -> str:

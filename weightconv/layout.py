@@ -160,6 +160,52 @@ def _contiguous(matrix: np.ndarray) -> np.ndarray:
     return flatten_chw_to_hwc(matrix, (matrix.shape[0], 1, 1))
 
 
+def dense_to_fc_conv(weights: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:
+    """A canonical dense kernel (H*W*C, out) as the convolution that replaces it in slim-style
+    nets (VGG's fc6 as a 7x7 conv): (H, W, C, out); a view. Rows must be in H, W, C order,
+    which the canonical layout guarantees."""
+    _expect_ndim(weights, 2, "dense weights")
+    h, w, c = hwc
+    if h * w * c != weights.shape[0]:
+        raise ShapeError(f"dense weights {tuple(weights.shape)} have {weights.shape[0]} inputs, "
+                         f"not {h}x{w}x{c} = {h * w * c}")
+    return weights.reshape(h, w, c, weights.shape[1])
+
+
+def fc_conv_to_dense(kernel: np.ndarray) -> np.ndarray:
+    """Inverse of `dense_to_fc_conv`: (H, W, C, out) -> (H*W*C, out); a view when contiguous."""
+    _expect_ndim(kernel, 4, "fc-as-conv kernel")
+    h, w, c, out = kernel.shape
+    return kernel.reshape(h * w * c, out)
+
+
+def flip_input_channels(kernel: np.ndarray) -> np.ndarray:
+    """Reverse the input channels of an HWIO kernel: BGR <-> RGB on a first layer; a view."""
+    _expect_ndim(kernel, 4, "conv kernel")
+    if kernel.shape[2] != 3:
+        raise ShapeError(f"swapping BGR/RGB needs a kernel with 3 input channels, got shape "
+                         f"{tuple(kernel.shape)}")
+    return kernel[:, :, ::-1, :]
+
+
+def split_groups(tensor: np.ndarray, groups: int) -> list[np.ndarray]:
+    """A grouped conv's HWIO kernel (kh, kw, in/g, out) or its biases (out,) as `groups`
+    separate convolutions: the output channels cut into equal consecutive parts; views."""
+    axis = tensor.ndim - 1
+    if groups < 1 or tensor.shape[axis] % groups:
+        raise ShapeError(f"cannot split {tensor.shape[axis]} output channels into {groups} "
+                         f"groups (shape {tuple(tensor.shape)})")
+    return np.split(tensor, groups, axis=axis)
+
+
+def merge_groups(parts: list[np.ndarray]) -> np.ndarray:
+    """Inverse of `split_groups`: one grouped kernel (or bias) from its per-group parts."""
+    shapes = {part.shape[:-1] for part in parts}
+    if len(shapes) != 1:
+        raise ShapeError(f"group parts differ in shape: {[tuple(p.shape) for p in parts]}")
+    return np.concatenate(parts, axis=parts[0].ndim - 1)
+
+
 def _expect_ndim(array: np.ndarray, ndim: int, what: str) -> None:
     if array.ndim != ndim:
         raise ShapeError(f"{what} must be {ndim}-D, got shape {tuple(array.shape)}")

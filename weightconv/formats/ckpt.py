@@ -171,6 +171,8 @@ class TensorInfo:
     load: Callable[[], np.ndarray]
     nbytes: int = 0
     slices: int = 0
+    #: (shard, byte offset) of the tensor's data: the order it was written in.
+    position: tuple[int, int] = (0, 0)
 
     @property
     def dtype_name(self) -> str:
@@ -280,8 +282,13 @@ class BundleReader:
                 itemsize = 2 if entry.dtype == tf_types.BFLOAT16 else (
                     np.dtype(tf_types.DTYPES[entry.dtype][1] or "u1").itemsize)
                 nbytes = int(np.prod(entry.shape, dtype=np.int64)) * itemsize
+            position = (entry.shard, entry.offset)
+            if entry.slices:
+                pieces = [e for (name, _), e in self.slice_entries.items() if name == entry.name]
+                position = min(((e.shard, e.offset) for e in pieces), default=(1 << 31, 0))
             infos.append(TensorInfo(entry.name, entry.dtype, entry.shape,
-                                    _bind(self.read, entry.name), nbytes, len(entry.slices)))
+                                    _bind(self.read, entry.name), nbytes, len(entry.slices),
+                                    position))
         return infos
 
     def read(self, name: str) -> np.ndarray:
@@ -458,6 +465,9 @@ def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str =
     full name. `strip_scope` removes a leading scope such as ``"vgg_16/"``.
     """
     where, infos, detail = list_tensors(path)
+    # Layers in the order their data was written (the network's order for files we write;
+    # name order for TensorFlow's Saver, which sorts), not the index's name order.
+    infos = sorted(infos, key=lambda info: info.position)
     weights = WeightSet(source=Provenance(path=str(where.path), format="ckpt", detail=detail))
     layers: dict[str, Layer] = {}
     skipped: list[str] = []
