@@ -368,12 +368,13 @@ def _run_conversion(args: argparse.Namespace, source: formats.Format, src: Path,
     return EXIT_OK
 
 
-def _selected(args: argparse.Namespace, weights: WeightSet) -> tuple[WeightSet, list[str]]:
+def _selected(args: argparse.Namespace, weights: WeightSet, check_skips: bool = True
+              ) -> tuple[WeightSet, list[str]]:
     only, skip = getattr(args, "only", []), getattr(args, "skip", [])
     if not only and not skip:
         return weights, []
     selected, left_out = weights.select(only, skip)
-    for pattern in skip:
+    for pattern in skip if check_skips else ():
         _, unmatched = weights.select((), [pattern])
         if not unmatched:
             where = weights.source.path if weights.source else "the input"
@@ -582,13 +583,19 @@ def _shape_text(shape: list[Any]) -> str:
 
 def _diff(args: argparse.Namespace) -> int:
     sides = []
+    unmatched = set(args.skip)
     for path in (args.a, args.b):
         fmt = formats.detect(path, args.src_format)
-        weights, _ = _selected(args, fmt.read(path, **_read_options(args)))
+        weights = fmt.read(path, **_read_options(args))
+        unmatched = {p for p in unmatched if not weights.select((), [p])[1]}
+        weights, _ = _selected(args, weights, check_skips=False)
         mapped = _mapping(args).apply(weights)
         tensors = {layer.tensor_name(role): tensor
                    for layer in mapped.layers for role, tensor in layer.tensors.items()}
         sides.append((fmt, tensors))
+    if unmatched:
+        raise UsageError(f"--skip {sorted(unmatched)[0]}: matches no layer or tensor of "
+                         f"{args.a} or {args.b}")
     (fmt_a, a), (fmt_b, b) = sides
     rows = []
     for name in [*a, *(n for n in b if n not in a)]:
