@@ -54,13 +54,20 @@ class LazyTensor:
     as soon as the caller drops the array.
     """
 
-    __slots__ = ("_loader", "dtype", "shape")
+    __slots__ = ("_loader", "_releaser", "dtype", "shape")
 
     def __init__(self, shape: Sequence[int], dtype: np.dtype[Any] | type | str,
-                 loader: Callable[[], np.ndarray]) -> None:
+                 loader: Callable[[], np.ndarray],
+                 releaser: Callable[[], None] | None = None) -> None:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self._loader = loader
+        self._releaser = releaser
+
+    def release(self) -> None:
+        """Drop the memory-mapped pages behind the values, if the reader maps them."""
+        if self._releaser is not None:
+            self._releaser()
 
     @property
     def ndim(self) -> int:
@@ -236,6 +243,12 @@ class WeightSet:
             (kept if wanted else dropped).append(layer)
         return replace(self, layers=kept, notes=list(self.notes)), [
             layer.name for layer in dropped if layer.tensors]
+
+    def release_lazy_tensors(self, layer: Layer) -> None:
+        """A `release` hook for readers that hand out LazyTensors."""
+        for tensor in layer.tensors.values():
+            if isinstance(tensor, LazyTensor):
+                tensor.release()
 
     def note(self, message: str) -> None:
         if message not in self.notes:

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import FormatError, MappingError, OutputExistsError, UsageError
+from ..memory import release_pages
 from ..progress import Progress
 from ..weights import (
     CANONICAL,
@@ -173,6 +174,7 @@ class TensorInfo:
     slices: int = 0
     #: (shard, byte offset) of the tensor's data: the order it was written in.
     position: tuple[int, int] = (0, 0)
+    release: Callable[[], Any] | None = None
 
     @property
     def dtype_name(self) -> str:
@@ -288,7 +290,7 @@ class BundleReader:
                 position = min(((e.shard, e.offset) for e in pieces), default=(1 << 31, 0))
             infos.append(TensorInfo(entry.name, entry.dtype, entry.shape,
                                     _bind(self.read, entry.name), nbytes, len(entry.slices),
-                                    position))
+                                    position, _bind(self.release, entry.name)))
         return infos
 
     def read(self, name: str) -> np.ndarray:
@@ -312,7 +314,7 @@ class BundleReader:
         if entry.dtype == tf_types.STRING:
             strings, actual = _decode_strings(raw, entry.shape, what)
         else:
-            actual = crc32c.value(raw)
+            actual = _crc_and_release(raw)
         if actual != crc32c.unmask(entry.crc):
             raise FormatError(f"{what}: checksum mismatch in {data_path} (stored "
                               f"{crc32c.unmask(entry.crc):#010x}, computed {actual:#010x}); "
@@ -327,6 +329,17 @@ class BundleReader:
         if self.big_endian:
             dtype = dtype.newbyteorder(">")
         return raw.view(dtype).reshape(entry.shape)
+
+    def release(self, name: str) -> None:
+        """Let the kernel drop the mapped pages of tensor `name` (values stay readable)."""
+        entry = self.entries.get(name)
+        if entry is None or entry.slices or entry.shard not in self._maps:
+            return
+        mapping = self._maps[entry.shard]
+        if isinstance(mapping, mmap.mmap) and 0 <= entry.offset <= entry.offset + entry.size <= (
+                len(mapping)):
+            release_pages(np.frombuffer(mapping, dtype=np.uint8, count=entry.size,
+                                        offset=entry.offset))
 
     def _assemble(self, entry: Entry) -> np.ndarray:
         what = f"{self.prefix}: partitioned tensor {entry.name!r}"
@@ -355,8 +368,19 @@ class BundleReader:
         return full
 
 
-def _bind(read: Callable[[str], np.ndarray], name: str) -> Callable[[], np.ndarray]:
-    return lambda: read(name)
+def _crc_and_release(raw: np.ndarray) -> int:
+    """CRC32C of mapped bytes, dropping each piece's pages once summed, so checking a large
+    tensor does not leave all of it resident (whoever uses it next maps it back in)."""
+    crc = 0
+    for start in range(0, raw.size, WRITE_CHUNK_BYTES):
+        piece = raw[start:start + WRITE_CHUNK_BYTES]
+        crc = crc32c.extend(crc, piece)
+        release_pages(piece)
+    return crc
+
+
+def _bind(action: Callable[[str], Any], name: str) -> Callable[[], Any]:
+    return lambda: action(name)
 
 
 def _region(extents: list[tuple[int, int]], shape: tuple[int, ...], what: str
@@ -479,7 +503,7 @@ def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str =
                 name = name[len(strip_scope):]
             else:
                 unscoped.append(info.name)
-        tensor = LazyTensor(info.shape, _lazy_dtype(info), info.load)
+        tensor = LazyTensor(info.shape, _lazy_dtype(info), info.load, info.release)
         if flat:
             layers[name] = Layer(name=name, tensors={"value": tensor}, source_type="tensor",
                                  layout=CANONICAL, stored_names={"value": name})
@@ -500,6 +524,7 @@ def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str =
     for layer in layers.values():
         layer.kind = _guess_kind(layer)
     weights.layers = list(layers.values())
+    weights.release = weights.release_lazy_tensors
     if skipped:
         weights.note(f"left out {len(skipped)} training-state tensor(s) "
                      f"({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''}); "
@@ -738,6 +763,7 @@ def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str,
         if progress is not None:
             progress.advance(data.nbytes)
         del data
+        release_pages(chunk)
     entry.size = size
     entry.crc32c = crc32c.mask(crc)
     return entry

@@ -29,6 +29,7 @@ import numpy as np
 from numpy.lib import format as npformat
 
 from ..errors import FormatError, MappingError, UsageError, WeightconvError
+from ..memory import release_pages
 from ..output import atomic_output
 from ..progress import Progress
 from ..weights import CANONICAL, Kind, Layer, Provenance, WeightSet
@@ -298,6 +299,7 @@ def _write_tensor(handle: IO[bytes], path: str | os.PathLike[str], layer: Layer,
         if progress is not None:
             progress.advance(data.nbytes)
         del data  # before the next chunk is made, so only one is alive
+        release_pages(chunk)  # a mapped input's pages, once written, need not stay resident
     if written != nbytes:  # cannot happen unless _chunks is wrong; the file would be corrupt
         raise FormatError(f"{path}: tensor {layer.name}/{role}: wrote {written} of {nbytes} bytes")
     handle.write(_TUPLE + _BUILD)
