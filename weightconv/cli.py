@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     writing.add_argument("--keras-layout", choices=("keras3", "keras2"), default="keras3",
                          help="Keras output: .weights.h5 as Keras 3 writes it (default) or "
                               "the Keras 2 save_weights .h5 layout")
-    writing.add_argument("--model", metavar="CONFIG", type=Path,
+    writing.add_argument("--model", dest="keras_model", metavar="CONFIG", type=Path,
                          help="Keras output: the target model (config.json or .keras); "
                               "default: one Conv2D/Dense per weighted layer, in order")
 
@@ -358,7 +358,7 @@ def _run_conversion(args: argparse.Namespace, source: formats.Format, src: Path,
         written = target.write(weights, dst, force=args.force, flavour=flavour,
                                progress=bar, shards=args.shards,
                                max_shard_bytes=args.max_shard_size,
-                               keras_layout=args.keras_layout, model=args.model)
+                               keras_layout=args.keras_layout, model=args.keras_model)
     written["skipped"] = left_out + list(written.get("skipped", []))
     summary = _conversion_summary(weights, source, target, src, dst, written, steps)
     if args.json:
@@ -452,7 +452,7 @@ def _inspect(args: argparse.Namespace) -> int:
     rows = []
     for layer in layers:
         for role, array in layer.tensors.items():
-            rows.append({"name": layer.tensor_name(role), "layer": layer.name, "role": role,
+            rows.append({"name": layer.location(role), "layer": layer.name, "role": role,
                          "kind": layer.kind, "shape": list(array.shape),
                          "dtype": str(array.dtype.newbyteorder("=")),
                          "parameters": int(array.size), "bytes": int(array.nbytes)})
@@ -516,10 +516,11 @@ def _show_tensor(args: argparse.Namespace, weights: WeightSet, layers: list[Any]
     candidates = []
     for layer in layers:
         for role, array in layer.tensors.items():
-            name = layer.tensor_name(role)
+            name = layer.location(role)
             candidates.append(name)
             only_tensor_of_layer = args.tensor == layer.name and len(layer.tensors) == 1
-            if args.tensor in (name, f"{layer.name}/{role}") or only_tensor_of_layer:
+            if args.tensor in (name, layer.tensor_name(role), f"{layer.name}/{role}") or (
+                    only_tensor_of_layer):
                 found = (name, array)
     if found is None:
         roles = [c for c in candidates if c.startswith(args.tensor + "/")]

@@ -133,10 +133,17 @@ class Layer:
     #: Role -> the tensor's full name in the file it came from, where that is not
     #: simply ``layer/role`` (checkpoint scopes, Keras and object-based names).
     stored_names: dict[str, str] = field(default_factory=dict)
+    #: Role -> where the file keeps the tensor, when that is not its name (an HDF5 dataset
+    #: path such as ``layers/conv2d/vars/0``); what `inspect` lists.
+    locations: dict[str, str] = field(default_factory=dict)
 
     def tensor_name(self, role: str) -> str:
         """The tensor's name as its source file spells it."""
         return self.stored_names.get(role) or join_tensor_name(self.name, role)
+
+    def location(self, role: str) -> str:
+        """Where the source file keeps the tensor (its name, unless the format has paths)."""
+        return self.locations.get(role) or self.tensor_name(role)
 
     @property
     def parameter_count(self) -> int:

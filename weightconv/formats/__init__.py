@@ -33,6 +33,8 @@ class Format:
     suffixes: tuple[str, ...]
     module: str
     can_write: bool
+    #: True when the module recognises inputs by location (``claims``), not only by content.
+    by_location: bool = False
 
     def _module(self) -> Any:
         import importlib
@@ -43,8 +45,7 @@ class Format:
         return bool(self._module().sniff(head, path))
 
     def claims(self, path: Path) -> bool:
-        claims = getattr(self._module(), "claims", None)
-        return bool(claims(path)) if claims else False
+        return self.by_location and bool(self._module().claims(path))
 
     def check_output(self, path: str | os.PathLike[str], force: bool) -> None:
         """Raise unless `path` may be written (it or its companions exist and not `force`)."""
@@ -71,7 +72,9 @@ FORMATS: tuple[Format, ...] = (
     Format("caffemodel", "Caffe .caffemodel (V0, V1, V2)", (".caffemodel", ".binaryproto"),
            "caffe", False),
     Format("ckpt", "TensorFlow checkpoint (V2 TensorBundle; V1 read-only)",
-           (".ckpt", ".index"), "ckpt", True),
+           (".ckpt", ".index"), "ckpt", True, by_location=True),
+    Format("keras-h5", "Keras HDF5 weights (.weights.h5, legacy .h5, .keras)",
+           (".weights.h5", ".h5", ".hdf5", ".keras"), "keras_h5", True),
 )
 
 _BY_NAME: dict[str, Format] = {fmt.name: fmt for fmt in FORMATS}
