@@ -296,3 +296,34 @@ def test_skip_of_a_missing_name_is_an_error(alexnet, tmp_path, capsys):
     assert code == 2
     assert "--skip fc9: no layer or tensor" in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_vgg16_shaped_slim_checkpoint_and_back(tmp_path):
+    """VGG16 at 224x224 input (1/16 of the channels): fc6 becomes slim's 7x7 convolution,
+    fc7 and fc8 1x1 ones, named vgg_16/conv1/conv1_1/...; back to .npy it is caffe2npy's
+    output exactly, and diff between the two reports nothing."""
+    net = build("vgg16", width=0.0625, num_classes=12, seed=2, input_size=224)
+    net.write_caffemodel(tmp_path / "vgg.caffemodel")
+    (tmp_path / "vgg.prototxt").write_text(net.deploy_prototxt)
+    source = ["--prototxt", str(tmp_path / "vgg.prototxt"), "-q"]
+    assert cli.main(["caffe2npy", str(tmp_path / "vgg.caffemodel"), "-o",
+                     str(tmp_path / "direct.npy"), *source]) == 0
+    assert cli.main(["caffe2ckpt", str(tmp_path / "vgg.caffemodel"), "-o",
+                     str(tmp_path / "vgg_16.ckpt"), "--names", "slim", "--net", "vgg_16",
+                     "--fc-as-conv", *source]) == 0
+    slim = weightconv.load(tmp_path / "vgg_16.ckpt")
+    channels = net.blob_shapes()["conv5_3"][0][0]  # pool5 keeps conv5_3's channels
+    assert slim["vgg_16/conv5/conv5_3"].tensors["weights"].shape[3] == channels
+    assert slim["vgg_16/fc6"].tensors["weights"].shape == (7, 7, channels,
+                                                           net.weights["fc6"][0].shape[0])
+    assert slim["vgg_16/fc7"].tensors["weights"].shape[:2] == (1, 1)
+    assert cli.main(["ckpt2npy", str(tmp_path / "vgg_16.ckpt"), "-o",
+                     str(tmp_path / "back.npy"), "--names", "tf1", "--fc-as-dense", "-q"]) == 0
+    direct = np.load(tmp_path / "direct.npy", allow_pickle=True).item()
+    back = np.load(tmp_path / "back.npy", allow_pickle=True).item()
+    assert list(back) == list(direct)
+    for name in direct:
+        for a, b in zip(direct[name], back[name], strict=True):
+            assert a.shape == b.shape and a.tobytes() == b.tobytes(), name
+    assert cli.main(["diff", str(tmp_path / "direct.npy"), str(tmp_path / "vgg_16.ckpt"),
+                     "--names", "tf1", "--fc-as-dense", "-q"]) == 0

@@ -24,7 +24,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, UsageError, Weig
 from .layout import canonicalization_steps
 from .mapping import CHANNEL_ORDERS, NAME_SCHEMES, MapFile, Mapping
 from .progress import Progress
-from .weights import WeightSet
+from .weights import WeightSet, join_tensor_name
 
 EXIT_INTERNAL = 3
 CAFFE_FORMATS = ("caffemodel", "caffe-h5")
@@ -233,9 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("demo", parents=[common],
                          help="generate an AlexNet-shaped Caffe model and convert it",
                          description="Build a small AlexNet-shaped .caffemodel (grouped conv, "
-                                     "LRN) in DIR, convert it to .npy and that to a "
-                                     "TensorFlow checkpoint: the whole path on a built-in "
-                                     "example.")
+                                     "LRN) in DIR, convert it to .npy, that to a "
+                                     "TensorFlow checkpoint and that to Keras .weights.h5: "
+                                     "the whole path on a built-in example.")
     p.add_argument("--dir", type=Path, default=Path("weightconv-demo"),
                    help="where to write (default: ./weightconv-demo)")
     p.add_argument("--width", type=float, default=0.25,
@@ -591,7 +591,8 @@ def _diff(args: argparse.Namespace) -> int:
         unmatched = {p for p in unmatched if not weights.select((), [p])[1]}
         weights, _ = _selected(args, weights, check_skips=False)
         mapped = _mapping(args).apply(weights)
-        tensors = {layer.tensor_name(role): tensor
+        # Compared by layer and canonical role, so conv1/kernel (Keras) meets conv1/weights.
+        tensors = {join_tensor_name(layer.name, role): tensor
                    for layer in mapped.layers for role, tensor in layer.tensors.items()}
         sides.append((fmt, tensors))
     if unmatched:
@@ -692,7 +693,9 @@ def _demo(args: argparse.Namespace) -> int:
     common = ["--force", *(["--json"] if args.json else []), *(["-q"] if args.quiet else [])]
     steps = [["caffe2npy", str(model), "--prototxt", str(prototxt), "-o",
               str(args.dir / "alexnet.npy")],
-             ["npy2ckpt", str(args.dir / "alexnet.npy"), "-o", str(args.dir / "alexnet.ckpt")]]
+             ["npy2ckpt", str(args.dir / "alexnet.npy"), "-o", str(args.dir / "alexnet.ckpt")],
+             ["ckpt2h5", str(args.dir / "alexnet.ckpt"), "-o",
+              str(args.dir / "alexnet.weights.h5")]]
     parser = build_parser()
     for step in steps:
         parsed = parser.parse_args([*step, *common])
