@@ -227,6 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0)")
     p.set_defaults(handler=_diff)
 
+    p = verbs.add_parser("lrn", parents=[common],
+                         help="translate LRN parameters between Caffe and TensorFlow",
+                         description="Translate LRN parameters: Caffe (--local-size, --alpha, "
+                                     "--beta, --k) to tf.nn.local_response_normalization "
+                                     "(depth_radius, alpha/local_size, beta, bias) or, with "
+                                     "--depth-radius/--bias, back; or list every LRN layer of "
+                                     "a prototxt or caffemodel in both forms.")
+    p.add_argument("file", type=Path, nargs="?", help="a .prototxt or .caffemodel")
+    p.add_argument("--local-size", type=int, help="Caffe local_size (odd)")
+    p.add_argument("--depth-radius", type=int, help="TensorFlow depth_radius")
+    p.add_argument("--alpha", type=float, help="alpha, as the side given spells it")
+    p.add_argument("--beta", type=float, default=0.75, help="beta (default 0.75)")
+    p.add_argument("--k", type=float, help="Caffe k (default 1)")
+    p.add_argument("--bias", type=float, help="TensorFlow bias (default 1)")
+    p.set_defaults(handler=_lrn)
+
     p = verbs.add_parser("formats", parents=[common], help="list the supported formats")
     p.set_defaults(handler=_formats)
 
@@ -664,6 +680,73 @@ def _compare(name: str, a: Any, b: Any, atol: float, rtol: float) -> dict[str, A
     row.update(max_abs=max_abs, max_rel=max_rel,
                status="equal" if bitwise or max_abs == 0 else "close" if within else "differs")
     return row
+
+
+def _lrn(args: argparse.Namespace) -> int:
+    from . import lrn
+
+    rows: list[dict[str, Any]] = []
+    if args.file is not None:
+        for name, params in _lrn_layers(args.file):
+            caffe = lrn.from_layer_params(params)
+            row: dict[str, Any] = {"layer": name, "caffe": caffe.as_dict()}
+            try:
+                row["tensorflow"] = lrn.caffe_to_tf(caffe, name).as_dict()
+            except UsageError as exc:
+                row["error"] = str(exc)
+            rows.append(row)
+        if not rows:
+            raise UsageError(f"{args.file}: has no LRN layers")
+    elif args.local_size is not None:
+        caffe = lrn.CaffeLRN(local_size=args.local_size, alpha=_given(args.alpha, "--alpha"),
+                             beta=args.beta, k=1.0 if args.k is None else args.k)
+        rows.append({"layer": None, "caffe": caffe.as_dict(),
+                     "tensorflow": lrn.caffe_to_tf(caffe, "--local-size").as_dict()})
+    elif args.depth_radius is not None:
+        tf = lrn.TfLRN(depth_radius=args.depth_radius, alpha=_given(args.alpha, "--alpha"),
+                       beta=args.beta, bias=1.0 if args.bias is None else args.bias)
+        caffe = lrn.tf_to_caffe(tf, "--depth-radius")
+        rows.append({"layer": None, "caffe": caffe.as_dict(), "tensorflow": tf.as_dict(),
+                     "warnings": lrn.suspicious(tf)})
+    else:
+        raise UsageError("lrn needs a prototxt/caffemodel, or --local-size (Caffe -> TF), or "
+                         "--depth-radius (TF -> Caffe)")
+    failed = [row for row in rows if "error" in row]
+    if args.json:
+        print(json.dumps({"ok": not failed, "layers": rows}, indent=2))
+    else:
+        for row in rows:
+            c = row["caffe"]
+            label = f"{row['layer']}: " if row["layer"] else ""
+            caffe_text = (f"Caffe local_size={c['local_size']} alpha={c['alpha']:g} "
+                          f"beta={c['beta']:g} k={c['k']:g}")
+            if "error" in row:
+                print(f"{label}{caffe_text} -> no TensorFlow equivalent: {row['error']}")
+                continue
+            t = row["tensorflow"]
+            print(f"{label}{caffe_text} <-> tf.nn.local_response_normalization("
+                  f"depth_radius={t['depth_radius']}, alpha={t['alpha']:g}, beta={t['beta']:g}, "
+                  f"bias={t['bias']:g})")
+            for warning in row.get("warnings", []):
+                print(f"  warning: {warning}", file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else EXIT_OK
+
+
+def _given(value: float | None, flag: str) -> float:
+    if value is None:
+        raise UsageError(f"{flag} is required")
+    return value
+
+
+def _lrn_layers(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    if path.suffix.lower() in (".prototxt", ".pbtxt"):
+        from .formats.caffe_net import net_def_from_message, parse_prototxt
+
+        message, _ = parse_prototxt(path)
+        return [(layer.name, layer.params) for layer in net_def_from_message(message).layers
+                if layer.type == "LRN"]
+    weights = formats.detect(path).read(path)
+    return [(layer.name, layer.params) for layer in weights.layers if layer.kind == "lrn"]
 
 
 def _formats(args: argparse.Namespace) -> int:
