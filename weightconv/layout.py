@@ -6,7 +6,9 @@ reads or writes files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -39,14 +41,16 @@ def dense_out_in_to_in_out(weights: np.ndarray) -> np.ndarray:
     return weights.T
 
 
-def flatten_chw_to_hwc(weights: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
+def flatten_chw_to_hwc(weights: np.ndarray, chw: tuple[int, int, int],
+                       out: np.ndarray | None = None) -> np.ndarray:
     """Reorder the rows of an (in, out) dense kernel from C, H, W to H, W, C flattening.
 
     ``weights`` is (C*H*W, out) with rows in Caffe's C, H, W order; the result has
-    the same shape with rows in the H, W, C order a TensorFlow Flatten produces.
+    the same shape with rows in the H, W, C order a TensorFlow Flatten produces. It is
+    written into `out` (C-contiguous, same shape) when given, e.g. a mapped output file.
     """
     c, h, w = chw
-    return _reorder_rows(weights, (c, h, w), (1, 2, 0), (h, w, c))
+    return _reorder_rows(weights, (c, h, w), (1, 2, 0), (h, w, c), out)
 
 
 def flatten_hwc_to_chw(weights: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
@@ -56,7 +60,8 @@ def flatten_hwc_to_chw(weights: np.ndarray, chw: tuple[int, int, int]) -> np.nda
 
 
 def _reorder_rows(weights: np.ndarray, source: tuple[int, int, int],
-                  axes: tuple[int, int, int], target: tuple[int, int, int]) -> np.ndarray:
+                  axes: tuple[int, int, int], target: tuple[int, int, int],
+                  out: np.ndarray | None = None) -> np.ndarray:
     _expect_ndim(weights, 2, "dense weights")
     rows = source[0] * source[1] * source[2]
     if weights.shape[0] != rows:
@@ -64,7 +69,12 @@ def _reorder_rows(weights: np.ndarray, source: tuple[int, int, int],
         raise ShapeError(f"dense weights have {weights.shape[0]} inputs but the input blob is "
                          f"{c}x{h}x{w} = {rows}")
     outputs = weights.shape[1]
-    result = np.empty((rows, outputs), dtype=weights.dtype)
+    if out is None:
+        result = np.empty((rows, outputs), dtype=weights.dtype)
+    elif out.shape != (rows, outputs) or not out.flags.c_contiguous:
+        raise ShapeError(f"output array {out.shape} does not fit ({rows}, {outputs})")
+    else:
+        result = out
     result_4d = result.reshape(*target, outputs)
 
     # A few hundred output columns at a time keep the strided gather in cache (about 3x
@@ -122,16 +132,19 @@ def batchnorm_caffe_to_moments(tensors: dict[str, np.ndarray]) -> dict[str, np.n
     return out
 
 
-def _conv_oihw_to_hwio_copy(kernel: np.ndarray) -> np.ndarray:
+def _conv_oihw_to_hwio_copy(kernel: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
     """`conv_oihw_to_hwio`, materialised with the blocked copy: (kh, kw, I, O) is the
     (O, I*kh*kw) matrix transposed with its rows reordered I,kh,kw -> kh,kw,I."""
     _expect_ndim(kernel, 4, "conv kernel")
     out, per_group, kh, kw = kernel.shape
     flat = kernel.reshape(out, per_group * kh * kw).T
-    return flatten_chw_to_hwc(flat, (per_group, kh, kw)).reshape(kh, kw, per_group, out)
+    target = None if into is None else into.reshape(kh * kw * per_group, out)
+    return flatten_chw_to_hwc(flat, (per_group, kh, kw), target).reshape(
+        kh, kw, per_group, out)
 
 
-def _caffe_dense_to_canonical(layer: Layer, weights: np.ndarray) -> np.ndarray:
+def _caffe_dense_to_canonical(layer: Layer, weights: np.ndarray,
+                              into: np.ndarray | None = None) -> np.ndarray:
     in_out = weights if layer.params.get("transpose") else dense_out_in_to_in_out(weights)
     shape = layer.input_shape
     if shape is None:
@@ -141,23 +154,52 @@ def _caffe_dense_to_canonical(layer: Layer, weights: np.ndarray) -> np.ndarray:
                 f"({in_out.shape[0]} inputs); pass the deploy prototxt (--prototxt) or "
                 f"--input-shape C,H,W so the C,H,W -> H,W,C flatten order can be fixed"
             )
-        return _contiguous(in_out)
+        return _contiguous(in_out, into)
     if len(shape) == 3 and shape[1] * shape[2] > 1:
-        return flatten_chw_to_hwc(in_out, (shape[0], shape[1], shape[2]))
+        return flatten_chw_to_hwc(in_out, (shape[0], shape[1], shape[2]), into)
     total = int(np.prod(shape)) if shape else in_out.shape[0]
     if total != in_out.shape[0]:
         raise ShapeError(
             f"layer {layer.name!r}: weights have {in_out.shape[0]} inputs but its input blob "
             f"is {'x'.join(map(str, shape))} = {total}"
         )
-    return _contiguous(in_out)
+    return _contiguous(in_out, into)
 
 
-def _contiguous(matrix: np.ndarray) -> np.ndarray:
+def _contiguous(matrix: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
     """A C-ordered copy of a transposed matrix, made with the cache-friendly blocked copy."""
     if matrix.flags.c_contiguous:
+        if into is not None:
+            into[...] = matrix
+            return into
         return matrix
-    return flatten_chw_to_hwc(matrix, (matrix.shape[0], 1, 1))
+    return flatten_chw_to_hwc(matrix, (matrix.shape[0], 1, 1), into)
+
+
+def direct_weights(layer: Layer) -> tuple[tuple[int, ...], np.dtype[Any],
+                                          Callable[[np.ndarray], None]] | None:
+    """For a Caffe-layout conv or dense layer, the canonical weights' shape and dtype and a
+    function writing them into a C-contiguous array of that shape (a writer's mapped output
+    file): the conversion without an intermediate copy. None for any other layer, whose
+    tensors `to_canonical` converts (only ``weights`` changes for these kinds)."""
+    weights = layer.tensors.get("weights")
+    if layer.layout != CAFFE or not isinstance(weights, np.ndarray):
+        return None
+    if layer.kind == Kind.CONV and weights.ndim == 4:
+        o, i, kh, kw = weights.shape
+
+        def fill_conv(into: np.ndarray) -> None:
+            _conv_oihw_to_hwio_copy(weights, into)
+
+        return (kh, kw, i, o), weights.dtype, fill_conv
+    if layer.kind == Kind.DENSE and weights.ndim == 2:
+        shape = weights.shape if layer.params.get("transpose") else weights.shape[::-1]
+
+        def fill_dense(into: np.ndarray) -> None:
+            _caffe_dense_to_canonical(layer, weights, into)
+
+        return (int(shape[0]), int(shape[1])), weights.dtype, fill_dense
+    return None
 
 
 def dense_to_fc_conv(weights: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:

@@ -17,23 +17,28 @@ Example::
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 import pickle
 import pickletools
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 from numpy.lib import format as npformat
 
+from .. import layout
 from ..errors import FormatError, MappingError, UsageError, WeightconvError
 from ..memory import release_pages
 from ..output import atomic_output
 from ..progress import Progress
 from ..weights import CANONICAL, Kind, Layer, Provenance, WeightSet
 from . import open_input, safe_pickle
+
+#: (shape, dtype, fill): canonical weights a writer can have converted into its own buffer.
+DirectWeights = tuple[tuple[int, ...], Any, Callable[[np.ndarray], None]]
 
 MAGIC = b"\x93NUMPY"
 FLAVOURS = ("list", "dict", "flat")
@@ -234,7 +239,7 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str = "l
         handle.write(pickle.PROTO + b"\x04" + _NEW_ARRAY + _MARK + _STATE_VERSION_1
                      + _fragment(()) + _dtype_fragment("|O") + _NEWFALSE
                      + _EMPTY_LIST + _EMPTY_DICT)
-        for layer in weights.canonical():
+        for layer, direct in _layers_to_write(weights):
             if flavour == "flat":
                 for role in layer.tensors:
                     key = layer.tensor_name(role)
@@ -245,7 +250,7 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str = "l
                         raise MappingError(f"{path}: two tensors are named {key!r}")
                     names.add(key)
                     handle.write(_fragment(key))
-                    _write_tensor(handle, path, layer, role, progress)
+                    _write_tensor(handle, path, layer, role, progress, direct)
                     handle.write(_SETITEM)
                 counts["layers"] += 1
                 counts["tensors"] += len(layer.tensors)
@@ -260,13 +265,13 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str = "l
                 handle.write(_EMPTY_LIST + _MARK)
                 for role in _POSITIONAL_ROLES:
                     if role in layer.tensors:
-                        _write_tensor(handle, path, layer, role, progress)
+                        _write_tensor(handle, path, layer, role, progress, direct)
                 handle.write(_APPENDS)
             else:
                 handle.write(_EMPTY_DICT + _MARK)
                 for role in layer.tensors:
                     handle.write(_fragment(role))
-                    _write_tensor(handle, path, layer, role, progress)
+                    _write_tensor(handle, path, layer, role, progress, direct)
                 handle.write(_SETITEMS)
             handle.write(_SETITEM)
             counts["layers"] += 1
@@ -277,9 +282,26 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str = "l
     return {**counts, "bytes": size, "flavour": flavour, "skipped": skipped}
 
 
+def _layers_to_write(weights: WeightSet) -> Iterator[tuple[Layer, DirectWeights | None]]:
+    """Each weighted layer ready to write: in the canonical layout, or, for Caffe conv and
+    dense layers, as stored with a function that converts their weights straight into the
+    output file. Mapped input pages are released after each layer."""
+    for layer in weights.layers:
+        if not layer.tensors:
+            continue
+        direct = layout.direct_weights(layer)
+        yield (layer, direct) if direct is not None else (layout.to_canonical(layer), None)
+        if weights.release is not None:
+            weights.release(layer)
+
+
 def _write_tensor(handle: IO[bytes], path: str | os.PathLike[str], layer: Layer, role: str,
-                  progress: Progress | None) -> None:
-    """One ndarray pickled as NumPy pickles it, its bytes streamed in chunks."""
+                  progress: Progress | None, direct: DirectWeights | None = None) -> None:
+    """One ndarray pickled as NumPy pickles it, its bytes streamed in chunks (or, for
+    `direct` weights, converted in place into the mapped output file)."""
+    if direct is not None and role == "weights":
+        _write_direct(handle, direct, progress)
+        return
     array = np.asarray(layer.tensors[role])
     if array.dtype.name == "bfloat16":  # no NumPy dtype: np.load could not read it back
         array = array.astype(np.float32)  # exact: every bfloat16 is a float32
@@ -302,6 +324,33 @@ def _write_tensor(handle: IO[bytes], path: str | os.PathLike[str], layer: Layer,
         release_pages(chunk)  # a mapped input's pages, once written, need not stay resident
     if written != nbytes:  # cannot happen unless _chunks is wrong; the file would be corrupt
         raise FormatError(f"{path}: tensor {layer.name}/{role}: wrote {written} of {nbytes} bytes")
+    handle.write(_TUPLE + _BUILD)
+
+
+def _write_direct(handle: IO[bytes], direct: DirectWeights, progress: Progress | None) -> None:
+    """The array's pickle header, then its bytes made by `fill` right in the file: the file
+    is extended, that region mapped, filled, and unmapped (no intermediate array, no copy
+    through write())."""
+    shape, source_dtype, fill = direct
+    dtype = np.dtype(source_dtype).newbyteorder("<")
+    count = int(np.prod(shape, dtype=np.int64))
+    nbytes = count * dtype.itemsize
+    handle.write(_NEW_ARRAY + _MARK + _STATE_VERSION_1 + _fragment(tuple(shape))
+                 + _dtype_fragment(dtype.str) + _NEWFALSE + _bytes_opcode(nbytes))
+    if nbytes:
+        handle.flush()
+        start = handle.tell()
+        os.ftruncate(handle.fileno(), start + nbytes)
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        mapping = mmap.mmap(handle.fileno(), start + nbytes - base, offset=base)
+        try:
+            fill(np.frombuffer(mapping, dtype=dtype, count=count,
+                               offset=start - base).reshape(shape))
+        finally:
+            mapping.close()
+        handle.seek(start + nbytes)
+        if progress is not None:
+            progress.advance(nbytes)
     handle.write(_TUPLE + _BUILD)
 
 
