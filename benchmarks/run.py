@@ -55,6 +55,19 @@ print(sum(t.size for layer in weights.canonical() for t in layer.tensors.values(
 """
 
 
+def write_section(name: str, text: str) -> None:
+    """Put `text` into results.md between this benchmark's markers, keeping the others'."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    current = RESULTS.read_text() if RESULTS.exists() else ""
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        current = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        current = (current.rstrip() + "\n\n" if current.strip() else "") + block
+    RESULTS.write_text(current)
+
+
 def measure(command: list[str]) -> tuple[float, float]:
     """Run `command`; return (wall seconds, peak RSS in MB) of that process alone."""
     start = time.perf_counter()
@@ -98,6 +111,11 @@ def main() -> int:
     args = parser.parse_args()
     from weightconv import synthetic
 
+    # Byte-compile the package first: with PYTHONDONTWRITEBYTECODE set (as on our CI machines)
+    # an editable install would otherwise recompile every module in every measured run.
+    subprocess.run([sys.executable, "-c", "import compileall, os, weightconv; "
+                    "compileall.compile_dir(os.path.dirname(weightconv.__file__), quiet=1)"],
+                   check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
     WORK.mkdir(exist_ok=True)
     model = WORK / "vgg16.caffemodel"
     out = WORK / "vgg16.npy"
@@ -137,7 +155,7 @@ def main() -> int:
         rows.append((name, wall, rss))
     naive, in_memory, ours = rows[1], rows[2], rows[3]
     lines = [
-        "# Benchmark results",
+        "## caffe2npy",
         "",
         f"caffe2npy on a generated VGG16-sized caffemodel: {size_mb:.0f} MB, "
         f"{net.parameter_count:,} float32 parameters in 16 weighted layers.",
@@ -158,7 +176,7 @@ def main() -> int:
         f"converted {out.stat().st_size / 1e6:.0f} MB .npy, which the naive path does not.",
         "",
     ]
-    RESULTS.write_text("\n".join(lines))
+    write_section("caffe2npy", "\n".join(lines))
     print("\n".join(lines))
     if not args.keep:
         shutil.rmtree(WORK)
