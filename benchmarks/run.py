@@ -149,10 +149,12 @@ def main() -> int:
             print(f"{name}: {samples[name][-1][0]:.2f} s, {samples[name][-1][1]:.0f} MB",
                   file=sys.stderr)
     rows = []
+    spreads = {}
     for name, values in samples.items():
         wall = statistics.median(v[0] for v in values)
         rss = statistics.median(v[1] for v in values)
         rows.append((name, wall, rss))
+        spreads[name] = f"{min(v[0] for v in values):.2f}-{max(v[0] for v in values):.2f}"
     naive, in_memory, ours = rows[1], rows[2], rows[3]
     lines = [
         "## caffe2npy",
@@ -165,15 +167,16 @@ def main() -> int:
         f"is the measured process's own (os.wait4). The input is in the page cache for every "
         f"case; outputs from the previous case are deleted and `sync` runs before each.",
         "",
-        "| case | median wall (s) | median peak RSS (MB) |",
-        "|---|---:|---:|",
-        *[f"| {name} | {wall:.2f} | {rss:,.0f} |" for name, wall, rss in rows],
+        "| case | median wall (s) | median peak RSS (MB) | wall min-max (s) |",
+        "|---|---:|---:|---:|",
+        *[f"| {name} | {wall:.2f} | {rss:,.0f} | {spreads[name]} |" for name, wall, rss in rows],
         "",
         f"Reading into the canonical layout vs naive: {naive[1] / in_memory[1]:.2f}x faster, "
         f"{in_memory[2] / naive[2] * 100:.0f}% of its peak memory.",
         f"The whole caffe2npy command vs naive: {naive[1] / ours[1]:.2f}x faster, "
         f"{ours[2] / naive[2] * 100:.0f}% of its peak memory, though it also writes the "
         f"converted {out.stat().st_size / 1e6:.0f} MB .npy, which the naive path does not.",
+        f"1-minute load average after the runs: {os.getloadavg()[0]:.2f}.",
         "",
     ]
     write_section("caffe2npy", "\n".join(lines))
