@@ -77,17 +77,27 @@ def _reorder_rows(weights: np.ndarray, source: tuple[int, int, int],
         result = out
     result_4d = result.reshape(*target, outputs)
 
-    # A few hundred output columns at a time keep the strided gather in cache (about 3x
-    # faster than one whole-matrix transpose on a VGG16 fc6); the blocks are independent,
-    # so two threads share them (NumPy copies without the GIL). A block's source is, for
-    # Caffe's (out, in) weights, one contiguous run of the file: its pages are dropped once
-    # copied, so a mapped fc6 is never resident twice.
+    # Tiles of a few hundred output columns by a few source channels (about 128 KiB of
+    # input) keep the strided gather in cache: 5x faster on a VGG16 fc6 than whole columns,
+    # whose input (25 MB) does not fit. Column blocks are independent, so two threads share
+    # them (NumPy copies without the GIL). A column block's source is, for Caffe's (out, in)
+    # weights, one contiguous run of the file: its pages are dropped once copied, so a
+    # mapped fc6 is never resident twice.
+    inner = source[1] * source[2]
+    per_tile = max(1, _TILE_BYTES // max(1, inner * _REORDER_BLOCK * weights.dtype.itemsize))
+    first_axis = axes.index(0)
+
     def copy_blocks(first: int, step: int) -> None:
         for start in range(first * _REORDER_BLOCK, outputs, step * _REORDER_BLOCK):
-            block = weights[:, start:start + _REORDER_BLOCK]
-            result_4d[..., start:start + _REORDER_BLOCK] = block.reshape(
-                *source, block.shape[1]).transpose(*axes, 3)
-            release_pages(block)
+            stop = min(outputs, start + _REORDER_BLOCK)
+            for lo in range(0, source[0], per_tile):
+                hi = min(source[0], lo + per_tile)
+                tile = weights[lo * inner:hi * inner, start:stop]
+                where: list[slice] = [slice(None)] * 3 + [slice(start, stop)]
+                where[first_axis] = slice(lo, hi)
+                result_4d[tuple(where)] = tile.reshape(
+                    hi - lo, source[1], source[2], stop - start).transpose(*axes, 3)
+            release_pages(weights[:, start:stop])
 
     if outputs >= 4 * _REORDER_BLOCK:
         from concurrent.futures import ThreadPoolExecutor
@@ -100,6 +110,7 @@ def _reorder_rows(weights: np.ndarray, source: tuple[int, int, int],
 
 
 _REORDER_BLOCK = 256
+_TILE_BYTES = 128 * 1024
 
 
 def to_canonical(layer: Layer) -> Layer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 
 import numpy as np
@@ -26,3 +27,19 @@ def release_pages(array: np.ndarray) -> None:
     end -= end % mmap.PAGESIZE
     if end > start:
         mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+#: Linux 5.14+: fault in a whole mapped range, writable, in one call.
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+
+def populate_for_writing(mapping: mmap.mmap) -> None:
+    """Create the pages of a fresh shared file mapping up front, in one sequential pass.
+
+    A converter that fills the mapping in cache-friendly tiles touches its pages out of
+    order; letting each touch fault in its own page costs about three times the copy on the
+    virtual machines we measured. Where the kernel lacks MADV_POPULATE_WRITE this does
+    nothing and the pages fault in as before.
+    """
+    with contextlib.suppress(OSError, ValueError, OverflowError):
+        mapping.madvise(MADV_POPULATE_WRITE)

@@ -31,7 +31,7 @@ from numpy.lib import format as npformat
 
 from .. import layout
 from ..errors import FormatError, MappingError, UsageError, WeightconvError
-from ..memory import release_pages
+from ..memory import populate_for_writing, release_pages
 from ..output import atomic_output
 from ..progress import Progress
 from ..weights import CANONICAL, Kind, Layer, Provenance, WeightSet
@@ -343,6 +343,7 @@ def _write_direct(handle: IO[bytes], direct: DirectWeights, progress: Progress |
         os.ftruncate(handle.fileno(), start + nbytes)
         base = start - start % mmap.ALLOCATIONGRANULARITY
         mapping = mmap.mmap(handle.fileno(), start + nbytes - base, offset=base)
+        populate_for_writing(mapping)
         try:
             fill(np.frombuffer(mapping, dtype=dtype, count=count,
                                offset=start - base).reshape(shape))
