@@ -175,10 +175,50 @@ def test_formats_lists_readers_and_writers(capsys):
 
 
 def test_demo_builds_and_converts(capsys, tmp_path):
-    code, stdout, _ = run(capsys, "demo", "--dir", tmp_path, "--width", "0.125", "-q")
+    code, stdout, _ = run(capsys, "demo", "--dir", tmp_path, "--width", "0.125", "--no-verify")
     assert code == 0 and "fc6" in stdout
     assert set(load_npy(tmp_path / "alexnet.npy")) == {"conv1", "conv2", "conv3", "conv4",
                                                         "conv5", "fc6", "fc7", "fc8"}
+    assert (tmp_path / "alexnet.ckpt.index").exists()
+    assert (tmp_path / "alexnet.weights.h5").exists()
+
+
+@pytest.mark.oracle
+def test_demo_verifies_every_output_against_the_caffemodel(capsys, tmp_path):
+    pytest.importorskip("cv2", reason="opencv-python-headless (test extra) absent")
+    code, stdout, _ = run(capsys, "demo", "--dir", tmp_path, "--width", "0.125", "--json")
+    report = json.loads(stdout)
+    assert code == 0 and report["ok"]
+    assert [row["step"] for row in report["verified"]] == ["caffe2npy", "npy2ckpt", "ckpt2h5"]
+    for row in report["verified"]:
+        assert row["summary"]["top1_agree"] == row["summary"]["images"] == 8
+        assert row["summary"]["max_abs_prob_diff"] < 1e-4
+
+
+@pytest.mark.oracle
+def test_verify_and_reference_verbs(capsys, tmp_path):
+    pytest.importorskip("cv2", reason="opencv-python-headless (test extra) absent")
+    code, _, _ = run(capsys, "demo", "--dir", tmp_path, "--width", "0.125", "--no-verify")
+    assert code == 0
+    model, prototxt = tmp_path / "alexnet.caffemodel", tmp_path / "alexnet.prototxt"
+    code, stdout, _ = run(capsys, "verify", tmp_path / "alexnet.ckpt", "--against", model,
+                          "--prototxt", prototxt, "--count", "3", "--json")
+    assert code == 0 and json.loads(stdout)["summary"]["top1_agree"] == 3
+    code, _, _ = run(capsys, "reference", model, "--prototxt", prototxt, "-o",
+                     tmp_path / "card.json", "--count", "3")
+    assert code == 0
+    code, stdout, _ = run(capsys, "verify", tmp_path / "alexnet.weights.h5", "--card",
+                          tmp_path / "card.json", "--prototxt", prototxt)
+    assert code == 0 and "PASS" in stdout
+    # weights converted with the wrong channel order fail, exit 1, naming the disagreement
+    code, _, _ = run(capsys, "npy2ckpt", tmp_path / "alexnet.npy", "-o", tmp_path / "rgb.ckpt",
+                     "--input-channels", "rgb", "--source-channels", "bgr", "-q")
+    assert code == 0
+    code, stdout, _ = run(capsys, "verify", tmp_path / "rgb.ckpt", "--against", model,
+                          "--prototxt", prototxt, "--count", "3")
+    assert code == 1 and "FAIL" in stdout
+    code, _, err = run(capsys, "verify", tmp_path / "rgb.ckpt", "--prototxt", prototxt)
+    assert code == 2 and "exactly one reference" in err
 
 
 def test_module_entry_point_and_usage_errors(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import sys
@@ -243,6 +244,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bias", type=float, help="TensorFlow bias (default 1)")
     p.set_defaults(handler=_lrn)
 
+    checking = argparse.ArgumentParser(add_help=False)
+    checking.add_argument("--image", dest="images", metavar="FILE", type=Path, action="append",
+                          default=[], help="an image to classify (repeatable; a folder adds "
+                                           "its images); default: built-in synthetic inputs")
+    checking.add_argument("--count", type=_positive_int, default=8,
+                          help="how many synthetic inputs without --image (default 8)")
+    checking.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
+    checking.add_argument("--mean", metavar="B,G,R", type=_floats3,
+                          help="per-channel mean to subtract, BGR (default: ImageNet's)")
+    checking.add_argument("--mean-file", metavar="MEAN.npy", type=Path,
+                          help="mean image (3,H,W) BGR .npy, e.g. ilsvrc_2012_mean.npy")
+    checking.add_argument("--mean-mode", choices=("channel", "image"), default="channel",
+                          help="subtract the mean file's per-channel average (default, as "
+                               "Caffe's example does) or the resized image")
+    checking.add_argument("--size", metavar="H,W", type=_size2, default=None,
+                          help="net input size (default: from the prototxt, else 227,227)")
+    checking.add_argument("--scale", type=float, default=255.0,
+                          help="pixel scale after reading in [0, 1] (default 255)")
+    checking.add_argument("--variant", choices=("alexnet", "caffenet"),
+                          help="LRN/pool order when no prototxt says it")
+    checking.add_argument("--channels", choices=CHANNEL_ORDERS,
+                          help="channel order the weights expect (default: recorded, else bgr)")
+    checking.add_argument("--top", type=_positive_int, default=5, help="classes per image")
+
+    p = verbs.add_parser("verify", parents=[common, checking],
+                         help="check converted weights against their source model or a card",
+                         description="Run WEIGHTS (any format) in the built-in AlexNet graph "
+                                     "(TensorFlow) and compare its predictions with the source "
+                                     "caffemodel run by OpenCV's Caffe importer (--against) or "
+                                     "with a reference card (--card). Exit 0 when top-1/top-5 "
+                                     "agree and probabilities are within --prob-tol, 1 when "
+                                     "not.")
+    p.add_argument("weights", type=Path)
+    p.add_argument("--against", metavar="MODEL", type=Path,
+                   help="the source .caffemodel (needs --prototxt)")
+    p.add_argument("--card", metavar="CARD.json", type=Path, help="a reference card")
+    p.add_argument("--prototxt", metavar="P", type=Path,
+                   help="deploy prototxt: the source's net, also the graph's layer settings")
+    p.add_argument("--from", dest="src_format", metavar="FORMAT",
+                   help="format of WEIGHTS (default: detected)")
+    p.add_argument("--trust-pickle", action="store_true", help="as for conversions")
+    p.add_argument("--prob-tol", type=float, default=None,
+                   help="max |difference| of probabilities (default 1e-4; a card may set it)")
+    p.add_argument("--logit-tol", type=float, default=None,
+                   help="also require max |Δlogit| / logit scale below this")
+    p.set_defaults(handler=_verify)
+
+    p = verbs.add_parser("reference", parents=[common, checking],
+                         help="write a reference card of a model's predictions",
+                         description="Run MODEL (a .caffemodel through OpenCV's Caffe importer, "
+                                     "any other weight file through the built-in graph) on the "
+                                     "images and write its top classes and probabilities, the "
+                                     "preprocessing and the model's identity as JSON, for "
+                                     "`verify --card`.")
+    p.add_argument("model", type=Path)
+    p.add_argument("--prototxt", metavar="P", type=Path, help="deploy prototxt")
+    p.add_argument("-o", "--output", metavar="CARD.json", type=Path, required=True)
+    p.add_argument("-f", "--force", action="store_true", help="overwrite the card if it exists")
+    p.set_defaults(handler=_reference)
+
     p = verbs.add_parser("formats", parents=[common], help="list the supported formats")
     p.set_defaults(handler=_formats)
 
@@ -250,12 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="generate an AlexNet-shaped Caffe model and convert it",
                          description="Build a small AlexNet-shaped .caffemodel (grouped conv, "
                                      "LRN) in DIR, convert it to .npy, that to a "
-                                     "TensorFlow checkpoint and that to Keras .weights.h5: "
-                                     "the whole path on a built-in example.")
+                                     "TensorFlow checkpoint and that to Keras .weights.h5, "
+                                     "then verify each against the caffemodel (OpenCV's Caffe "
+                                     "importer): the whole path on a built-in example.")
     p.add_argument("--dir", type=Path, default=Path("weightconv-demo"),
                    help="where to write (default: ./weightconv-demo)")
     p.add_argument("--width", type=float, default=0.25,
                    help="AlexNet width factor (1.0 = full size; default 0.25)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="only convert (verification needs TensorFlow and OpenCV)")
     p.set_defaults(handler=_demo)
     return parser
 
@@ -749,6 +813,94 @@ def _lrn_layers(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return [(layer.name, layer.params) for layer in weights.layers if layer.kind == "lrn"]
 
 
+def _floats3(text: str) -> tuple[float, float, float]:
+    try:
+        b, g, r = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B,G,R such as 104,117,123, got {text!r}"
+                                         ) from None
+    return b, g, r
+
+
+def _size2(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        h = w = 0
+    if min(h, w) < 1:
+        raise argparse.ArgumentTypeError(f"expected H,W such as 227,227, got {text!r}")
+    return h, w
+
+
+def _preprocessing(args: argparse.Namespace) -> Any:
+    from .verify import IMAGENET_MEAN_BGR, Preprocessing
+
+    size = args.size
+    if size is None and getattr(args, "prototxt", None) is not None:
+        from .formats.caffe_net import net_def_from_message, parse_prototxt
+        from .nets.alexnet import net_input_size
+
+        size = net_input_size(net_def_from_message(parse_prototxt(args.prototxt)[0]))
+    return Preprocessing(size=tuple(size or (227, 227)), scale=args.scale,
+                         mean_bgr=args.mean or IMAGENET_MEAN_BGR,
+                         mean_file=str(args.mean_file) if args.mean_file else None,
+                         mean_mode=args.mean_mode)
+
+
+def _image_files(paths: list[Path]) -> list[Path] | None:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir()
+                                if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")))
+        else:
+            files.append(path)
+    return files or None
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import Tolerance, verify
+
+    if (args.against is None) == (args.card is None):
+        raise UsageError("verify needs exactly one reference: --against MODEL.caffemodel "
+                         "--prototxt DEPLOY, or --card CARD.json")
+    tolerance = None
+    if args.prob_tol is not None or args.logit_tol is not None:
+        tolerance = Tolerance(prob=1e-4 if args.prob_tol is None else args.prob_tol,
+                              logit=args.logit_tol)
+    options: dict[str, Any] = {}
+    if args.src_format:
+        options["format"] = args.src_format
+    if args.trust_pickle:
+        options["trust_pickle"] = True
+    result = verify(args.weights, against=args.against, prototxt=args.prototxt, card=args.card,
+                    images=_image_files(args.images), count=args.count, seed=args.seed,
+                    preprocessing=_preprocessing(args), tolerance=tolerance,
+                    variant=args.variant, channel_order=args.channels, top=args.top,
+                    **options)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=_json_default))
+    else:
+        print(result.report(all_images=not args.quiet))
+    return result.exit_code
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from .verify import write_card
+
+    card = write_card(args.model, args.output, prototxt=args.prototxt,
+                      images=_image_files(args.images), preprocessing=_preprocessing(args),
+                      count=args.count, seed=args.seed, top=args.top, variant=args.variant,
+                      channel_order=args.channels, force=args.force)
+    if args.json:
+        print(json.dumps({"ok": True, "card": str(args.output), **card}, indent=2,
+                         default=_json_default))
+    else:
+        print(f"wrote {args.output}: {len(card.get('images', []))} images, top-{args.top} "
+              f"of {card.get('model', {}).get('name') or args.model}")
+    return EXIT_OK
+
+
 def _formats(args: argparse.Namespace) -> int:
     rows = [{"name": f.name, "title": f.title, "suffixes": list(f.suffixes), "read": True,
              "write": f.can_write} for f in formats.FORMATS]
@@ -766,26 +918,56 @@ def _demo(args: argparse.Namespace) -> int:
     from . import synthetic
 
     args.dir.mkdir(parents=True, exist_ok=True)
-    net = synthetic.build("alexnet", width=args.width, seed=0)
+    # scale 0.7 keeps the logits near 30, so the softmax is not saturated and probabilities
+    # are a sharp test of the conversion
+    net = synthetic.build("alexnet", width=args.width, seed=0, scale=0.7)
     model = args.dir / "alexnet.caffemodel"
     prototxt = args.dir / "alexnet.prototxt"
     net.write_caffemodel(model)
     prototxt.write_text(net.deploy_prototxt)
-    if not args.quiet and not args.json:
+    talk = not args.quiet and not args.json
+    if talk:
         print(f"generated {model} ({_mb(model.stat().st_size)}) and {prototxt}")
-    common = ["--force", *(["--json"] if args.json else []), *(["-q"] if args.quiet else [])]
-    steps = [["caffe2npy", str(model), "--prototxt", str(prototxt), "-o",
-              str(args.dir / "alexnet.npy")],
-             ["npy2ckpt", str(args.dir / "alexnet.npy"), "-o", str(args.dir / "alexnet.ckpt")],
-             ["ckpt2h5", str(args.dir / "alexnet.ckpt"), "-o",
-              str(args.dir / "alexnet.weights.h5")]]
+    steps = [("caffe2npy", model, args.dir / "alexnet.npy", ["--prototxt", str(prototxt)]),
+             ("npy2ckpt", args.dir / "alexnet.npy", args.dir / "alexnet.ckpt", []),
+             ("ckpt2h5", args.dir / "alexnet.ckpt", args.dir / "alexnet.weights.h5", [])]
     parser = build_parser()
-    for step in steps:
-        parsed = parser.parse_args([*step, *common])
-        status = int(parsed.handler(parsed))
+    for verb, source, output, extra in steps:
+        parsed = parser.parse_args([verb, str(source), "-o", str(output), "--force", "-q",
+                                    *extra])
+        parsed.json = False
+        if talk:
+            status = int(parsed.handler(parsed))
+        else:
+            with contextlib.redirect_stdout(io.StringIO()):
+                status = int(parsed.handler(parsed))
         if status != EXIT_OK:
             return status
-    return EXIT_OK
+    if args.no_verify:
+        return EXIT_OK
+    try:
+        from .verify import verify
+    except ImportError as exc:  # pragma: no cover - verify's own imports are lazy
+        raise UsageError(f"verification needs TensorFlow and OpenCV ({exc}): "
+                         f"pip install 'weightconv[verify]', or run with --no-verify") from None
+    rows = []
+    for verb, _, output, _ in steps:
+        result = verify(output, against=model, prototxt=prototxt)
+        rows.append({"step": verb, "output": str(output), "passed": result.passed,
+                     "summary": result.summary})
+    if args.json:
+        print(json.dumps({"ok": all(r["passed"] for r in rows), "verified": rows}, indent=2,
+                         default=_json_default))
+    else:
+        print(f"verified against {model.name} run by OpenCV's Caffe importer, "
+              f"{rows[0]['summary']['images']} images:")
+        for row in rows:
+            summary = row["summary"]
+            print(f"  {row['step']:<10} {Path(row['output']).name:<22} "
+                  f"{'PASS' if row['passed'] else 'FAIL'}  top-1 {summary['top1_agree']}/"
+                  f"{summary['images']}, top-5 {summary['topk_agree']}/{summary['images']}, "
+                  f"max |dprob| {summary['max_abs_prob_diff']:.1e}")
+    return EXIT_OK if all(r["passed"] for r in rows) else EXIT_CHECK_FAILED
 
 
 def _mb(count: int | None) -> str:
