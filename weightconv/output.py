@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+
 from .errors import OutputExistsError, UsageError
 
 
@@ -51,3 +53,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def chunks(array: np.ndarray, limit: int) -> Iterator[np.ndarray]:
+    """Pieces of `array` in C order, each at most `limit` bytes (or one element), so a writer
+    can stream a tensor of any layout without materialising all of it."""
+    if array.ndim == 0 or array.nbytes <= limit:
+        yield array
+        return
+    row_bytes = array.nbytes // max(array.shape[0], 1)
+    if row_bytes <= limit:
+        step = max(1, limit // max(row_bytes, 1))
+        for start in range(0, array.shape[0], step):
+            yield array[start:start + step]
+    else:
+        for row in array:
+            yield from chunks(row, limit)

@@ -27,7 +27,7 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import FormatError, MappingError, OutputExistsError, UsageError
 from ..memory import release_pages
+from ..output import chunks
 from ..progress import Progress
 from ..weights import (
     CANONICAL,
@@ -755,7 +756,7 @@ def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str,
     dtype = array.dtype.newbyteorder("<")
     crc = 0
     size = 0
-    for chunk in _chunks(array):
+    for chunk in chunks(array, WRITE_CHUNK_BYTES):
         data = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8)
         handle.write(data)
         crc = crc32c.extend(crc, data)
@@ -767,20 +768,6 @@ def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str,
     entry.size = size
     entry.crc32c = crc32c.mask(crc)
     return entry
-
-
-def _chunks(array: np.ndarray) -> Iterator[np.ndarray]:
-    if array.ndim == 0 or array.nbytes <= WRITE_CHUNK_BYTES:
-        yield array
-        return
-    row_bytes = array.nbytes // max(array.shape[0], 1)
-    if row_bytes <= WRITE_CHUNK_BYTES:
-        step = max(1, WRITE_CHUNK_BYTES // max(row_bytes, 1))
-        for start in range(0, array.shape[0], step):
-            yield array[start:start + step]
-    else:
-        for row in array:
-            yield from _chunks(row)
 
 
 def update_state_file(prefix: Path) -> Path:

@@ -32,7 +32,7 @@ from numpy.lib import format as npformat
 from .. import layout
 from ..errors import FormatError, MappingError, UsageError, WeightconvError
 from ..memory import populate_for_writing, release_pages
-from ..output import atomic_output
+from ..output import atomic_output, chunks
 from ..progress import Progress
 from ..weights import CANONICAL, Kind, Layer, Provenance, WeightSet
 from . import open_input, safe_pickle
@@ -314,7 +314,7 @@ def _write_tensor(handle: IO[bytes], path: str | os.PathLike[str], layer: Layer,
                  + _fragment(tuple(int(n) for n in array.shape)) + _dtype_fragment(dtype.str)
                  + _NEWFALSE + _bytes_opcode(nbytes))
     written = 0
-    for chunk in _chunks(array):
+    for chunk in chunks(array, CHUNK_BYTES):
         data = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8)
         handle.write(data)
         written += data.nbytes
@@ -322,7 +322,7 @@ def _write_tensor(handle: IO[bytes], path: str | os.PathLike[str], layer: Layer,
             progress.advance(data.nbytes)
         del data  # before the next chunk is made, so only one is alive
         release_pages(chunk)  # a mapped input's pages, once written, need not stay resident
-    if written != nbytes:  # cannot happen unless _chunks is wrong; the file would be corrupt
+    if written != nbytes:  # cannot happen unless chunks() is wrong; the file would be corrupt
         raise FormatError(f"{path}: tensor {layer.name}/{role}: wrote {written} of {nbytes} bytes")
     handle.write(_TUPLE + _BUILD)
 
@@ -361,21 +361,6 @@ def _bytes_opcode(nbytes: int) -> bytes:
     if nbytes <= BINBYTES_LIMIT:
         return pickle.BINBYTES + struct.pack("<I", nbytes)
     return pickle.BINBYTES8 + struct.pack("<Q", nbytes)
-
-
-def _chunks(array: np.ndarray) -> Iterator[np.ndarray]:
-    """Pieces of `array` in C order, each at most CHUNK_BYTES (or one element)."""
-    if array.ndim == 0 or array.nbytes <= CHUNK_BYTES:
-        yield array
-        return
-    row_bytes = array.nbytes // array.shape[0]
-    if row_bytes <= CHUNK_BYTES:
-        step = max(1, CHUNK_BYTES // max(row_bytes, 1))
-        for start in range(0, array.shape[0], step):
-            yield array[start:start + step]
-    else:
-        for row in array:
-            yield from _chunks(row)
 
 
 def _fragment(obj: Any) -> bytes:
