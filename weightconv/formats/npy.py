@@ -35,7 +35,7 @@ from ..memory import populate_for_writing, release_pages
 from ..output import atomic_output, chunks
 from ..progress import Progress
 from ..weights import CANONICAL, Kind, Layer, Provenance, WeightSet
-from . import open_input, safe_pickle
+from . import open_input, pickle_views, safe_pickle
 
 #: (shape, dtype, fill): canonical weights a writer can have converted into its own buffer.
 DirectWeights = tuple[tuple[int, ...], Any, Callable[[np.ndarray], None]]
@@ -73,7 +73,9 @@ def read(path: str | os.PathLike[str], *, trust_pickle: bool = False,
         _read_header(handle, name)
         first = handle.peek(2)[:2]
         protocol = first[1] if first[:1] == pickle.PROTO and len(first) == 2 else None
-        wrapper = _unpickle(handle, name, trust_pickle)
+        mapped = None if trust_pickle else _mapped_pickle(handle)
+        wrapper = _unpickle(mapped or handle, name, trust_pickle,
+                            mapped.views if mapped else None)
     content = _weight_dict(wrapper, name)
     layers, flavour = _layers(content, name)
     return WeightSet(layers=layers, source=Provenance(
@@ -101,11 +103,23 @@ def _read_header(handle: IO[bytes], name: str) -> None:
                           f"not a weight dict")
 
 
-def _unpickle(handle: IO[bytes], name: str, trust_pickle: bool) -> Any:
+def _mapped_pickle(handle: IO[bytes]) -> pickle_views.MappedPickle | None:
+    """The pickle after the header with its large payloads left in a memory map (so arrays
+    are views of the file, not copies), or None for small or unusual files."""
+    start = handle.tell()
+    size = os.fstat(handle.fileno()).st_size
+    if size - start < 4 * pickle_views.MIN_BYTES:
+        return None
+    mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    return pickle_views.MappedPickle.scan(mapping, start)
+
+
+def _unpickle(handle: Any, name: str, trust_pickle: bool,
+              views: dict[bytes, memoryview] | None = None) -> Any:
     try:
         if trust_pickle:
             return pickle.Unpickler(handle, encoding="latin1").load()
-        return safe_pickle.load(handle, name=name)
+        return safe_pickle.load(handle, name=name, views=views)
     except WeightconvError:
         raise
     except _UNPICKLING_ERRORS as exc:

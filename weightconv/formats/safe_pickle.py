@@ -18,11 +18,12 @@ Example::
 
 from __future__ import annotations
 
+import contextvars
 import math
 import pickle
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import numpy as np
@@ -36,6 +37,9 @@ _TEXT_CODECS = frozenset({"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1",
                           "utf-8", "utf8", "ascii"})
 #: Deeper nesting than this is not a weight dict.
 _MAX_DEPTH = 64
+#: Token -> mapped bytes, for payloads `pickle_views` left in the file during a `load`.
+_VIEWS: contextvars.ContextVar[Mapping[bytes, memoryview] | None] = contextvars.ContextVar(
+    "weightconv_pickle_views", default=None)
 
 
 class _Refused(Exception):
@@ -136,10 +140,13 @@ def _shape_of(value: Any) -> tuple[int, ...]:
     return value
 
 
-def _raw(data: Any) -> bytes | bytearray:
+def _raw(data: Any) -> bytes | bytearray | memoryview:
     if isinstance(data, str):  # a Python 2 str, decoded latin1 by the unpickler
-        return data.encode("latin1")
+        data = data.encode("latin1")
     if isinstance(data, bytes | bytearray):
+        views = _VIEWS.get()
+        if views and isinstance(data, bytes) and data in views:
+            return views[data]  # a payload left in the mapped file (pickle_views)
         return data
     raise pickle.UnpicklingError(f"array data is a {type(data).__name__}, not bytes")
 
@@ -257,13 +264,15 @@ class RestrictedUnpickler(pickle.Unpickler):
         return target
 
 
-def load(file: IO[bytes], *, name: str) -> Any:
+def load(file: IO[bytes], *, name: str, views: Mapping[bytes, memoryview] | None = None) -> Any:
     """Unpickle one object from `file` admitting only arrays, numbers, strings and containers.
 
     Python 2 strings are decoded latin1. Raises UnsafeInputError naming `name` when
     the pickle reaches for anything else; a corrupt or truncated stream raises what
-    `pickle` raises (EOFError, pickle.UnpicklingError, ValueError, ...).
+    `pickle` raises (EOFError, pickle.UnpicklingError, ValueError, ...). `views` maps the
+    tokens of a `pickle_views.MappedPickle` stream to the array bytes they stand for.
     """
+    reset = _VIEWS.set(views)
     try:
         loaded = RestrictedUnpickler(file).load()
     except _Refused as refused:
@@ -271,6 +280,8 @@ def load(file: IO[bytes], *, name: str) -> Any:
             f"{name}: refusing to {refused.what} from the pickle: a weight dict holds only "
             f"dicts, lists, strings, numbers and arrays; pass --trust-pickle only if you "
             f"trust this file") from None
+    finally:
+        _VIEWS.reset(reset)
     return _Resolver().resolve(loaded, 0)
 
 
