@@ -58,7 +58,7 @@ class MappedPickle:
             if op is None:
                 return None
             arg_start = pos + 1
-            if code in _LENGTHS and arg_start >= frame_end:
+            if code in _LENGTHS and pos >= frame_end:
                 fmt, width = _LENGTHS[code]
                 if arg_start + width > size:
                     return None
