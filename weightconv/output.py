@@ -26,6 +26,19 @@ def check_writable(path: str | os.PathLike[str], force: bool) -> Path:
     return target
 
 
+def temporary_beside(target: Path) -> tuple[int, Path]:
+    """A new hidden temporary file in `target`'s folder (same file system, so the final
+    rename is atomic): its open descriptor and path."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    return fd, Path(name)
+
+
+def publish(temporary: Path, target: Path) -> None:
+    """Give a finished temporary file the usual permissions and rename it into place."""
+    os.chmod(temporary, 0o644 & ~_umask())
+    os.replace(temporary, target)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], force: bool = False) -> Iterator[BinaryIO]:
     """Open a temporary file beside `path`; rename it into place only if the block succeeds.
@@ -35,17 +48,24 @@ def atomic_output(path: str | os.PathLike[str], force: bool = False) -> Iterator
         with atomic_output("out.npy", force=False) as f:
             f.write(data)
     """
+    with atomic_path(path, force) as temporary, open(temporary, "r+b") as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
+    """`atomic_output` for writers that need a path rather than a file object (h5py): a
+    temporary file beside `path`, renamed into place when the block succeeds, removed when
+    it fails."""
     target = check_writable(path, force)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
-                                    dir=target.parent)
+    fd, temporary = temporary_beside(target)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-        os.chmod(tmp_name, 0o644 & ~_umask())
-        os.replace(tmp_name, target)
+        yield temporary
+        publish(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+            os.unlink(temporary)
         raise
 
 

@@ -26,7 +26,6 @@ import mmap
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 
 from ..errors import FormatError, MappingError, OutputExistsError, UsageError
 from ..memory import release_pages
-from ..output import chunks
+from ..output import chunks, publish, temporary_beside
 from ..progress import Progress
 from ..weights import (
     CANONICAL,
@@ -48,7 +47,7 @@ from ..weights import (
     join_tensor_name,
     split_tensor_name,
 )
-from . import crc32c, open_input, ordered_code, sstable, tf_types
+from . import crc32c, open_input, ordered_code, protowire, sstable, tf_types
 
 INDEX_SUFFIX = ".index"
 STATE_FILE = "checkpoint"
@@ -401,16 +400,10 @@ def _describe_extents(extents: list[tuple[int, int]]) -> str:
 
 
 def _read_varint(raw: np.ndarray, pos: int, what: str) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= raw.size or shift > 63:
-            raise FormatError(f"{what}: string lengths are truncated or corrupt")
-        byte = int(raw[pos])
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
+    try:
+        return protowire.read_varint(memoryview(raw), pos, raw.size)
+    except protowire.WireError:
+        raise FormatError(f"{what}: string lengths are truncated or corrupt") from None
 
 
 def _decode_strings(raw: np.ndarray, shape: tuple[int, ...], what: str
@@ -452,7 +445,7 @@ def _encode_strings(values: np.ndarray) -> tuple[bytes, bytes, int]:
     prefix = bytearray()
     crc = 0
     for item in items:
-        prefix += sstable.encode_varint(len(item))
+        prefix += protowire.encode_varint(len(item))
         crc = crc32c.extend(crc, struct.pack("<I" if len(item) <= 0xFFFFFFFF else "<Q",
                                              len(item)))
     length_checksum = struct.pack("<I", crc32c.mask(crc))
@@ -699,7 +692,7 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = Fal
             index_bytes = table.finish()
         _remove_stale_shards(prefix, count)
         for temp, final in temps:  # data first, the index last: it is what makes a checkpoint
-            os.replace(temp, final)
+            publish(temp, final)
         temps.clear()
     except BaseException:
         for handle in handles.values():
@@ -717,16 +710,9 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = Fal
 
 
 def _temp_beside(final: Path, temps: list[tuple[Path, Path]]) -> BinaryIO:
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
-    os.fchmod(fd, 0o644 & ~_umask())
-    temps.append((Path(name), final))
+    fd, temporary = temporary_beside(final)
+    temps.append((temporary, final))
     return os.fdopen(fd, "wb")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _remove_stale_shards(prefix: Path, count: int) -> None:
@@ -784,9 +770,8 @@ def update_state_file(prefix: Path) -> Path:
     name = prefix.name
     paths = [p for p in state.all_model_checkpoint_paths if p != name] + [name]
     fresh = pb.CheckpointState(model_checkpoint_path=name, all_model_checkpoint_paths=paths)
-    fd, temp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".partial", dir=prefix.parent)
+    fd, temp = temporary_beside(state_path)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text_format.MessageToString(fresh))
-    os.chmod(temp, 0o644 & ~_umask())
-    os.replace(temp, state_path)
+    publish(temp, state_path)
     return state_path

@@ -38,7 +38,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -50,7 +49,7 @@ import h5py
 import numpy as np
 
 from ..errors import FormatError, MappingError, ShapeError, UsageError
-from ..output import check_writable
+from ..output import atomic_path
 from ..progress import Progress
 from ..weights import CANONICAL, Kind, Layer, LazyTensor, Provenance, WeightSet
 
@@ -898,7 +897,7 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = Fal
     slots = _model_slots(root, weights) if root is not None else _derived_slots(weights, target)
     counts = {"layers": 0, "tensors": 0, "parameters": 0}
     notes: list[str] = []
-    with _atomic_path(target, force) as temporary, h5py.File(temporary, "w") as handle:
+    with atomic_path(target, force) as temporary, h5py.File(temporary, "w") as handle:
         if keras_layout == "keras3":
             _write_keras3(handle, slots, target, counts, notes, progress)
         else:
@@ -1207,26 +1206,6 @@ def _write_name_list(attrs: h5py.AttributeManager, name: str, values: Sequence[s
         stop = start + size + (1 if index < extra else 0)
         attrs[f"{name}{index}"] = encoded[start:stop]
         start = stop
-
-
-@contextlib.contextmanager
-def _atomic_path(target: Path, force: bool) -> Iterator[Path]:
-    """`weightconv.output.atomic_output` for a writer that needs a path (h5py writes the
-    same bytes as Keras only through its own file driver): a temporary file beside `target`,
-    renamed into place when the block succeeds, removed when it fails."""
-    check_writable(target, force)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(name)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(name, 0o644 & ~mask)
-        os.replace(name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
 
 
 # Helpers -----------------------------------------------------------------------------------

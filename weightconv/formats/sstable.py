@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import FormatError
-from . import crc32c, open_input, snappy
+from . import crc32c, open_input, protowire, snappy
 
 MAGIC = 0xDB4775248B80FB57
 MAGIC_BYTES = struct.pack("<Q", MAGIC)
@@ -56,26 +56,10 @@ def has_table_footer(tail: bytes) -> bool:
 
 
 def _varint(buf: memoryview, pos: int, end: int, what: str) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise FormatError(f"{what}: truncated or overlong varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    try:
+        return protowire.read_varint(buf, pos, end)
+    except protowire.WireError as exc:
+        raise FormatError(f"{what}: {exc}") from None
 
 
 def decode_handle(buf: memoryview, pos: int, end: int, what: str) -> tuple[BlockHandle, int]:
@@ -85,7 +69,7 @@ def decode_handle(buf: memoryview, pos: int, end: int, what: str) -> tuple[Block
 
 
 def encode_handle(handle: BlockHandle) -> bytes:
-    return encode_varint(handle.offset) + encode_varint(handle.size)
+    return protowire.encode_varint(handle.offset) + protowire.encode_varint(handle.size)
 
 
 def iter_block(block: memoryview, what: str) -> Iterator[tuple[bytes, memoryview]]:
@@ -261,9 +245,9 @@ class _BlockBuilder:
         else:
             self.restarts.append(len(self.buffer))
             self.counter = 0
-        self.buffer += encode_varint(shared)
-        self.buffer += encode_varint(len(key) - shared)
-        self.buffer += encode_varint(len(value))
+        self.buffer += protowire.encode_varint(shared)
+        self.buffer += protowire.encode_varint(len(key) - shared)
+        self.buffer += protowire.encode_varint(len(value))
         self.buffer += key[shared:]
         self.buffer += value
         self.last_key = key
