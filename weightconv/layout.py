@@ -187,6 +187,24 @@ def _contiguous(matrix: np.ndarray, into: np.ndarray | None = None) -> np.ndarra
     return flatten_chw_to_hwc(matrix, (matrix.shape[0], 1, 1), into)
 
 
+def canonical_shapes(layer: Layer) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """Shape and dtype of each tensor `to_canonical` would give, without converting."""
+    shapes = {role: (tuple(int(n) for n in t.shape), np.dtype(t.dtype))
+              for role, t in layer.tensors.items()}
+    if layer.layout == CANONICAL:
+        return shapes
+    if layer.kind == Kind.BATCHNORM:
+        shapes.pop("scale_factor", None)
+    if "weights" not in shapes:
+        return shapes
+    shape, dtype = shapes["weights"]
+    if layer.kind in (Kind.CONV, Kind.DECONV) and len(shape) == 4:
+        shapes["weights"] = ((shape[2], shape[3], shape[1], shape[0]), dtype)
+    elif layer.kind == Kind.DENSE and len(shape) == 2 and not layer.params.get("transpose"):
+        shapes["weights"] = ((shape[1], shape[0]), dtype)
+    return shapes
+
+
 def direct_weights(layer: Layer) -> tuple[tuple[int, ...], np.dtype[Any],
                                           Callable[[np.ndarray], None]] | None:
     """For a Caffe-layout conv or dense layer, the canonical weights' shape and dtype and a
@@ -197,20 +215,19 @@ def direct_weights(layer: Layer) -> tuple[tuple[int, ...], np.dtype[Any],
     if layer.layout != CAFFE or not isinstance(weights, np.ndarray):
         return None
     if layer.kind == Kind.CONV and weights.ndim == 4:
-        o, i, kh, kw = weights.shape
 
-        def fill_conv(into: np.ndarray) -> None:
+        def fill(into: np.ndarray) -> None:
             _conv_oihw_to_hwio_copy(weights, into)
 
-        return (kh, kw, i, o), weights.dtype, fill_conv
-    if layer.kind == Kind.DENSE and weights.ndim == 2:
-        shape = weights.shape if layer.params.get("transpose") else weights.shape[::-1]
+    elif layer.kind == Kind.DENSE and weights.ndim == 2:
 
-        def fill_dense(into: np.ndarray) -> None:
+        def fill(into: np.ndarray) -> None:
             _caffe_dense_to_canonical(layer, weights, into)
 
-        return (int(shape[0]), int(shape[1])), weights.dtype, fill_dense
-    return None
+    else:
+        return None
+    shape, dtype = canonical_shapes(layer)["weights"]
+    return shape, dtype, fill
 
 
 def dense_to_fc_conv(weights: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:

@@ -325,7 +325,7 @@ class _Mapper:
 
     def _plan_layer(self, source: Layer) -> dict[str, _Out]:
         outs = {}
-        shapes = _canonical_shapes(source)
+        shapes = layout.canonical_shapes(source)
         steps = layout.canonicalization_steps(source)
         for role, (shape, dtype) in shapes.items():
             outs[role] = _Out(source, role, _picker(self.cache, role), shape, dtype,
@@ -546,18 +546,3 @@ def _canonical_kind(source: Layer, outs: dict[str, _Out]) -> str:
     if len(weights.shape) == 2:
         return Kind.DENSE
     return source.kind
-
-
-def _canonical_shapes(layer: Layer) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
-    """Shape and dtype of each tensor `layout.to_canonical` would give, without converting."""
-    shapes = {role: (tuple(t.shape), np.dtype(t.dtype)) for role, t in layer.tensors.items()}
-    if layer.layout == CANONICAL or "weights" not in shapes:
-        if layer.layout != CANONICAL and layer.kind == Kind.BATCHNORM:
-            shapes.pop("scale_factor", None)
-        return shapes
-    (shape, dtype) = shapes["weights"]
-    if layer.kind in (Kind.CONV, Kind.DECONV) and len(shape) == 4:
-        shapes["weights"] = ((shape[2], shape[3], shape[1], shape[0]), dtype)
-    elif layer.kind == Kind.DENSE and len(shape) == 2 and not layer.params.get("transpose"):
-        shapes["weights"] = ((shape[1], shape[0]), dtype)
-    return shapes
