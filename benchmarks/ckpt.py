@@ -99,8 +99,9 @@ OURS_READ = """
 import sys
 import numpy as np
 import weightconv
+from weightconv.model.canonical import canonical_layers
 weights = weightconv.load(sys.argv[1])
-arrays = [np.asarray(t) for layer in weights.canonical() for t in layer.tensors.values()]
+arrays = [np.asarray(t) for layer in canonical_layers(weights) for t in layer.tensors.values()]
 print(sum(array.size for array in arrays))
 """
 
@@ -192,7 +193,8 @@ def prepare(npy: Path, prefix: Path) -> None:
     if not npy.exists():
         model, prototxt = WORK / "vgg16.caffemodel", WORK / "vgg16.prototxt"
         subprocess.run([sys.executable, "-c",
-                        "import sys; from pathlib import Path; from weightconv import synthetic; "
+                        "import sys; from pathlib import Path; "
+                        "from weightconv.testing import synthetic; "
                         "net = synthetic.build('vgg16', seed=0); "
                         "net.write_caffemodel(sys.argv[1]); "
                         "Path(sys.argv[2]).write_text(net.deploy_prototxt)",

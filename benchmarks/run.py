@@ -50,8 +50,9 @@ print(sum(a.size for a in arrays))
 CANONICAL = """
 import sys
 import weightconv
+from weightconv.model.canonical import canonical_layers
 weights = weightconv.load(sys.argv[1], prototxt=sys.argv[2])
-print(sum(t.size for layer in weights.canonical() for t in layer.tensors.values()))
+print(sum(t.size for layer in canonical_layers(weights) for t in layer.tensors.values()))
 """
 
 
@@ -109,7 +110,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep benchmarks/work/")
     args = parser.parse_args()
-    from weightconv import synthetic
+    from weightconv.testing import synthetic
 
     # Byte-compile the package first: with PYTHONDONTWRITEBYTECODE set (as on our CI machines)
     # an editable install would otherwise recompile every module in every measured run.
@@ -123,7 +124,8 @@ def main() -> int:
     if not model.exists():
         # In a child process: a forked child's peak RSS counts the parent's pages, so the
         # parent must never hold the model.
-        subprocess.run([sys.executable, "-c", "import sys; from weightconv import synthetic; "
+        subprocess.run([sys.executable, "-c",
+                        "import sys; from weightconv.testing import synthetic; "
                         "synthetic.build('vgg16', seed=0).write_caffemodel(sys.argv[1])",
                         str(model)], check=True)
     prototxt = WORK / "vgg16.prototxt"

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from weightconv.formats.caffe_net import (
+from weightconv.formats.caffe.net import (
     LayerDef,
     NetDef,
     infer_blob_shapes,

@@ -14,7 +14,8 @@ import pytest
 
 import weightconv
 from weightconv._proto import caffe_pb2
-from weightconv.weights import Kind
+from weightconv.model import Kind
+from weightconv.model.canonical import canonical_layers
 
 from .conftest import corpus_file
 
@@ -69,7 +70,7 @@ def test_every_tensor_equals_the_protobuf_blob_transposed(model, prototxt, fc_in
     model_path, prototxt_path = corpus_file(model), corpus_file(prototxt)
     expected = blobs_by_protobuf(model_path)
     ws = weightconv.load(model_path, prototxt=prototxt_path)
-    canonical = {layer.name: layer for layer in ws.canonical()}
+    canonical = {layer.name: layer for layer in canonical_layers(ws)}
     assert set(canonical) == set(expected)
     for name, blobs in expected.items():
         layer = canonical[name]
@@ -126,7 +127,7 @@ def test_caffe_hdf5_snapshot_reads_like_a_caffemodel():
                                           handle[f"data/{layer.name}/0"][()])
             np.testing.assert_array_equal(layer.tensors["biases"],
                                           handle[f"data/{layer.name}/1"][()])
-        canonical = {layer.name: layer for layer in ws.canonical()}
+        canonical = {layer.name: layer for layer in canonical_layers(ws)}
         ip1 = handle["data/ip1/0"][()]
         np.testing.assert_array_equal(canonical["ip1"].tensors["weights"],
                                       caffe_dense_to_tf(ip1, (64, 4, 4)))
@@ -144,7 +145,7 @@ def test_fork_prototxt_with_unknown_layer_params_is_read_with_a_note():
     assert len(grouped) >= 10
     for layer in ws.weighted_layers():
         np.testing.assert_array_equal(layer.tensors["weights"], expected[layer.name][0])
-    for layer in ws.canonical():
+    for layer in canonical_layers(ws):
         assert layer.tensors["weights"].ndim == 4
 
 
@@ -162,7 +163,7 @@ def test_v1_caffemodel_without_prototxt_asks_for_the_fc_input_size():
     ws = weightconv.load(model)
     assert ws.source.detail["encoding"] == "V1"
     with pytest.raises(weightconv.ShapeError, match=r"ip1.*--input-shape"):
-        list(ws.canonical())
+        list(canonical_layers(ws))
     ws = weightconv.load(model, input_shape=(3, 32, 32))
-    canonical = {layer.name: layer for layer in ws.canonical()}
+    canonical = {layer.name: layer for layer in canonical_layers(ws)}
     assert canonical["ip1"].tensors["weights"].shape == (1024, 64)

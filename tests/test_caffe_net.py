@@ -6,8 +6,8 @@ import pytest
 from google.protobuf import text_format
 
 from weightconv._proto import caffe_pb2
-from weightconv.formats import caffe_net
-from weightconv.formats.caffe_net import conv_output_size, pool_output_size
+from weightconv.formats.caffe import net as caffe_net
+from weightconv.formats.caffe.net import conv_output_size, pool_output_size
 
 from .conftest import corpus_file
 

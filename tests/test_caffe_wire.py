@@ -11,7 +11,9 @@ import pytest
 
 import weightconv
 from weightconv._proto import caffe_pb2
-from weightconv.formats import caffe, protowire
+from weightconv.codecs import protowire
+from weightconv.formats.caffe import reader as caffe
+from weightconv.model.canonical import canonical_layers
 
 
 def conv_layer(name: str = "conv1", out: int = 4, inp: int = 3,
@@ -76,7 +78,7 @@ def test_legacy_4d_shape_is_used_when_present(tmp_path):
     ws = weightconv.load(path)
     np.testing.assert_array_equal(ws["ip"].tensors["weights"], [[1, 2, 3], [4, 5, 6]])
     np.testing.assert_array_equal(ws["ip"].tensors["biases"], [7, 8])
-    (canonical,) = ws.canonical()
+    (canonical,) = canonical_layers(ws)
     np.testing.assert_array_equal(canonical.tensors["weights"], [[1, 4], [2, 5], [3, 6]])
 
 
@@ -205,7 +207,7 @@ def test_v0_caffemodel_with_padding_layer_and_nested_blobs(tmp_path):
     np.testing.assert_array_equal(ws["conv1"].tensors["weights"], conv_w)
     np.testing.assert_array_equal(ws["fc1"].tensors["weights"], fc_w)
     # padding 1 then 3x3/2 on 5x5 gives 3x3: fc1 reads a 4x3x3 blob in C,H,W order
-    canonical = {layer.name: layer for layer in ws.canonical()}
+    canonical = {layer.name: layer for layer in canonical_layers(ws)}
     expected = fc_w.reshape(5, 4, 3, 3).transpose(2, 3, 1, 0).reshape(36, 5)
     np.testing.assert_array_equal(canonical["fc1"].tensors["weights"], expected)
 
@@ -222,6 +224,6 @@ def test_released_pages_read_back_unchanged(tmp_path):
     ws = weightconv.load(write_net(tmp_path, input_layer((1, 3, 16, 16)), layer))
     view = ws["conv1"].tensors["weights"]
     assert ws.release is not None
-    (canonical,) = ws.canonical()
+    (canonical,) = canonical_layers(ws)
     np.testing.assert_array_equal(view, weights)
     np.testing.assert_array_equal(canonical.tensors["weights"], weights.transpose(2, 3, 1, 0))

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 import weightconv
-from weightconv import cli
 from weightconv._proto import tf_checkpoint_pb2 as pb
-from weightconv.formats import ckpt, crc32c, ordered_code, sstable
-from weightconv.weights import Layer, WeightSet
+from weightconv.cli import core as cli
+from weightconv.codecs import crc32c, ordered_code, sstable
+from weightconv.formats.ckpt import bundle as ckpt
+from weightconv.model import Layer, WeightSet
 
 
 def _weights() -> WeightSet:

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import weightconv
-from weightconv.formats import ckpt
-from weightconv.weights import Layer, WeightSet
+from weightconv.formats.ckpt import bundle as ckpt
+from weightconv.model import Layer, WeightSet
 
 from .conftest import CORPUS
 from .tf_oracle import run_oracle, tensor_digest

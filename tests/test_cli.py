@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from weightconv import synthetic
-from weightconv.cli import main
+from weightconv.cli.core import main
+from weightconv.testing import synthetic
 
 
 @pytest.fixture(scope="module")

@@ -26,15 +26,10 @@ import numpy as np
 import pytest
 
 from weightconv import formats
-from weightconv.errors import (
-    FormatError,
-    MappingError,
-    OutputExistsError,
-    ShapeError,
-    UsageError,
-)
-from weightconv.formats import caffe_h5, keras_h5
-from weightconv.weights import CANONICAL, Kind, Layer, WeightSet
+from weightconv.errors import FormatError, MappingError, OutputExistsError, ShapeError, UsageError
+from weightconv.formats.caffe import hdf5 as caffe_h5
+from weightconv.formats.keras_h5 import core as keras_h5
+from weightconv.model import CANONICAL, Kind, Layer, WeightSet
 
 from .conftest import corpus_file
 from .keras_oracle import KERAS2_MODELS, MODELS, digest, load_source, run_oracle

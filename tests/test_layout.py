@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightconv.layout import (
+from weightconv.arrays import (
     conv_hwio_to_oihw,
     conv_oihw_to_hwio,
     flatten_chw_to_hwc,

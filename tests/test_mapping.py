@@ -15,10 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import weightconv
-from weightconv import cli, layout
+from weightconv import arrays
+from weightconv.cli import core as cli
 from weightconv.mapping import MapFile, Mapping
-from weightconv.synthetic import build
-from weightconv.weights import Layer, WeightSet
+from weightconv.model import Layer, WeightSet
+from weightconv.model import canonical as layout
+from weightconv.model.canonical import canonical_layers
+from weightconv.testing.synthetic import build
 
 # Pure transforms -----------------------------------------------------------------------------
 
@@ -27,35 +30,35 @@ from weightconv.weights import Layer, WeightSet
 def test_fc_as_conv_element_by_element(h, w, c, out):
     """Element (y, x, ch, o) of the conv kernel is dense row y*W*C + x*C + ch (H,W,C flatten)."""
     dense = np.arange(h * w * c * out, dtype=np.float32).reshape(h * w * c, out)
-    conv = layout.dense_to_fc_conv(dense, (h, w, c))
+    conv = arrays.dense_to_fc_conv(dense, (h, w, c))
     assert conv.shape == (h, w, c, out)
     for y, x, ch, o in np.ndindex(conv.shape):
         assert conv[y, x, ch, o] == dense[y * w * c + x * c + ch, o]
-    assert np.array_equal(layout.fc_conv_to_dense(conv), dense)
+    assert np.array_equal(arrays.fc_conv_to_dense(conv), dense)
 
 
 def test_fc_as_conv_wrong_size_names_both_shapes():
     with pytest.raises(weightconv.ShapeError, match=r"\(9216, 10\).*7x7x256 = 12544"):
-        layout.dense_to_fc_conv(np.zeros((9216, 10)), (7, 7, 256))
+        arrays.dense_to_fc_conv(np.zeros((9216, 10)), (7, 7, 256))
 
 
 def test_flip_input_channels():
     kernel = np.zeros((2, 2, 3, 4))
     kernel[:, :, 0, :] = 1  # "blue" in BGR
-    flipped = layout.flip_input_channels(kernel)
+    flipped = arrays.flip_input_channels(kernel)
     assert (flipped[:, :, 2, :] == 1).all() and (flipped[:, :, :2, :] == 0).all()
     with pytest.raises(weightconv.ShapeError, match="3 input channels"):
-        layout.flip_input_channels(np.zeros((2, 2, 4, 4)))
+        arrays.flip_input_channels(np.zeros((2, 2, 4, 4)))
 
 
 def test_split_and_merge_groups():
     kernel = np.arange(5 * 5 * 48 * 256).reshape(5, 5, 48, 256)
-    halves = layout.split_groups(kernel, 2)
+    halves = arrays.split_groups(kernel, 2)
     assert [h.shape for h in halves] == [(5, 5, 48, 128)] * 2
     assert np.array_equal(halves[1], kernel[..., 128:])
-    assert np.array_equal(layout.merge_groups(halves), kernel)
+    assert np.array_equal(arrays.merge_groups(halves), kernel)
     with pytest.raises(weightconv.ShapeError, match="cannot split 256 output channels into 3"):
-        layout.split_groups(kernel, 3)
+        arrays.split_groups(kernel, 3)
 
 
 # The plan ------------------------------------------------------------------------------------
@@ -81,7 +84,7 @@ def _arrays(weights: WeightSet) -> dict[str, np.ndarray]:
 def test_identity_mapping_equals_canonical(alexnet):
     source = _load(alexnet)
     mapped = _arrays(Mapping().apply(source))
-    direct = {layer.tensor_name(role): t for layer in _load(alexnet).canonical()
+    direct = {layer.tensor_name(role): t for layer in canonical_layers(_load(alexnet))
               for role, t in layer.tensors.items()}
     assert list(mapped) == list(direct)
     for name in direct:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import weightconv
-from weightconv import cli
-from weightconv.synthetic import build
+from weightconv.cli import core as cli
+from weightconv.model.canonical import canonical_layers
+from weightconv.testing.synthetic import build
 
 #: format -> (short-verb spelling, output suffix)
 FORMATS = {"npy": ("npy", ".npy"), "ckpt": ("ckpt", ".ckpt"),
@@ -29,8 +30,8 @@ def converted(tmp_path_factory):
     net = build("alexnet", width=0.125, num_classes=20, seed=8)
     net.write_caffemodel(folder / "alexnet.caffemodel")
     (folder / "deploy.prototxt").write_text(net.deploy_prototxt)
-    reference = {layer.tensor_name(role): np.array(t) for layer in weightconv.load(
-        folder / "alexnet.caffemodel", prototxt=folder / "deploy.prototxt").canonical()
+    reference = {layer.tensor_name(role): np.array(t) for layer in canonical_layers(weightconv.load(
+        folder / "alexnet.caffemodel", prototxt=folder / "deploy.prototxt"))
         for role, t in layer.tensors.items()}
     paths = {}
     for fmt, (verb, suffix) in FORMATS.items():
@@ -43,7 +44,7 @@ def converted(tmp_path_factory):
 def _tensors(path) -> dict[str, np.ndarray]:
     weights = weightconv.load(path)
     return {f"{layer.name}/{role}": np.asarray(t)
-            for layer in weights.canonical() for role, t in layer.tensors.items()}
+            for layer in canonical_layers(weights) for role, t in layer.tensors.items()}
 
 
 def _assert_reference(path, reference) -> None:

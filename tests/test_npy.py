@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from weightconv._util.progress import Progress
 from weightconv.errors import (
     FormatError,
     MappingError,
@@ -31,8 +32,7 @@ from weightconv.errors import (
     UsageError,
 )
 from weightconv.formats import detect, npy
-from weightconv.progress import Progress
-from weightconv.weights import CAFFE, Kind, Layer, WeightSet
+from weightconv.model import CAFFE, Kind, Layer, WeightSet
 
 from .conftest import corpus_file
 

@@ -14,7 +14,7 @@ import pytest
 from numpy.lib import format as npformat
 
 import weightconv
-from weightconv.formats import pickle_views
+from weightconv.codecs import pickle_views
 
 
 def _weight_dict() -> dict:

@@ -17,9 +17,9 @@ import pytest
 from google.protobuf import text_format
 
 import weightconv
-from weightconv import synthetic
 from weightconv._proto import caffe_pb2
-from weightconv.formats.caffe_net import NetDef, feeds_from_spatial, infer_blob_shapes
+from weightconv.formats.caffe.net import NetDef, feeds_from_spatial, infer_blob_shapes
+from weightconv.testing import synthetic
 
 from . import numpy_forward as nf
 from .conftest import corpus_file

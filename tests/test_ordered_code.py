@@ -18,9 +18,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from weightconv.errors import FormatError
-from weightconv.formats import snappy
-from weightconv.formats.ordered_code import (
+from weightconv.codecs import snappy
+from weightconv.codecs.ordered_code import (
     decode_num_increasing,
     decode_signed_num_increasing,
     decode_slice_key,
@@ -31,6 +30,7 @@ from weightconv.formats.ordered_code import (
     encode_string,
     is_slice_key,
 )
+from weightconv.errors import FormatError
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from weightconv.codecs.snappy import decompress
 from weightconv.errors import FormatError
-from weightconv.formats.snappy import decompress
 
 cramjam = pytest.importorskip("cramjam", reason="cramjam (test extra) is the Snappy oracle; "
                                                 "pip install cramjam")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from weightconv import synthetic
 from weightconv._proto import caffe_pb2
+from weightconv.testing import synthetic
 
 from .conftest import corpus_file
 

@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 
 import weightconv
-from weightconv import cli, synthetic
+from weightconv.cli import core as cli
 from weightconv.errors import CheckFailed, ShapeError, UsageError
 from weightconv.lrn import CaffeLRN
 from weightconv.nets import AlexNet, Architecture
 from weightconv.nets.alexnet import describe
-from weightconv.verify import (
+from weightconv.testing import synthetic
+from weightconv.verify.core import (
     IMAGENET_MEAN_BGR,
     Preprocessing,
     imagenet_labels,
@@ -298,7 +299,7 @@ def test_ceil_mode_pooling_agrees(tmp_path):
 def test_padded_max_pooling_matches_the_numpy_oracle():
     """Caffe pads max pooling with nothing that can win (negative inputs show it) and drops
     a last window starting in the padding (3x3/2, pad 1 on 6 -> 4, not 3)."""
-    from weightconv.formats.caffe_net import LayerDef
+    from weightconv.formats.caffe.net import LayerDef
     from weightconv.nets.alexnet import Step, _caffe_max_pool, _tf
 
     from . import numpy_forward as nf

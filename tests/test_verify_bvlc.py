@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from weightconv import cli
-from weightconv.synthetic import build
+from weightconv.cli import core as cli
+from weightconv.testing.synthetic import build
 
 from .conftest import corpus_file
 
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.oracle, pytest.mark.corpus, pytest.mark.slow]
 ])
 def test_conversions_of_bvlc_shaped_models_verify(tmp_path, variant, prototxt):
     pytest.importorskip("cv2", reason="opencv-python-headless (test extra) absent")
-    from weightconv.verify import verify
+    from weightconv.verify.core import verify
 
     deploy = corpus_file(prototxt)
     model = tmp_path / f"{variant}.caffemodel"

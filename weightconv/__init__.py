@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import formats
-from .errors import (
+from weightconv import formats
+from weightconv.errors import (
     CheckFailed,
     FormatError,
     MappingError,
@@ -24,7 +24,7 @@ from .errors import (
     UsageError,
     WeightconvError,
 )
-from .weights import Kind, Layer, Provenance, WeightSet
+from weightconv.model import Kind, Layer, Provenance, WeightSet
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from weightconv.cli.core import main
 
 sys.exit(main())

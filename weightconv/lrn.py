@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ShapeError, UsageError
+from weightconv.errors import ShapeError, UsageError
 
 ACROSS_CHANNELS = "across_channels"
 WITHIN_CHANNEL = "within_channel"

@@ -35,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from . import layout
-from .errors import MappingError, ShapeError, UsageError
-from .weights import CANONICAL, Kind, Layer, LazyTensor, WeightSet, join_tensor_name
+from weightconv import arrays
+from weightconv.errors import MappingError, ShapeError, UsageError
+from weightconv.model import CANONICAL, Kind, Layer, LazyTensor, WeightSet, join_tensor_name
+from weightconv.model import canonical as layout
 
 NAME_SCHEMES = ("keep", "tf1", "slim", "keras", "caffe")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -345,7 +346,7 @@ class _Mapper:
             raise ShapeError(f"{out.source.name}/weights: swapping BGR/RGB needs 3 input "
                              f"channels, the kernel is {list(out.shape)}")
         source_order = self.mapping.source_channels or self.weights.channel_order
-        self._chain(out, layout.flip_input_channels, out.shape,
+        self._chain(out, arrays.flip_input_channels, out.shape,
                     [f"input channels {source_order.upper()} -> "  # type: ignore[union-attr]
                      f"{self.mapping.input_channels.upper()}"])  # type: ignore[union-attr]
 
@@ -355,12 +356,12 @@ class _Mapper:
             return
         if m.fc_as_conv and kind == Kind.DENSE and len(out.shape) == 2:
             hwc = self._fc_input(source, out.shape[0])
-            self._chain(out, lambda a, s=hwc: layout.dense_to_fc_conv(a, s),
+            self._chain(out, lambda a, s=hwc: arrays.dense_to_fc_conv(a, s),
                         (*hwc, out.shape[1]),
                         [f"dense -> fc-as-conv {hwc[0]}x{hwc[1]}x{hwc[2]}"])
         elif m.fc_as_dense and len(out.shape) == 4:
             h, w, c, n = out.shape
-            self._chain(out, layout.fc_conv_to_dense, (h * w * c, n),
+            self._chain(out, arrays.fc_conv_to_dense, (h * w * c, n),
                         [f"fc-as-conv {h}x{w}x{c} -> dense"])
 
     def _fc_input(self, source: Layer, inputs: int) -> tuple[int, int, int]:
@@ -409,7 +410,7 @@ class _Mapper:
                                          f"not split into {groups} groups")
                     piece = _Out(out.source, role, out.array_of, out.shape, out.dtype,
                                  list(out.transforms))
-                    self._chain(piece, lambda a, i=index, g=groups: layout.split_groups(a, g)[i],
+                    self._chain(piece, lambda a, i=index, g=groups: arrays.split_groups(a, g)[i],
                                 (*out.shape[:-1], out.shape[-1] // groups),
                                 [f"group {index} of {groups}"])
                     tensors[role] = piece
@@ -491,7 +492,7 @@ class _Mapper:
                                      f"{[list(p.shape) for p in parts]}")
                 shape = (*parts[0].shape[:-1], sum(p.shape[-1] for p in parts))
                 tensors[role] = LazyTensor(shape, parts[0].dtype,
-                                           lambda ps=parts: layout.merge_groups(
+                                           lambda ps=parts: arrays.merge_groups(
                                                [np.asarray(p) for p in ps]))
                 origin[role] = {"from": ", ".join(part.tensor_name(role) for part in run),
                                 "from_shape": [list(p.shape) for p in parts],

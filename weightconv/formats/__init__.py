@@ -10,16 +10,15 @@ entry in `FORMATS`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from ..errors import FormatError, UsageError
-from ..weights import WeightSet
+from weightconv._util.files import open_input
+from weightconv.errors import FormatError, UsageError
+from weightconv.model import WeightSet
 
 HEAD_BYTES = 4096
 #: ``model.ckpt-1000``: a checkpoint prefix with a global step.
@@ -53,7 +52,7 @@ class Format:
         if check is not None:
             check(path, force)
         else:
-            from ..output import check_writable
+            from weightconv._util.files import check_writable
 
             check_writable(path, force)
 
@@ -68,13 +67,13 @@ class Format:
 
 FORMATS: tuple[Format, ...] = (
     Format("npy", "NumPy .npy weight dict", (".npy",), "npy", True),
-    Format("caffe-h5", "Caffe HDF5 snapshot", (".caffemodel.h5",), "caffe_h5", False),
+    Format("caffe-h5", "Caffe HDF5 snapshot", (".caffemodel.h5",), "caffe.hdf5", False),
     Format("caffemodel", "Caffe .caffemodel (V0, V1, V2)", (".caffemodel", ".binaryproto"),
-           "caffe", False),
+           "caffe.reader", False),
     Format("ckpt", "TensorFlow checkpoint (V2 TensorBundle; V1 read-only)",
-           (".ckpt", ".index"), "ckpt", True, by_location=True),
+           (".ckpt", ".index"), "ckpt.bundle", True, by_location=True),
     Format("keras-h5", "Keras HDF5 weights (.weights.h5, legacy .h5, .keras)",
-           (".weights.h5", ".h5", ".hdf5", ".keras"), "keras_h5", True),
+           (".weights.h5", ".h5", ".hdf5", ".keras"), "keras_h5.core", True),
 )
 
 _BY_NAME: dict[str, Format] = {fmt.name: fmt for fmt in FORMATS}
@@ -85,21 +84,6 @@ def get(name: str) -> Format:
         return _BY_NAME[name]
     except KeyError:
         raise UsageError(f"unknown format {name!r}; known: {', '.join(_BY_NAME)}") from None
-
-
-@contextlib.contextmanager
-def open_input(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """Open a weight file for reading; a missing, folder or unreadable path is one clear line."""
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, errors translated here
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a weight file") from None
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot be read: {exc.strerror}") from None
-    with handle:
-        yield handle
 
 
 def read_head(path: Path) -> bytes:

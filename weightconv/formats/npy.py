@@ -29,13 +29,13 @@ from typing import IO, Any
 import numpy as np
 from numpy.lib import format as npformat
 
-from .. import layout
-from ..errors import FormatError, MappingError, UsageError, WeightconvError
-from ..memory import populate_for_writing, release_pages
-from ..output import atomic_output, chunks
-from ..progress import Progress
-from ..weights import CANONICAL, Kind, Layer, Provenance, WeightSet
-from . import open_input, pickle_views, safe_pickle
+from weightconv._util.files import atomic_output, chunks, open_input
+from weightconv._util.memory import populate_for_writing, release_pages
+from weightconv._util.progress import Progress
+from weightconv.codecs import pickle_views, safe_pickle
+from weightconv.errors import FormatError, MappingError, UsageError, WeightconvError
+from weightconv.model import CANONICAL, Kind, Layer, Provenance, WeightSet
+from weightconv.model import canonical as layout
 
 #: (shape, dtype, fill): canonical weights a writer can have converted into its own buffer.
 DirectWeights = tuple[tuple[int, ...], Any, Callable[[np.ndarray], None]]

@@ -13,6 +13,6 @@ Example::
 
 from __future__ import annotations
 
-from .alexnet import VARIANTS, AlexNet, Architecture, Step
+from weightconv.nets.alexnet import VARIANTS, AlexNet, Architecture, Step
 
 __all__ = ["VARIANTS", "AlexNet", "Architecture", "Step"]

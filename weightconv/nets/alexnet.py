@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, MappingError, ShapeError, UsageError
-from ..formats.caffe_net import (
+from weightconv.errors import FormatError, MappingError, ShapeError, UsageError
+from weightconv.formats.caffe.net import (
     LayerDef,
     NetDef,
     conv_output_size,
@@ -52,8 +52,9 @@ from ..formats.caffe_net import (
     parse_prototxt,
     pool_output_size,
 )
-from ..lrn import CaffeLRN, TfLRN, caffe_to_tf
-from ..weights import Layer, WeightSet
+from weightconv.lrn import CaffeLRN, TfLRN, caffe_to_tf
+from weightconv.model import Layer, WeightSet
+from weightconv.model.canonical import canonical_layers
 
 #: "alexnet": conv -> relu -> LRN -> pool (BVLC AlexNet); "caffenet": conv -> relu -> pool ->
 #: LRN (BVLC reference CaffeNet).
@@ -216,7 +217,7 @@ def _step_from_layer(layer: LayerDef, source: str) -> Step:
     if layer.type == "ReLU":
         return Step("relu", layer.name)
     if layer.type == "LRN":
-        from ..lrn import from_layer_params
+        from weightconv.lrn import from_layer_params
 
         return Step("lrn", layer.name, lrn=from_layer_params(p))
     if layer.type == "Pooling":
@@ -257,7 +258,7 @@ def _collect(weights: WeightSet) -> tuple[dict[str, _Params], list[str]]:
     found: dict[str, _Params] = {}
     parts: dict[str, dict[int, _Params]] = {}
     order: list[str] = []
-    for layer in weights.canonical():
+    for layer in canonical_layers(weights):
         kernel = _role(layer, _WEIGHT_ROLES)
         if kernel is None:
             continue
@@ -463,7 +464,7 @@ class AlexNet:
             ShapeError: a tensor does not fit the graph (names the layer and both shapes).
         """
         if not isinstance(weights, WeightSet):
-            from .. import load
+            from weightconv import load
 
             path = Path(weights)
             if prototxt is not None and _is_caffe(path):
@@ -671,7 +672,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _is_caffe(path: Path) -> bool:
-    from .. import formats
+    from weightconv import formats
 
     try:
         return formats.detect(path).name in ("caffemodel", "caffe-h5")

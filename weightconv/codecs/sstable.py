@@ -31,8 +31,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ..errors import FormatError
-from . import crc32c, open_input, protowire, snappy
+from weightconv._util.files import open_input
+from weightconv.codecs import crc32c, protowire, snappy
+from weightconv.errors import FormatError
 
 MAGIC = 0xDB4775248B80FB57
 MAGIC_BYTES = struct.pack("<Q", MAGIC)

@@ -1,20 +1,15 @@
 """Pure array transforms between Caffe and TensorFlow/Keras layouts.
 
 Every function takes arrays and returns arrays (views where NumPy allows); none
-reads or writes files.
+reads or writes files or knows about layers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
-
 import numpy as np
 
-from .errors import ShapeError
-from .memory import release_pages
-from .weights import CAFFE, CANONICAL, Kind, Layer
+from weightconv._util.memory import release_pages
+from weightconv.errors import ShapeError
 
 
 def conv_oihw_to_hwio(kernel: np.ndarray) -> np.ndarray:
@@ -113,24 +108,6 @@ _REORDER_BLOCK = 256
 _TILE_BYTES = 128 * 1024
 
 
-def to_canonical(layer: Layer) -> Layer:
-    """Return `layer` with its tensors in the canonical layout (a new Layer; input untouched)."""
-    if layer.layout == CANONICAL:
-        return layer
-    if layer.layout != CAFFE:
-        raise ShapeError(f"layer {layer.name!r}: unknown layout {layer.layout!r}")
-    tensors = dict(layer.tensors)
-    if layer.kind == Kind.CONV and "weights" in tensors:
-        tensors["weights"] = _conv_oihw_to_hwio_copy(tensors["weights"])
-    elif layer.kind == Kind.DECONV and "weights" in tensors:
-        tensors["weights"] = deconv_caffe_to_tf(tensors["weights"])
-    elif layer.kind == Kind.DENSE and "weights" in tensors:
-        tensors["weights"] = _caffe_dense_to_canonical(layer, tensors["weights"])
-    elif layer.kind == Kind.BATCHNORM and "scale_factor" in tensors:
-        tensors = batchnorm_caffe_to_moments(tensors)
-    return replace(layer, tensors=tensors, layout=CANONICAL)
-
-
 def batchnorm_caffe_to_moments(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Caffe BatchNorm keeps running sums scaled by a factor s (blob 2): mean = blob0 / s,
     variance = blob1 / s, and both are 0 when s is 0, as in Caffe."""
@@ -143,7 +120,7 @@ def batchnorm_caffe_to_moments(tensors: dict[str, np.ndarray]) -> dict[str, np.n
     return out
 
 
-def _conv_oihw_to_hwio_copy(kernel: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
+def conv_oihw_to_hwio_into(kernel: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
     """`conv_oihw_to_hwio`, materialised with the blocked copy: (kh, kw, I, O) is the
     (O, I*kh*kw) matrix transposed with its rows reordered I,kh,kw -> kh,kw,I."""
     _expect_ndim(kernel, 4, "conv kernel")
@@ -154,30 +131,7 @@ def _conv_oihw_to_hwio_copy(kernel: np.ndarray, into: np.ndarray | None = None) 
         kh, kw, per_group, out)
 
 
-def _caffe_dense_to_canonical(layer: Layer, weights: np.ndarray,
-                              into: np.ndarray | None = None) -> np.ndarray:
-    in_out = weights if layer.params.get("transpose") else dense_out_in_to_in_out(weights)
-    shape = layer.input_shape
-    if shape is None:
-        if layer.params.get("follows_spatial"):
-            raise ShapeError(
-                f"layer {layer.name!r}: its input is a spatial blob of unknown height and width "
-                f"({in_out.shape[0]} inputs); pass the deploy prototxt (--prototxt) or "
-                f"--input-shape C,H,W so the C,H,W -> H,W,C flatten order can be fixed"
-            )
-        return _contiguous(in_out, into)
-    if len(shape) == 3 and shape[1] * shape[2] > 1:
-        return flatten_chw_to_hwc(in_out, (shape[0], shape[1], shape[2]), into)
-    total = int(np.prod(shape)) if shape else in_out.shape[0]
-    if total != in_out.shape[0]:
-        raise ShapeError(
-            f"layer {layer.name!r}: weights have {in_out.shape[0]} inputs but its input blob "
-            f"is {'x'.join(map(str, shape))} = {total}"
-        )
-    return _contiguous(in_out, into)
-
-
-def _contiguous(matrix: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
+def contiguous_copy(matrix: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
     """A C-ordered copy of a transposed matrix, made with the cache-friendly blocked copy."""
     if matrix.flags.c_contiguous:
         if into is not None:
@@ -185,49 +139,6 @@ def _contiguous(matrix: np.ndarray, into: np.ndarray | None = None) -> np.ndarra
             return into
         return matrix
     return flatten_chw_to_hwc(matrix, (matrix.shape[0], 1, 1), into)
-
-
-def canonical_shapes(layer: Layer) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
-    """Shape and dtype of each tensor `to_canonical` would give, without converting."""
-    shapes = {role: (tuple(int(n) for n in t.shape), np.dtype(t.dtype))
-              for role, t in layer.tensors.items()}
-    if layer.layout == CANONICAL:
-        return shapes
-    if layer.kind == Kind.BATCHNORM:
-        shapes.pop("scale_factor", None)
-    if "weights" not in shapes:
-        return shapes
-    shape, dtype = shapes["weights"]
-    if layer.kind in (Kind.CONV, Kind.DECONV) and len(shape) == 4:
-        shapes["weights"] = ((shape[2], shape[3], shape[1], shape[0]), dtype)
-    elif layer.kind == Kind.DENSE and len(shape) == 2 and not layer.params.get("transpose"):
-        shapes["weights"] = ((shape[1], shape[0]), dtype)
-    return shapes
-
-
-def direct_weights(layer: Layer) -> tuple[tuple[int, ...], np.dtype[Any],
-                                          Callable[[np.ndarray], None]] | None:
-    """For a Caffe-layout conv or dense layer, the canonical weights' shape and dtype and a
-    function writing them into a C-contiguous array of that shape (a writer's mapped output
-    file): the conversion without an intermediate copy. None for any other layer, whose
-    tensors `to_canonical` converts (only ``weights`` changes for these kinds)."""
-    weights = layer.tensors.get("weights")
-    if layer.layout != CAFFE or not isinstance(weights, np.ndarray):
-        return None
-    if layer.kind == Kind.CONV and weights.ndim == 4:
-
-        def fill(into: np.ndarray) -> None:
-            _conv_oihw_to_hwio_copy(weights, into)
-
-    elif layer.kind == Kind.DENSE and weights.ndim == 2:
-
-        def fill(into: np.ndarray) -> None:
-            _caffe_dense_to_canonical(layer, weights, into)
-
-    else:
-        return None
-    shape, dtype = canonical_shapes(layer)["weights"]
-    return shape, dtype, fill
 
 
 def dense_to_fc_conv(weights: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:
@@ -279,20 +190,3 @@ def merge_groups(parts: list[np.ndarray]) -> np.ndarray:
 def _expect_ndim(array: np.ndarray, ndim: int, what: str) -> None:
     if array.ndim != ndim:
         raise ShapeError(f"{what} must be {ndim}-D, got shape {tuple(array.shape)}")
-
-
-def canonicalization_steps(layer: Layer) -> list[str]:
-    """What `to_canonical` does to `layer`, in words, for conversion summaries."""
-    if layer.layout == CANONICAL or "weights" not in layer.tensors:
-        return []
-    if layer.kind == Kind.CONV:
-        return ["conv kernel OIHW -> HWIO"]
-    if layer.kind == Kind.DECONV:
-        return ["deconv kernel (in, out, kh, kw) -> (kh, kw, out, in)"]
-    if layer.kind == Kind.DENSE:
-        steps = [] if layer.params.get("transpose") else ["dense (out, in) -> (in, out)"]
-        shape = layer.input_shape
-        if shape is not None and len(shape) == 3 and shape[1] * shape[2] > 1:
-            steps.append(f"flatten order C,H,W -> H,W,C ({shape[0]}x{shape[1]}x{shape[2]})")
-        return steps
-    return []

@@ -19,12 +19,9 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from .._proto import caffe_pb2
-from ..errors import FormatError, ShapeError
-from ..weights import CAFFE, Kind, Layer, Provenance, WeightSet
-from . import caffe_net, open_input
-from .caffe_net import LayerDef, NetDef
-from .protowire import (
+from weightconv._proto import caffe_pb2
+from weightconv._util.files import open_input
+from weightconv.codecs.protowire import (
     FIXED32,
     LENGTH_DELIMITED,
     VARINT,
@@ -38,6 +35,10 @@ from .protowire import (
     packed_varints,
     read_varint,
 )
+from weightconv.errors import FormatError, ShapeError
+from weightconv.formats.caffe import net as caffe_net
+from weightconv.formats.caffe.net import LayerDef, NetDef
+from weightconv.model import CAFFE, Kind, Layer, Provenance, WeightSet
 
 NET_LAYER_V2 = 100
 NET_LAYERS_V1 = 2

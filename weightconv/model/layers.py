@@ -13,7 +13,7 @@ Tensors are NumPy arrays, often read-only views of the input file. A layer's
 - ``"caffe"``: as Caffe stores them. Conv kernels OIHW; InnerProduct weights
   (out, in) (or (in, out) with ``transpose``) with the input flattened C, H, W.
 
-`weightconv.layout.to_canonical` turns one layer into the canonical layout.
+`weightconv.model.canonical.to_canonical` turns one layer into the canonical layout.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MappingError
+from weightconv.errors import MappingError
+from weightconv.model.tensors import LazyTensor
 
 CANONICAL = "canonical"
 CAFFE = "caffe"
@@ -44,57 +45,6 @@ def split_tensor_name(name: str) -> tuple[str, str]:
 def join_tensor_name(layer: str, role: str) -> str:
     """The inverse of `split_tensor_name`."""
     return layer if role == VALUE_ROLE else f"{layer}/{role}"
-
-
-class LazyTensor:
-    """A tensor known by shape and dtype whose values are read (and checked) on demand.
-
-    Readers of indexed formats hand these out so that listing a file does not read
-    it. ``np.asarray(t)`` loads the values; nothing is cached, so memory is released
-    as soon as the caller drops the array.
-    """
-
-    __slots__ = ("_loader", "_releaser", "dtype", "shape")
-
-    def __init__(self, shape: Sequence[int], dtype: np.dtype[Any] | type | str,
-                 loader: Callable[[], np.ndarray],
-                 releaser: Callable[[], None] | None = None) -> None:
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype)
-        self._loader = loader
-        self._releaser = releaser
-
-    def release(self) -> None:
-        """Drop the memory-mapped pages behind the values, if the reader maps them."""
-        if self._releaser is not None:
-            self._releaser()
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        count = 1
-        for n in self.shape:
-            count *= n
-        return count
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
-    def load(self) -> np.ndarray:
-        return self._loader()
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        array = self._loader()
-        if dtype is not None and np.dtype(dtype) != array.dtype:
-            return array.astype(dtype)
-        return array.copy() if copy else array
-
-    def __repr__(self) -> str:
-        return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
 
 
 class Kind:
@@ -171,7 +121,7 @@ class WeightSet:
 
         ws = weightconv.load("lenet.caffemodel", prototxt="lenet.prototxt")
         w = ws["conv1"].tensors["weights"]   # Caffe layout as stored
-        for layer in ws.canonical():         # HWIO / (in, out), one layer at a time
+        for layer in canonical_layers(ws):   # HWIO / (in, out), one layer at a time
             ...
     """
 
@@ -210,20 +160,6 @@ class WeightSet:
         for layer in self.layers:
             for role, array in layer.tensors.items():
                 yield layer, role, array
-
-    def canonical(self) -> Iterator[Layer]:
-        """Each weighted layer in the canonical layout, converted one at a time.
-
-        Only one converted layer is alive at a time when the caller does not keep
-        them, so writing a large model costs about one layer of extra memory.
-        """
-        from .layout import to_canonical
-
-        for layer in self.layers:
-            if layer.tensors:
-                yield to_canonical(layer)
-                if self.release is not None:
-                    self.release(layer)
 
     @property
     def parameter_count(self) -> int:

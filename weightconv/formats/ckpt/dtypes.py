@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from weightconv.errors import FormatError
 
 STRING = 7
 BFLOAT16 = 14

@@ -7,7 +7,7 @@ followed by a sequence of literal and back-reference (copy) elements.
 
 from __future__ import annotations
 
-from ..errors import FormatError
+from weightconv.errors import FormatError
 
 #: Default cap on the declared uncompressed length.
 DEFAULT_LIMIT = 1 << 31

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ..errors import FormatError
+from weightconv.errors import FormatError
 
 #: The length recorded for a dimension the slice covers completely.
 FULL_EXTENT = -1

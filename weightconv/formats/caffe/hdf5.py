@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, UsageError
-from ..weights import WeightSet
-from . import caffe_net
-from .caffe import RawLayer, assemble
-from .caffe_net import LayerDef, NetDef
+from weightconv.errors import FormatError, UsageError
+from weightconv.formats.caffe import net as caffe_net
+from weightconv.formats.caffe.net import LayerDef, NetDef
+from weightconv.formats.caffe.reader import RawLayer, assemble
+from weightconv.model import WeightSet
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 

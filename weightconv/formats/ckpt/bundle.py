@@ -33,11 +33,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import FormatError, MappingError, OutputExistsError, UsageError
-from ..memory import release_pages
-from ..output import chunks, publish, temporary_beside
-from ..progress import Progress
-from ..weights import (
+from weightconv._util.files import chunks, open_input, publish, temporary_beside
+from weightconv._util.memory import release_pages
+from weightconv._util.progress import Progress
+from weightconv.codecs import crc32c, ordered_code, protowire, sstable
+from weightconv.errors import FormatError, MappingError, OutputExistsError, UsageError
+from weightconv.formats.ckpt import dtypes as tf_types
+from weightconv.model import (
     CANONICAL,
     Kind,
     Layer,
@@ -47,7 +49,7 @@ from ..weights import (
     join_tensor_name,
     split_tensor_name,
 )
-from . import crc32c, open_input, ordered_code, protowire, sstable, tf_types
+from weightconv.model.canonical import canonical_layers
 
 INDEX_SUFFIX = ".index"
 STATE_FILE = "checkpoint"
@@ -87,7 +89,7 @@ def _state_file_target(folder: Path) -> Path | None:
         return None
     from google.protobuf import text_format
 
-    from .._proto import tf_checkpoint_pb2
+    from weightconv._proto import tf_checkpoint_pb2
 
     message = tf_checkpoint_pb2.CheckpointState()
     try:
@@ -197,7 +199,7 @@ class BundleReader:
     """A V2 checkpoint: the parsed index, and data shards mapped on first use."""
 
     def __init__(self, prefix: str | os.PathLike[str]) -> None:
-        from .._proto import tf_checkpoint_pb2 as pb
+        from weightconv._proto import tf_checkpoint_pb2 as pb
 
         self.prefix = os.fspath(prefix)
         self.index_path = self.prefix + INDEX_SUFFIX
@@ -461,7 +463,7 @@ def list_tensors(path: str | os.PathLike[str]) -> tuple[Location, list[TensorInf
         raise FormatError(f"{path}: not a TensorFlow checkpoint (no {path}{INDEX_SUFFIX}, no "
                           f"checkpoint state file, not a V1 checkpoint file)")
     if where.version == 1:
-        from . import ckpt_v1
+        from weightconv.formats.ckpt import v1 as ckpt_v1
 
         infos, detail = ckpt_v1.list_tensors(where.path)
         return where, infos, detail
@@ -646,7 +648,7 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = Fal
     so that none exceeds `max_shard_bytes`. The ``checkpoint`` state file in the
     folder is pointed at the new prefix unless `update_state` is false.
     """
-    from .._proto import tf_checkpoint_pb2 as pb
+    from weightconv._proto import tf_checkpoint_pb2 as pb
 
     prefix = _prefix_of(path)
     check_output(prefix, force)
@@ -665,7 +667,7 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = Fal
         for item in planned:
             by_layer.setdefault(item.layer_index, []).append(item)
         position = 0
-        for layer in weights.canonical():
+        for layer in canonical_layers(weights):
             while position < len(weights.layers) and position not in by_layer:
                 position += 1
             items = by_layer[position]
@@ -725,7 +727,7 @@ def _remove_stale_shards(prefix: Path, count: int) -> None:
 
 def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str,
                   progress: Progress | None) -> Any:
-    from .._proto import tf_checkpoint_pb2 as pb
+    from weightconv._proto import tf_checkpoint_pb2 as pb
 
     entry = pb.BundleEntryProto()
     entry.dtype = tf_types.from_numpy(array.dtype, what)  # type: ignore[assignment]
@@ -760,7 +762,7 @@ def update_state_file(prefix: Path) -> Path:
     """Point the folder's ``checkpoint`` state file at `prefix`, keeping earlier entries."""
     from google.protobuf import text_format
 
-    from .._proto import tf_checkpoint_pb2 as pb
+    from weightconv._proto import tf_checkpoint_pb2 as pb
 
     state_path = prefix.parent / STATE_FILE
     state = pb.CheckpointState()

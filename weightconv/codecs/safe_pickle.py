@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..errors import UnsafeInputError
+from weightconv.errors import UnsafeInputError
 
 #: Type strings a pickled weight dtype may have: a kind letter and an optional size.
 _DTYPE_SPEC = re.compile(r"[?a-zA-Z][0-9]{0,3}")

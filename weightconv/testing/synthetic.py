@@ -27,8 +27,8 @@ from typing import BinaryIO, Literal
 import numpy as np
 from google.protobuf import text_format
 
-from ._proto import caffe_pb2
-from .formats.protowire import (
+from weightconv._proto import caffe_pb2
+from weightconv.codecs.protowire import (
     VARINT,
     encode_key,
     encode_length_delimited_header,

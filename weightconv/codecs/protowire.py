@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..errors import FormatError
+from weightconv.errors import FormatError
 
 VARINT = 0
 FIXED64 = 1

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
-from . import ordered_code, protowire, sstable, tf_types
+from weightconv.codecs import ordered_code, protowire, sstable
+from weightconv.errors import FormatError
+from weightconv.formats.ckpt import dtypes as tf_types
 
 # TensorProto field numbers.
 _CONTENT, _FLOAT, _DOUBLE, _INT, _STRING, _SCOMPLEX = 4, 5, 6, 7, 8, 9
@@ -42,8 +43,8 @@ _FIELDS: dict[int, tuple[int, str]] = {
 
 def list_tensors(path: str | os.PathLike[str]) -> tuple[list[Any], dict[str, Any]]:
     """The tensors a V1 checkpoint declares (values read lazily) and facts about it."""
-    from .._proto import tf_checkpoint_pb2 as pb
-    from .ckpt import TensorInfo
+    from weightconv._proto import tf_checkpoint_pb2 as pb
+    from weightconv.formats.ckpt.bundle import TensorInfo
 
     label = os.fspath(path)
     with sstable.TableReader(path, mapped=Path(path).stat().st_size >= (1 << 20)
@@ -84,7 +85,7 @@ class _SliceReader:
 
     def read(self, name: str, dtype: int, shape: tuple[int, ...],
              slices: list[list[tuple[int, int]]]) -> np.ndarray:
-        from .ckpt import _describe_extents, _region
+        from weightconv.formats.ckpt.bundle import _describe_extents, _region
 
         what = f"{self.path}: tensor {name!r}"
         if not slices:

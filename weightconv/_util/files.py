@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import OutputExistsError, UsageError
+from weightconv.errors import FormatError, OutputExistsError, UsageError
 
 
 def check_writable(path: str | os.PathLike[str], force: bool) -> Path:
@@ -89,3 +89,18 @@ def chunks(array: np.ndarray, limit: int) -> Iterator[np.ndarray]:
     else:
         for row in array:
             yield from chunks(row, limit)
+
+
+@contextlib.contextmanager
+def open_input(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a weight file for reading; a missing, folder or unreadable path is one clear line."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, errors translated here
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a weight file") from None
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot be read: {exc.strerror}") from None
+    with handle:
+        yield handle

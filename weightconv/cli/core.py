@@ -20,12 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, formats
-from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, UsageError, WeightconvError
-from .layout import canonicalization_steps
-from .mapping import CHANNEL_ORDERS, NAME_SCHEMES, MapFile, Mapping
-from .progress import Progress
-from .weights import WeightSet, join_tensor_name
+from weightconv import __version__, formats
+from weightconv._util.progress import Progress
+from weightconv.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    UsageError,
+    WeightconvError,
+)
+from weightconv.mapping import CHANNEL_ORDERS, NAME_SCHEMES, MapFile, Mapping
+from weightconv.model import WeightSet, join_tensor_name
+from weightconv.model.canonical import canonical_layers, canonicalization_steps
 
 EXIT_INTERNAL = 3
 CAFFE_FORMATS = ("caffemodel", "caffe-h5")
@@ -526,7 +532,7 @@ def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     source = formats.detect(args.file, args.src_format)
     weights, _ = _selected(args, source.read(args.file, **_read_options(args)))
-    layers = list(weights.canonical()) if args.canonical else weights.weighted_layers()
+    layers = list(canonical_layers(weights)) if args.canonical else weights.weighted_layers()
     if args.tensor:
         return _show_tensor(args, weights, layers)
     rows = []
@@ -747,7 +753,7 @@ def _compare(name: str, a: Any, b: Any, atol: float, rtol: float) -> dict[str, A
 
 
 def _lrn(args: argparse.Namespace) -> int:
-    from . import lrn
+    from weightconv import lrn
 
     rows: list[dict[str, Any]] = []
     if args.file is not None:
@@ -804,7 +810,7 @@ def _given(value: float | None, flag: str) -> float:
 
 def _lrn_layers(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if path.suffix.lower() in (".prototxt", ".pbtxt"):
-        from .formats.caffe_net import net_def_from_message, parse_prototxt
+        from weightconv.formats.caffe.net import net_def_from_message, parse_prototxt
 
         message, _ = parse_prototxt(path)
         return [(layer.name, layer.params) for layer in net_def_from_message(message).layers
@@ -833,12 +839,12 @@ def _size2(text: str) -> tuple[int, int]:
 
 
 def _preprocessing(args: argparse.Namespace) -> Any:
-    from .verify import IMAGENET_MEAN_BGR, Preprocessing
+    from weightconv.verify.core import IMAGENET_MEAN_BGR, Preprocessing
 
     size = args.size
     if size is None and getattr(args, "prototxt", None) is not None:
-        from .formats.caffe_net import net_def_from_message, parse_prototxt
-        from .nets.alexnet import net_input_size
+        from weightconv.formats.caffe.net import net_def_from_message, parse_prototxt
+        from weightconv.nets.alexnet import net_input_size
 
         size = net_input_size(net_def_from_message(parse_prototxt(args.prototxt)[0]))
     return Preprocessing(size=tuple(size or (227, 227)), scale=args.scale,
@@ -859,7 +865,7 @@ def _image_files(paths: list[Path]) -> list[Path] | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .verify import Tolerance, verify
+    from weightconv.verify.core import Tolerance, verify
 
     if (args.against is None) == (args.card is None):
         raise UsageError("verify needs exactly one reference: --against MODEL.caffemodel "
@@ -886,7 +892,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _reference(args: argparse.Namespace) -> int:
-    from .verify import write_card
+    from weightconv.verify.core import write_card
 
     card = write_card(args.model, args.output, prototxt=args.prototxt,
                       images=_image_files(args.images), preprocessing=_preprocessing(args),
@@ -915,7 +921,7 @@ def _formats(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import synthetic
+    from weightconv.testing import synthetic
 
     args.dir.mkdir(parents=True, exist_ok=True)
     # scale 0.7 keeps the logits near 30, so the softmax is not saturated and probabilities
@@ -946,7 +952,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.no_verify:
         return EXIT_OK
     try:
-        from .verify import verify
+        from weightconv.verify.core import verify
     except ImportError as exc:  # pragma: no cover - verify's own imports are lazy
         raise UsageError(f"verification needs TensorFlow and OpenCV ({exc}): "
                          f"pip install 'weightconv[verify]', or run with --no-verify") from None

@@ -48,10 +48,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import FormatError, MappingError, ShapeError, UsageError
-from ..output import atomic_path
-from ..progress import Progress
-from ..weights import CANONICAL, Kind, Layer, LazyTensor, Provenance, WeightSet
+from weightconv._util.files import atomic_path
+from weightconv._util.progress import Progress
+from weightconv.errors import FormatError, MappingError, ShapeError, UsageError
+from weightconv.model import CANONICAL, Kind, Layer, LazyTensor, Provenance, WeightSet
+from weightconv.model.canonical import canonical_layers
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -858,7 +859,7 @@ class _Pending:
     """WeightSet layers converted one at a time, taken by name in the model's order."""
 
     def __init__(self, weights: WeightSet) -> None:
-        self._layers = weights.canonical()
+        self._layers = canonical_layers(weights)
         self._held: dict[str, Layer] = {}
 
     def take(self, name: str) -> Layer | None:
@@ -984,7 +985,7 @@ def _derived_slots(weights: WeightSet, target: Path) -> Iterator[_Slot]:
     """The model `model=None` stands for: a Sequential of one layer per weighted layer."""
     yield _Slot("", "", "Sequential", {}, None, True)
     counters: dict[str, int] = {}
-    for layer in weights.canonical():
+    for layer in canonical_layers(weights):
         class_name, config = _derive_class(layer, target)
         path = _join("layers", _counted(class_name, counters))
         yield _Slot(path, layer.name, class_name, config, layer, False, layer.name)

@@ -18,9 +18,9 @@ from typing import Any
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from .._proto import caffe_pb2
-from ..errors import FormatError
-from ..weights import Kind
+from weightconv._proto import caffe_pb2
+from weightconv.errors import FormatError
+from weightconv.model import Kind
 
 V1_TYPE_NAMES = {
     "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",

@@ -43,11 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import EXIT_CHECK_FAILED, EXIT_OK, CheckFailed, FormatError, UsageError
-from .nets.alexnet import AlexNet, softmax
-from .output import atomic_output, check_writable
-from .weights import WeightSet
+from weightconv import __version__
+from weightconv._util.files import atomic_output, check_writable
+from weightconv.errors import EXIT_CHECK_FAILED, EXIT_OK, CheckFailed, FormatError, UsageError
+from weightconv.model import WeightSet
+from weightconv.nets.alexnet import AlexNet, softmax
 
 #: Per-channel (B, G, R) average of Caffe's ImageNet mean image ``ilsvrc_2012_mean.npy``.
 IMAGENET_MEAN_BGR = (104.0069879317889, 116.66876761696767, 122.6789143406786)
@@ -384,7 +384,7 @@ class Predictions:
 
 def _softmax_layer(prototxt: Path) -> tuple[str, str | None]:
     """(logits blob, probability blob or None) of a deploy net."""
-    from .formats.caffe_net import net_def_from_message, parse_prototxt
+    from weightconv.formats.caffe.net import net_def_from_message, parse_prototxt
 
     net = net_def_from_message(parse_prototxt(prototxt)[0])
     layers = [layer for layer in net.layers if layer.phase != "TRAIN"]
@@ -397,7 +397,7 @@ def _softmax_layer(prototxt: Path) -> tuple[str, str | None]:
 
 
 def _lrn_k_notes(prototxt: Path) -> list[str]:
-    from .formats.caffe_net import net_def_from_message, parse_prototxt
+    from weightconv.formats.caffe.net import net_def_from_message, parse_prototxt
 
     net = net_def_from_message(parse_prototxt(prototxt)[0])
     odd = [layer.name for layer in net.layers
@@ -633,14 +633,14 @@ def _card_path(path: Path, base: Path) -> str:
 def _net_name(prototxt: str | os.PathLike[str] | None) -> str | None:
     if prototxt is None:
         return None
-    from .formats.caffe_net import parse_prototxt
+    from weightconv.formats.caffe.net import parse_prototxt
 
     return parse_prototxt(prototxt)[0].name or None
 
 
 def _prototxt_input_size(prototxt: Path) -> tuple[int, int]:
-    from .formats.caffe_net import net_def_from_message, parse_prototxt
-    from .nets.alexnet import net_input_size
+    from weightconv.formats.caffe.net import net_def_from_message, parse_prototxt
+    from weightconv.nets.alexnet import net_input_size
 
     size = net_input_size(net_def_from_message(parse_prototxt(prototxt)[0]))
     if size is None:
@@ -649,7 +649,7 @@ def _prototxt_input_size(prototxt: Path) -> tuple[int, int]:
 
 
 def _is_caffe(path: Path) -> bool:
-    from . import formats
+    from weightconv import formats
 
     if not path.is_file():
         return False

@@ -1,0 +1,27 @@
+"""The canonical model every reader fills and every writer lays out."""
+
+from weightconv.model.layers import (
+    CAFFE,
+    CANONICAL,
+    VALUE_ROLE,
+    Kind,
+    Layer,
+    Provenance,
+    WeightSet,
+    join_tensor_name,
+    split_tensor_name,
+)
+from weightconv.model.tensors import LazyTensor
+
+__all__ = [
+    "CAFFE",
+    "CANONICAL",
+    "VALUE_ROLE",
+    "Kind",
+    "Layer",
+    "LazyTensor",
+    "Provenance",
+    "WeightSet",
+    "join_tensor_name",
+    "split_tensor_name",
+]

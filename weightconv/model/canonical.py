@@ -1,0 +1,135 @@
+"""The Layer-level canonical rules: how each kind of layer's tensors reach the canonical
+(TensorFlow/Keras) layout, and what that costs in words and shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from weightconv.arrays import (
+    batchnorm_caffe_to_moments,
+    contiguous_copy,
+    conv_oihw_to_hwio_into,
+    deconv_caffe_to_tf,
+    dense_out_in_to_in_out,
+    flatten_chw_to_hwc,
+)
+from weightconv.errors import ShapeError
+from weightconv.model.layers import CAFFE, CANONICAL, Kind, Layer, WeightSet
+
+
+def canonical_layers(weights: WeightSet) -> Iterator[Layer]:
+    """Each weighted layer of `weights` in the canonical layout, converted one at a time.
+
+    Only one converted layer is alive at a time when the caller does not keep them, so
+    writing a large model costs about one layer of extra memory.
+    """
+    for layer in weights.layers:
+        if layer.tensors:
+            yield to_canonical(layer)
+            if weights.release is not None:
+                weights.release(layer)
+
+
+def to_canonical(layer: Layer) -> Layer:
+    """Return `layer` with its tensors in the canonical layout (a new Layer; input untouched)."""
+    if layer.layout == CANONICAL:
+        return layer
+    if layer.layout != CAFFE:
+        raise ShapeError(f"layer {layer.name!r}: unknown layout {layer.layout!r}")
+    tensors = dict(layer.tensors)
+    if layer.kind == Kind.CONV and "weights" in tensors:
+        tensors["weights"] = conv_oihw_to_hwio_into(tensors["weights"])
+    elif layer.kind == Kind.DECONV and "weights" in tensors:
+        tensors["weights"] = deconv_caffe_to_tf(tensors["weights"])
+    elif layer.kind == Kind.DENSE and "weights" in tensors:
+        tensors["weights"] = _caffe_dense_to_canonical(layer, tensors["weights"])
+    elif layer.kind == Kind.BATCHNORM and "scale_factor" in tensors:
+        tensors = batchnorm_caffe_to_moments(tensors)
+    return replace(layer, tensors=tensors, layout=CANONICAL)
+
+
+def _caffe_dense_to_canonical(layer: Layer, weights: np.ndarray,
+                              into: np.ndarray | None = None) -> np.ndarray:
+    in_out = weights if layer.params.get("transpose") else dense_out_in_to_in_out(weights)
+    shape = layer.input_shape
+    if shape is None:
+        if layer.params.get("follows_spatial"):
+            raise ShapeError(
+                f"layer {layer.name!r}: its input is a spatial blob of unknown height and width "
+                f"({in_out.shape[0]} inputs); pass the deploy prototxt (--prototxt) or "
+                f"--input-shape C,H,W so the C,H,W -> H,W,C flatten order can be fixed"
+            )
+        return contiguous_copy(in_out, into)
+    if len(shape) == 3 and shape[1] * shape[2] > 1:
+        return flatten_chw_to_hwc(in_out, (shape[0], shape[1], shape[2]), into)
+    total = int(np.prod(shape)) if shape else in_out.shape[0]
+    if total != in_out.shape[0]:
+        raise ShapeError(
+            f"layer {layer.name!r}: weights have {in_out.shape[0]} inputs but its input blob "
+            f"is {'x'.join(map(str, shape))} = {total}"
+        )
+    return contiguous_copy(in_out, into)
+
+
+def canonical_shapes(layer: Layer) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """Shape and dtype of each tensor `to_canonical` would give, without converting."""
+    shapes = {role: (tuple(int(n) for n in t.shape), np.dtype(t.dtype))
+              for role, t in layer.tensors.items()}
+    if layer.layout == CANONICAL:
+        return shapes
+    if layer.kind == Kind.BATCHNORM:
+        shapes.pop("scale_factor", None)
+    if "weights" not in shapes:
+        return shapes
+    shape, dtype = shapes["weights"]
+    if layer.kind in (Kind.CONV, Kind.DECONV) and len(shape) == 4:
+        shapes["weights"] = ((shape[2], shape[3], shape[1], shape[0]), dtype)
+    elif layer.kind == Kind.DENSE and len(shape) == 2 and not layer.params.get("transpose"):
+        shapes["weights"] = ((shape[1], shape[0]), dtype)
+    return shapes
+
+
+def direct_weights(layer: Layer) -> tuple[tuple[int, ...], np.dtype[Any],
+                                          Callable[[np.ndarray], None]] | None:
+    """For a Caffe-layout conv or dense layer, the canonical weights' shape and dtype and a
+    function writing them into a C-contiguous array of that shape (a writer's mapped output
+    file): the conversion without an intermediate copy. None for any other layer, whose
+    tensors `to_canonical` converts (only ``weights`` changes for these kinds)."""
+    weights = layer.tensors.get("weights")
+    if layer.layout != CAFFE or not isinstance(weights, np.ndarray):
+        return None
+    if layer.kind == Kind.CONV and weights.ndim == 4:
+
+        def fill(into: np.ndarray) -> None:
+            conv_oihw_to_hwio_into(weights, into)
+
+    elif layer.kind == Kind.DENSE and weights.ndim == 2:
+
+        def fill(into: np.ndarray) -> None:
+            _caffe_dense_to_canonical(layer, weights, into)
+
+    else:
+        return None
+    shape, dtype = canonical_shapes(layer)["weights"]
+    return shape, dtype, fill
+
+
+def canonicalization_steps(layer: Layer) -> list[str]:
+    """What `to_canonical` does to `layer`, in words, for conversion summaries."""
+    if layer.layout == CANONICAL or "weights" not in layer.tensors:
+        return []
+    if layer.kind == Kind.CONV:
+        return ["conv kernel OIHW -> HWIO"]
+    if layer.kind == Kind.DECONV:
+        return ["deconv kernel (in, out, kh, kw) -> (kh, kw, out, in)"]
+    if layer.kind == Kind.DENSE:
+        steps = [] if layer.params.get("transpose") else ["dense (out, in) -> (in, out)"]
+        shape = layer.input_shape
+        if shape is not None and len(shape) == 3 and shape[1] * shape[2] > 1:
+            steps.append(f"flatten order C,H,W -> H,W,C ({shape[0]}x{shape[1]}x{shape[2]})")
+        return steps
+    return []

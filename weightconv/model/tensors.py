@@ -1,0 +1,59 @@
+"""Tensors that are read on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+class LazyTensor:
+    """A tensor known by shape and dtype whose values are read (and checked) on demand.
+
+    Readers of indexed formats hand these out so that listing a file does not read
+    it. ``np.asarray(t)`` loads the values; nothing is cached, so memory is released
+    as soon as the caller drops the array.
+    """
+
+    __slots__ = ("_loader", "_releaser", "dtype", "shape")
+
+    def __init__(self, shape: Sequence[int], dtype: np.dtype[Any] | type | str,
+                 loader: Callable[[], np.ndarray],
+                 releaser: Callable[[], None] | None = None) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self._loader = loader
+        self._releaser = releaser
+
+    def release(self) -> None:
+        """Drop the memory-mapped pages behind the values, if the reader maps them."""
+        if self._releaser is not None:
+            self._releaser()
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for n in self.shape:
+            count *= n
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def load(self) -> np.ndarray:
+        return self._loader()
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        array = self._loader()
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            return array.astype(dtype)
+        return array.copy() if copy else array
+
+    def __repr__(self) -> str:
+        return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
