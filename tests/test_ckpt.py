@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 import weightconv
+from weightconv import cli
 from weightconv._proto import tf_checkpoint_pb2 as pb
-from weightconv.cli import core as cli
 from weightconv.codecs import crc32c, ordered_code, sstable
 from weightconv.formats.ckpt import bundle as ckpt
+from weightconv.mapping import Mapping
 from weightconv.model import Layer, WeightSet
 
 
@@ -78,7 +79,7 @@ def _assert_same(a: np.ndarray, b: np.ndarray) -> None:
 def test_round_trip_every_dtype(tmp_path):
     source = _all_dtypes()
     summary = weightconv.save(source, tmp_path / "m.ckpt")
-    assert summary["tensors"] == len(source.layers[0].tensors)
+    assert summary.tensors == len(source.layers[0].tensors)
     back = weightconv.load(tmp_path / "m.ckpt", flat=True)
     for role, array in source.layers[0].tensors.items():
         _assert_same(back[f"all/{role}"].tensors["value"], array)
@@ -101,7 +102,7 @@ def test_files_and_state_file(tmp_path):
 
 def test_index_layout_by_hand(tmp_path):
     """Decode the index with nothing but struct and the generated protobuf module."""
-    weightconv.save(_weights(), tmp_path / "m.ckpt", scope="net/")
+    weightconv.save(Mapping(scope="net/").apply(_weights()), tmp_path / "m.ckpt")
     raw = (tmp_path / "m.ckpt.index").read_bytes()
     assert raw[-8:] == bytes.fromhex("57fb808b247547db")
     data = (tmp_path / "m.ckpt.data-00000-of-00001").read_bytes()
@@ -148,14 +149,14 @@ def test_shards(tmp_path, shards):
 
 
 def test_max_shard_size(tmp_path):
-    weightconv.save(_weights(), tmp_path / "s.ckpt", max_shard_bytes=200_000)
+    weightconv.save(_weights(), tmp_path / "s.ckpt", max_shard_size=200_000)
     sizes = [p.stat().st_size for p in sorted(tmp_path.glob("s.ckpt.data-*"))]
     assert len(sizes) == 3  # fc6/weights (240 kB) alone, then the rest fit under the limit
     assert max(sizes) == 300 * 200 * 4
 
 
 def test_scope_and_strip_scope(tmp_path):
-    weightconv.save(_weights(), tmp_path / "m.ckpt", scope="vgg_16/")
+    weightconv.save(Mapping(scope="vgg_16/").apply(_weights()), tmp_path / "m.ckpt")
     listed = [layer.name for layer in weightconv.load(tmp_path / "m.ckpt")]
     assert listed == ["vgg_16/conv1", "vgg_16/fc6", "vgg_16/fc7"]
     stripped = weightconv.load(tmp_path / "m.ckpt", strip_scope="vgg_16/")
@@ -237,12 +238,12 @@ def test_every_way_of_naming_a_checkpoint(tmp_path):
         assert weightconv.load(spelled).names() == ["conv1", "fc6", "fc7"]
     alone = tmp_path / "variables"
     alone.mkdir()
-    weightconv.save(_weights(), alone / "variables", update_state=False, format="ckpt")
+    weightconv.save(_weights(), alone / "variables", write_state=False, format="ckpt")
     assert ckpt.locate(alone).path == alone / "variables"  # a SavedModel's variables/
 
 
 def test_state_file_with_absolute_path_from_another_machine(tmp_path):
-    weightconv.save(_weights(), tmp_path / "export", update_state=False, format="ckpt")
+    weightconv.save(_weights(), tmp_path / "export", write_state=False, format="ckpt")
     (tmp_path / "checkpoint").write_text('model_checkpoint_path: "/tmp/elsewhere/export"\n')
     assert ckpt.locate(tmp_path).path == tmp_path / "export"
 
@@ -466,7 +467,7 @@ def test_npy2ckpt_ckpt2npy_round_trip(tmp_path):
 
 
 def test_ckpt2npy_flat_and_filters(tmp_path):
-    weightconv.save(_weights(), tmp_path / "m.ckpt", scope="s/")
+    weightconv.save(Mapping(scope="s/").apply(_weights()), tmp_path / "m.ckpt")
     assert cli.main(["ckpt2npy", str(tmp_path), "--flat", "--skip", "s/fc7", "-o",
                      str(tmp_path / "flat.npy"), "-q"]) == 0
     flat = np.load(tmp_path / "flat.npy", allow_pickle=True).item()
@@ -475,10 +476,10 @@ def test_ckpt2npy_flat_and_filters(tmp_path):
 
 
 def test_inspect_json_lists_stored_names_and_shows_one_tensor(tmp_path, capsys):
-    weightconv.save(_weights(), tmp_path / "m.ckpt", scope="vgg_16/")
+    weightconv.save(Mapping(scope="vgg_16/").apply(_weights()), tmp_path / "m.ckpt")
     assert cli.main(["inspect", str(tmp_path / "m.ckpt"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["format"] == "ckpt"
+    assert report["input"]["format"] == "ckpt"
     assert [row["name"] for row in report["tensors"]] == [  # the order they were written in
         "vgg_16/conv1/weights", "vgg_16/conv1/biases", "vgg_16/fc6/weights",
         "vgg_16/fc6/biases", "vgg_16/fc7/weights"]
@@ -559,6 +560,6 @@ def test_shard_plan_with_empty_trailing_tensors(tmp_path, shards):
                            Layer("d", tensors={"weights": np.ones(1, "f4")}),
                            Layer("z", tensors={"empty": np.zeros((0, 3), "f4")})])
     summary = weightconv.save(ws, tmp_path / "e.ckpt", shards=shards)
-    assert summary["shards"] == shards
+    assert summary.detail["shards"] == shards
     assert len(list(tmp_path.glob("e.ckpt.data-*"))) == shards
     assert weightconv.load(tmp_path / "e.ckpt")["z"].tensors["empty"].shape == (0, 3)

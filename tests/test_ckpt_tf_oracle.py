@@ -20,6 +20,7 @@ import pytest
 
 import weightconv
 from weightconv.formats.ckpt import bundle as ckpt
+from weightconv.mapping import Mapping
 from weightconv.model import Layer, WeightSet
 
 from .conftest import CORPUS
@@ -131,7 +132,8 @@ def written(tmp_path_factory) -> tuple[Path, WeightSet]:
     (root / "plain").mkdir()
     (root / "sharded").mkdir()
     weightconv.save(weights, root / "plain" / "model.ckpt")
-    weightconv.save(weights, root / "sharded" / "model.ckpt-7", scope="my/", shards=3)
+    weightconv.save(Mapping(scope="my/").apply(weights), root / "sharded" / "model.ckpt-7",
+                    shards=3)
     return root, weights
 
 
@@ -171,7 +173,7 @@ def test_same_arrays_same_bytes_as_tensorflows_saver(tf_reference, tmp_path):
     prefix = Path(reference["prefix"])
     arrays = _ours(str(prefix))
     layers = [Layer(name, tensors={"value": arrays[name]}) for name in sorted(arrays)]
-    weightconv.save(WeightSet(layers=layers), tmp_path / "model.ckpt", update_state=False)
+    weightconv.save(WeightSet(layers=layers), tmp_path / "model.ckpt", write_state=False)
     for suffix in [".index", ".data-00000-of-00001"]:
         theirs = Path(f"{prefix}{suffix}").read_bytes()
         mine = (tmp_path / f"model.ckpt{suffix}").read_bytes()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from weightconv.cli.core import main
+from weightconv.cli import main
 from weightconv.testing import synthetic
 
 
@@ -138,7 +138,7 @@ def test_malicious_npy_is_refused_and_runs_nothing(capsys, tmp_path):
 def test_inspect_json_and_tensor_statistics(capsys, models):
     code, stdout, _ = run(capsys, "inspect", models["lenet_v2"], "--json")
     report = json.loads(stdout)
-    assert code == 0 and report["format"] == "caffemodel" and report["layout"] == "caffe"
+    assert code == 0 and report["input"]["format"] == "caffemodel" and report["layout"] == "caffe"
     rows = {row["name"]: row for row in report["tensors"]}
     assert rows["conv1/weights"]["shape"] == [20, 1, 5, 5]
     assert report["totals"]["parameters"] == 431_080
@@ -164,7 +164,8 @@ def test_inspect_canonical_shows_tensorflow_layout(capsys, models):
 def test_json_errors_are_machine_readable(capsys, tmp_path):
     missing = tmp_path / "missing.caffemodel"
     code, stdout, _ = run(capsys, "inspect", missing, "--json")
-    assert code == 2 and json.loads(stdout) == {"ok": False, "exit_code": 2,
+    assert code == 2 and json.loads(stdout) == {"schema_version": 1, "verb": "inspect",
+                                                "ok": False, "exit_code": 2,
                                                 "error": f"{missing}: no such file"}
 
 

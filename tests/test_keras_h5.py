@@ -310,7 +310,7 @@ def loaded(saved, tmp_path_factory):
             path = root / f"{name}.{layout}.{tag}{suffix}"
             summary = keras_h5.write(source, path, keras_layout=layout, model=model)
             jobs.append({"model": name, "file": str(path), "layout": layout, "derived": derived,
-                         "summary": summary,
+                         "summary": summary.to_dict(),
                          "expect_error": derived and name == "nested"})
     jobs_file = root / "jobs.json"
     jobs_file.write_text(json.dumps(jobs))
@@ -408,9 +408,9 @@ def test_round_trip(saved, tmp_path, layout, with_model):
     path = tmp_path / ("out.weights.h5" if layout == "keras3" else "out.h5")
     model = entry["files"]["keras"]["path"] if with_model else None
     summary = keras_h5.write(source, path, keras_layout=layout, model=model)
-    assert summary["layers"] == len(source.weighted_layers())
-    assert summary["parameters"] == source.parameter_count
-    assert summary["bytes"] == path.stat().st_size
+    assert summary.layers == len(source.weighted_layers())
+    assert summary.parameters == source.parameter_count
+    assert summary.bytes == path.stat().st_size
     back = keras_h5.read(path)
     assert [layer.name for layer in back.weighted_layers()] == source.names()
     for layer in source:
@@ -432,7 +432,7 @@ def test_bfloat16_round_trip(saved, tmp_path):
     assert np.asarray(back["hb"].tensors["weights"]).dtype.name == "bfloat16"
     assert np.asarray(back["hf"].tensors["weights"]).dtype == np.float16
     summary = keras_h5.write(source, tmp_path / "h.h5", keras_layout="keras2")
-    assert any("bfloat16" in note for note in summary["notes"])
+    assert any("bfloat16" in note for note in summary.notes)
     widened = np.asarray(keras_h5.read(tmp_path / "h.h5")["hb"].tensors["weights"])
     assert widened.dtype == np.float32
     np.testing.assert_array_equal(widened, np.asarray(source["hb"].tensors["weights"],

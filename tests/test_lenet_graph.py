@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from weightconv.cli import core as cli
+from weightconv import cli
 
 from .conftest import corpus_file
 

@@ -148,7 +148,7 @@ layer {{ name: "norm" type: "LRN" bottom: "data" top: "norm"
 
 
 def test_lrn_verb(tmp_path, capsys):
-    from weightconv.cli import core as cli
+    from weightconv import cli
     from weightconv.testing.synthetic import build
 
     (tmp_path / "deploy.prototxt").write_text(build("alexnet", width=0.125).deploy_prototxt)
@@ -166,7 +166,7 @@ def test_lrn_verb(tmp_path, capsys):
 
 @pytest.mark.corpus
 def test_within_channel_lrn_of_a_real_model_is_reported(capsys):
-    from weightconv.cli import core as cli
+    from weightconv import cli
 
     from .conftest import corpus_file
 

@@ -15,8 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import weightconv
-from weightconv import arrays
-from weightconv.cli import core as cli
+from weightconv import arrays, cli
 from weightconv.mapping import MapFile, Mapping
 from weightconv.model import Layer, WeightSet
 from weightconv.model import canonical as layout

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import weightconv
-from weightconv.cli import core as cli
+from weightconv import cli
 from weightconv.model.canonical import canonical_layers
 from weightconv.testing.synthetic import build
 

@@ -123,9 +123,10 @@ def test_list_flavour_loads_with_numpy(tmp_path, encoding):
     assert_same_bits(d["bn1"]["variance"], ws["bn1"].tensors["variance"])
 
     tensors = [array for layer in ws for array in layer.tensors.values()]
-    assert summary == {"layers": 5, "tensors": len(tensors),
-                       "parameters": sum(a.size for a in tensors),
-                       "bytes": path.stat().st_size, "flavour": "list", "skipped": []}
+    assert {**summary.to_dict(), **summary.detail} == {
+        "layers": 5, "tensors": len(tensors), "parameters": sum(a.size for a in tensors),
+        "bytes": path.stat().st_size, "flavour": "list", "skipped": [], "files": [str(path)],
+        "notes": [], "detail": {"flavour": "list"}}
 
 
 @pytest.mark.parametrize("encoding", ["latin1", "bytes"])

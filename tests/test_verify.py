@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import weightconv
-from weightconv.cli import core as cli
+from weightconv import cli
 from weightconv.errors import CheckFailed, ShapeError, UsageError
 from weightconv.lrn import CaffeLRN
 from weightconv.nets import AlexNet, Architecture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from weightconv.cli import core as cli
+from weightconv import cli
 from weightconv.testing.synthetic import build
 
 from .conftest import corpus_file

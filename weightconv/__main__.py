@@ -1,5 +1,3 @@
-import sys
+from weightconv.cli import main
 
-from weightconv.cli.core import main
-
-sys.exit(main())
+raise SystemExit(main())

@@ -25,11 +25,12 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,16 @@ import numpy as np
 
 from weightconv import arrays
 from weightconv.errors import MappingError, ShapeError, UsageError
-from weightconv.model import CANONICAL, Kind, Layer, LazyTensor, WeightSet, join_tensor_name
+from weightconv.model import (
+    CANONICAL,
+    Kind,
+    Layer,
+    LazyTensor,
+    TensorOrigin,
+    WeightSet,
+    join_tensor_name,
+    split_tensor_name,
+)
 from weightconv.model import canonical as layout
 
 NAME_SCHEMES = ("keep", "tf1", "slim", "keras", "caffe")
@@ -105,6 +115,8 @@ class MapFile:
     renames: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
     skip: list[str] = field(default_factory=list)
     tensors: dict[str, TensorRule] = field(default_factory=dict)
+    #: Where the rules were read from, for reports.
+    source: str = ""
 
     @classmethod
     def load(cls, path: str | Path) -> MapFile:
@@ -152,7 +164,7 @@ class MapFile:
                 transpose=tuple(int(n) for n in spec["transpose"])
                 if "transpose" in spec else None,
                 flip_axis=int(spec["flip_axis"]) if "flip_axis" in spec else None)
-        return cls(renames, skip, tensors)
+        return cls(renames, skip, tensors, where)
 
     def rule_for(self, source_name: str) -> TensorRule | None:
         for pattern, rule in self.tensors.items():
@@ -199,6 +211,23 @@ class Mapping:
         if self.scope and not self.scope.endswith("/"):
             self.scope += "/"
 
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def changed(self) -> dict[str, Any]:
+        """The options that differ from the defaults, by name (a map file by its path)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            if value != default:
+                out[f.name] = value.source if isinstance(value, MapFile) else value
+        return out
+
+    def replace(self, **changes: Any) -> Mapping:
+        return dataclasses.replace(self, **changes)
+
     def is_identity(self) -> bool:
         return (self.names == "keep" and not self.scope and not self.fc_as_conv
                 and not self.fc_as_dense and self.input_channels is None
@@ -214,10 +243,10 @@ class Mapping:
         rows = []
         for layer in mapped.layers:
             for role, tensor in layer.tensors.items():
-                origin = layer.params["mapping"][role]
-                rows.append({"from": origin["from"], "from_shape": origin["from_shape"],
+                origin = layer.origins[role]
+                rows.append({"from": origin.source, "from_shape": _listed(origin.source_shape),
                              "to": layer.tensor_name(role), "to_shape": list(tensor.shape),
-                             "dtype": str(tensor.dtype), "transforms": origin["transforms"]})
+                             "dtype": str(tensor.dtype), "transforms": list(origin.transforms)})
         return rows
 
 
@@ -426,7 +455,7 @@ class _Mapper:
         m = self.mapping
         tensors: dict[str, Any] = {}
         stored: dict[str, str] = {}
-        origin: dict[str, Any] = {}
+        origin: dict[str, TensorOrigin] = {}
         layer_path = name
         if m.names == "slim":
             block = _SLIM_BLOCK.match(name)
@@ -445,14 +474,20 @@ class _Mapper:
                 full = m.map_file.rename(full)
             tensors[role] = LazyTensor(out.shape, out.dtype, _loader(out))
             stored[role] = full
-            origin[role] = {"from": source.tensor_name(role),
-                            "from_shape": list(source.tensors[role].shape),
-                            "transforms": out.transforms}
+            origin[role] = TensorOrigin(source.tensor_name(role),
+                                        tuple(int(n) for n in source.tensors[role].shape),
+                                        tuple(out.transforms))
         layer_name = m.scope + layer_path
         if m.map_file:
             layer_name = m.map_file.rename(layer_name)
+            # A rename of the full tensor names moves the layer too, so that writers which
+            # key by layer (.npy, Keras) use the new name.
+            prefixes = {split_tensor_name(full)[0] for full in stored.values()}
+            if len(prefixes) == 1 and all(split_tensor_name(full)[1] != "value"
+                                          for full in stored.values()):
+                layer_name = prefixes.pop()
         new = Layer(name=layer_name, kind=kind, tensors=tensors,
-                    params={**params, "mapping": origin}, source_type=source.source_type,
+                    params=params, origins=origin, source_type=source.source_type,
                     layout=CANONICAL, input_shape=source.input_shape, bottoms=source.bottoms,
                     tops=source.tops)
         new.stored_names = {role: full for role, full in stored.items()
@@ -494,12 +529,13 @@ class _Mapper:
                 tensors[role] = LazyTensor(shape, parts[0].dtype,
                                            lambda ps=parts: arrays.merge_groups(
                                                [np.asarray(p) for p in ps]))
-                origin[role] = {"from": ", ".join(part.tensor_name(role) for part in run),
-                                "from_shape": [list(p.shape) for p in parts],
-                                "transforms": [f"merge {len(run)} groups"]}
+                origin[role] = TensorOrigin(
+                    ", ".join(part.tensor_name(role) for part in run),
+                    tuple(tuple(int(n) for n in p.shape) for p in parts),
+                    (f"merge {len(run)} groups",))
             layer = Layer(name=f"{run[0].name.rpartition('_group')[0]}", kind=Kind.CONV,
-                          tensors=tensors, params={**run[0].params, "group": len(run),
-                                                   "mapping": origin}, layout=CANONICAL)
+                          tensors=tensors, params={**run[0].params, "group": len(run)},
+                          origins=origin, layout=CANONICAL)
             owners[id(layer)] = owners.get(id(run[-1]), run[-1])
             merged.append(layer)
             index += len(run)
@@ -512,9 +548,9 @@ class _Mapper:
                 full = layer.tensor_name(role)
                 if full in seen:
                     raise MappingError(f"two tensors map to {full!r} ({seen[full]} and "
-                                       f"{layer.params['mapping'][role]['from']}); the mapping "
+                                       f"{layer.origins[role].source}); the mapping "
                                        f"is ambiguous")
-                seen[full] = layer.params["mapping"][role]["from"]
+                seen[full] = layer.origins[role].source
 
     def _check_channel_orders(self) -> str:
         m = self.mapping
@@ -526,6 +562,10 @@ class _Mapper:
         return m.input_channels or source
 
 
+def _listed(shape: Any) -> list[Any]:
+    return [_listed(part) if isinstance(part, tuple) else part for part in shape]
+
+
 def _leaf(name: str) -> str:
     return name.rpartition("/")[2]
 
@@ -535,7 +575,7 @@ def _picker(cache: _Cache, role: str) -> Callable[[Layer], np.ndarray]:
 
 
 def _loader(out: _Out) -> Callable[[], np.ndarray]:
-    return lambda: np.ascontiguousarray(out.array_of(out.source))
+    return lambda: np.asarray(out.array_of(out.source), order="C")  # 0-d stays 0-d
 
 
 def _canonical_kind(source: Layer, outs: dict[str, _Out]) -> str:

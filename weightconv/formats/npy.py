@@ -23,8 +23,9 @@ import pickle
 import pickletools
 import struct
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 from numpy.lib import format as npformat
@@ -34,6 +35,7 @@ from weightconv._util.memory import populate_for_writing, release_pages
 from weightconv._util.progress import Progress
 from weightconv.codecs import pickle_views, safe_pickle
 from weightconv.errors import FormatError, MappingError, UsageError, WeightconvError
+from weightconv.formats.base import Options, WriteResult, option
 from weightconv.model import CANONICAL, Kind, Layer, Provenance, WeightSet
 from weightconv.model import canonical as layout
 
@@ -46,6 +48,22 @@ FLAVOURS = ("list", "dict", "flat")
 CHUNK_BYTES = 16 << 20
 #: Tensors larger than this need BINBYTES8 (pickle protocol 4).
 BINBYTES_LIMIT = (1 << 32) - 1
+
+
+
+@dataclass(frozen=True)
+class NpyReadOptions(Options):
+    trust_pickle: bool = option(False, help="let the pickle load any Python object: this runs "
+                                            "code, so only for files you trust")
+
+
+@dataclass(frozen=True)
+class NpyWriteOptions(Options):
+    flavour: Literal["list", "dict", "flat"] | None = option(
+        None, choices=FLAVOURS,
+        help="list: {layer: [W, b]}; dict: {layer: {'weights': W, 'biases': b}}; flat: "
+             "{tensor name: array}. Default: flat when the input was read flat, else list")
+
 
 _POSITIONAL_ROLES = ("weights", "biases")
 _NUMERIC_KINDS = "biufc"
@@ -61,8 +79,7 @@ def sniff(head: bytes, path: Path) -> bool:
 
 # Reading ---------------------------------------------------------------------------------
 
-def read(path: str | os.PathLike[str], *, trust_pickle: bool = False,
-         **_ignored: Any) -> WeightSet:
+def read(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> WeightSet:
     """Read a pickled weight dict saved with ``np.save``; layers keep the dict's order.
 
     Without `trust_pickle` the pickle may name only NumPy array globals; anything
@@ -231,16 +248,18 @@ _NEW_ARRAY = (b"cnumpy.core.multiarray\n_reconstruct\n" b"cnumpy\nndarray\n"
               b"K\x00\x85" b"C\x01b" b"\x87R")
 
 
-def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str = "list",
-          force: bool = False, progress: Progress | None = None, **_ignored: Any
-          ) -> dict[str, Any]:
+def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str | None = None,
+          force: bool = False, progress: Progress | None = None) -> WriteResult:
     """Write `weights` in the canonical layout as an ``np.save``-compatible weight dict.
 
     ``flavour="list"`` writes ``{layer: [W, b]}`` where a layer holds just weights
     (and biases), and ``{role: array}`` for any other layer; ``"dict"`` writes every
     layer as ``{role: array}``; ``"flat"`` writes ``{full tensor name: array}`` (the
-    name the tensor had in its source file, else ``layer/role``). Returns counts.
+    name the tensor had in its source file, else ``layer/role``); None: ``"flat"`` when
+    every layer holds one unnamed tensor (a checkpoint read flat), else ``"list"``.
     """
+    if flavour is None:
+        flavour = "flat" if weights.is_flat() else "list"
     if flavour not in FLAVOURS:
         raise UsageError(f"unknown .npy flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
     counts = {"layers": 0, "tensors": 0, "parameters": 0}
@@ -293,7 +312,8 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str = "l
             counts["parameters"] += layer.parameter_count
         handle.write(_APPEND + _TUPLE + _BUILD + _STOP)
         size = handle.tell()
-    return {**counts, "bytes": size, "flavour": flavour, "skipped": skipped}
+    return WriteResult(**counts, bytes=size, files=[os.fspath(path)], skipped=skipped,
+                       detail={"flavour": flavour})
 
 
 def _layers_to_write(weights: WeightSet) -> Iterator[tuple[Layer, DirectWeights | None]]:

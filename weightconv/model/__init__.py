@@ -7,11 +7,13 @@ from weightconv.model.layers import (
     Kind,
     Layer,
     Provenance,
+    SetAside,
+    TensorOrigin,
     WeightSet,
     join_tensor_name,
     split_tensor_name,
 )
-from weightconv.model.tensors import LazyTensor
+from weightconv.model.tensors import LazyTensor, Tensor
 
 __all__ = [
     "CAFFE",
@@ -21,6 +23,9 @@ __all__ = [
     "Layer",
     "LazyTensor",
     "Provenance",
+    "SetAside",
+    "Tensor",
+    "TensorOrigin",
     "WeightSet",
     "join_tensor_name",
     "split_tensor_name",

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from weightconv.errors import MappingError
-from weightconv.model.tensors import LazyTensor
+from weightconv.model.tensors import LazyTensor, Tensor
 
 CANONICAL = "canonical"
 CAFFE = "caffe"
@@ -66,13 +66,22 @@ class Kind:
     OTHER = "other"
 
 
+@dataclass(frozen=True)
+class TensorOrigin:
+    """Where a mapped tensor came from: the source tensor(s), their shape(s), the transforms."""
+
+    source: str
+    source_shape: tuple[int, ...] | tuple[tuple[int, ...], ...]
+    transforms: tuple[str, ...] = ()
+
+
 @dataclass
 class Layer:
     """One layer: named tensors plus the facts needed to place them elsewhere."""
 
     name: str
     kind: str = Kind.OTHER
-    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    tensors: dict[str, Tensor] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     source_type: str = ""
     layout: str = CANONICAL
@@ -86,6 +95,8 @@ class Layer:
     #: Role -> where the file keeps the tensor, when that is not its name (an HDF5 dataset
     #: path such as ``layers/conv2d/vars/0``); what `inspect` lists.
     locations: dict[str, str] = field(default_factory=dict)
+    #: Role -> where a mapping took the tensor from; empty for layers as read.
+    origins: dict[str, TensorOrigin] = field(default_factory=dict)
 
     def tensor_name(self, role: str) -> str:
         """The tensor's name as its source file spells it."""
@@ -102,6 +113,23 @@ class Layer:
     @property
     def nbytes(self) -> int:
         return sum(int(t.nbytes) for t in self.tensors.values())
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{role} {'x'.join(map(str, t.shape)) or 'scalar'}"
+                           for role, t in self.tensors.items())
+        return f"Layer({self.name!r}, {self.kind}, {self.layout}{', ' + shapes if shapes else ''})"
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A tensor the file holds that a conversion leaves out (optimizer slots, step counters):
+    listed by `inspect`, kept by readers that are asked for every tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    reason: str
 
 
 @dataclass
@@ -130,8 +158,16 @@ class WeightSet:
     #: Channel order the first layer expects: "bgr", "rgb" or None when unknown.
     channel_order: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Tensors of the file that are not among the layers, and why.
+    set_aside: list[SetAside] = field(default_factory=list)
     #: Set by readers that map files: drops a layer's pages from memory once written.
     release: Callable[[Layer], None] | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        where = f" from {self.source.path} ({self.source.format})" if self.source else ""
+        names = ", ".join(self.names()[:6]) + (", ..." if len(self.layers) > 6 else "")
+        return (f"WeightSet({len(self.layers)} layers [{names}], {self.parameter_count:,} "
+                f"parameters{where})")
 
     def __getitem__(self, name: str) -> Layer:
         for layer in self.layers:
@@ -147,6 +183,12 @@ class WeightSet:
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    def is_flat(self) -> bool:
+        """True when every weighted layer holds one tensor named by itself (a file read with
+        its full tensor names, such as a checkpoint read flat)."""
+        layers = self.weighted_layers()
+        return bool(layers) and all(list(layer.tensors) == [VALUE_ROLE] for layer in layers)
 
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]

@@ -49,6 +49,15 @@ class LazyTensor:
     def load(self) -> np.ndarray:
         return self._loader()
 
+    def __getitem__(self, key: Any) -> Any:
+        """Index like the array it stands for (reads it)."""
+        return self._loader()[key]
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         array = self._loader()
         if dtype is not None and np.dtype(dtype) != array.dtype:
@@ -57,3 +66,8 @@ class LazyTensor:
 
     def __repr__(self) -> str:
         return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
+
+
+#: What a layer's tensor is: an array, or a tensor read when asked for. Both index and
+#: ``np.asarray()`` the same way and have ``shape``, ``dtype``, ``size`` and ``nbytes``.
+Tensor = np.ndarray | LazyTensor

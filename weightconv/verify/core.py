@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from weightconv import __version__
 from weightconv._util.files import atomic_output, check_writable
+from weightconv._version import __version__
 from weightconv.errors import EXIT_CHECK_FAILED, EXIT_OK, CheckFailed, FormatError, UsageError
 from weightconv.model import WeightSet
 from weightconv.nets.alexnet import AlexNet, softmax

@@ -49,7 +49,7 @@ def is_caffe_snapshot(handle: Any) -> bool:
 
 
 def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | None = None,
-         input_shape: tuple[int, ...] | None = None, **_options: Any) -> WeightSet:
+         input_shape: tuple[int, ...] | None = None) -> WeightSet:
     """Read a Caffe HDF5 snapshot into a WeightSet in Caffe layout, like a .caffemodel."""
     import h5py
 

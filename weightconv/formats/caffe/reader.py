@@ -117,7 +117,7 @@ class RawLayer:
 
 
 def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | None = None,
-         input_shape: tuple[int, ...] | None = None, **_options: Any) -> WeightSet:
+         input_shape: tuple[int, ...] | None = None) -> WeightSet:
     """Read a .caffemodel into a WeightSet whose layers are in Caffe layout.
 
     `prototxt` (a deploy net definition) gives the blob shapes needed to reorder the

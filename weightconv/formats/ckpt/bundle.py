@@ -16,7 +16,7 @@ into place at the end.
 Example::
 
     ws = ckpt.read("model.ckpt-1000")             # or the .index, a .data file, the folder
-    ckpt.write(ws, "out/model.ckpt", scope="my/")  # out/model.ckpt.index, .data-00000-of-00001
+    ckpt.write(ws, "out/model.ckpt")  # out/model.ckpt.index, .data-00000-of-00001
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
 from weightconv.codecs import crc32c, ordered_code, protowire, sstable
 from weightconv.errors import FormatError, MappingError, OutputExistsError, UsageError
+from weightconv.formats.base import WriteResult
 from weightconv.formats.ckpt import dtypes as tf_types
 from weightconv.model import (
     CANONICAL,
@@ -474,8 +475,8 @@ def list_tensors(path: str | os.PathLike[str]) -> tuple[Location, list[TensorInf
     return where, reader.tensors(), detail
 
 
-def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str = "",
-         **_ignored: Any) -> WeightSet:
+def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str = ""
+         ) -> WeightSet:
     """Read a checkpoint into a WeightSet in the canonical (TensorFlow) layout.
 
     Tensors named ``layer/role`` group into layers (``kernel``/``bias`` become
@@ -525,6 +526,9 @@ def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str =
         weights.note(f"left out {len(skipped)} training-state tensor(s) "
                      f"({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''}); "
                      f"--flat keeps every tensor")
+    if strip_scope and len(unscoped) == len(infos):
+        raise UsageError(f"{path}: strip_scope {strip_scope!r}: no tensor is under that scope "
+                         f"(tensors: {', '.join(i.name for i in infos[:6])})")
     if unscoped:
         weights.note(f"{len(unscoped)} tensor(s) are outside scope {strip_scope!r} and keep "
                      f"their names ({', '.join(unscoped[:4])})")
@@ -573,13 +577,13 @@ class _Planned:
     shard: int = 0
 
 
-def _plan(weights: WeightSet, scope: str, shards: int, max_shard_bytes: int | None,
+def _plan(weights: WeightSet, shards: int, max_shard_bytes: int | None,
           target: str) -> tuple[list[_Planned], int]:
     planned: list[_Planned] = []
     seen: dict[str, str] = {}
     for index, layer in enumerate(weights.layers):
         for role, tensor in layer.tensors.items():
-            name = scope + layer.tensor_name(role)
+            name = layer.tensor_name(role)
             if name in seen:
                 raise MappingError(f"{target}: two tensors would both be named {name!r}")
             seen[name] = layer.name
@@ -638,23 +642,20 @@ def _prefix_of(path: str | os.PathLike[str]) -> Path:
 
 
 def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = False,
-          scope: str = "", shards: int = 1, max_shard_bytes: int | None = None,
-          progress: Progress | None = None, update_state: bool = True,
-          **_ignored: Any) -> dict[str, Any]:
+          shards: int = 1, max_shard_size: int | None = None, write_state: bool = True,
+          progress: Progress | None = None) -> WriteResult:
     """Write `weights` as a V2 checkpoint with prefix `path`, in the canonical layout.
 
-    Tensor names are ``scope + layer/role`` (or the name the tensor was read under).
+    Tensor names are ``layer/role`` (or the name the tensor was read under).
     Tensors go to `shards` data files of about equal size, or to as many as needed
-    so that none exceeds `max_shard_bytes`. The ``checkpoint`` state file in the
-    folder is pointed at the new prefix unless `update_state` is false.
+    so that none exceeds `max_shard_size`. The ``checkpoint`` state file in the
+    folder is pointed at the new prefix unless `write_state` is false.
     """
     from weightconv._proto import tf_checkpoint_pb2 as pb
 
     prefix = _prefix_of(path)
     check_output(prefix, force)
-    if scope and not scope.endswith("/"):
-        scope += "/"
-    planned, count = _plan(weights, scope, shards, max_shard_bytes, str(prefix))
+    planned, count = _plan(weights, shards, max_shard_size, str(prefix))
     temps: list[tuple[Path, Path]] = []
     entries: dict[bytes, bytes] = {}
     handles: dict[int, BinaryIO] = {}
@@ -703,12 +704,13 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = Fal
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
         raise
-    if update_state:
+    if write_state:
         update_state_file(prefix)
-    return {"layers": len(weights.weighted_layers()), "tensors": len(planned),
-            "parameters": weights.parameter_count,
-            "bytes": sum(offsets.values()) + index_bytes, "shards": count,
-            "files": [str(p) for p in output_paths(prefix, count)]}
+    return WriteResult(layers=len(weights.weighted_layers()), tensors=len(planned),
+                       parameters=weights.parameter_count,
+                       bytes=sum(offsets.values()) + index_bytes,
+                       files=[str(p) for p in output_paths(prefix, count)],
+                       detail={"shards": count})
 
 
 def _temp_beside(final: Path, temps: list[tuple[Path, Path]]) -> BinaryIO:

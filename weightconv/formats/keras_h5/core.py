@@ -51,6 +51,7 @@ import numpy as np
 from weightconv._util.files import atomic_path
 from weightconv._util.progress import Progress
 from weightconv.errors import FormatError, MappingError, ShapeError, UsageError
+from weightconv.formats.base import WriteResult
 from weightconv.model import CANONICAL, Kind, Layer, LazyTensor, Provenance, WeightSet
 from weightconv.model.canonical import canonical_layers
 
@@ -154,7 +155,7 @@ def _layout_of(handle: h5py.File) -> str | None:
 # Reading ---------------------------------------------------------------------------------
 
 
-def read(path: str | os.PathLike[str], **_options: Any) -> WeightSet:
+def read(path: str | os.PathLike[str]) -> WeightSet:
     """Read any Keras weights file (see the module docstring) into a canonical WeightSet.
 
     Layers come in the model's order, weightless ones included. Optimizer state is left out
@@ -875,7 +876,7 @@ class _Pending:
 def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = False,
           keras_layout: str = "keras3",
           model: str | os.PathLike[str] | dict[str, Any] | None = None,
-          progress: Progress | None = None, **_ignored: Any) -> dict[str, Any]:
+          progress: Progress | None = None) -> WriteResult:
     """Write `weights` as a Keras weights file for `model` (a config, see `load_model_config`;
     None: derived from the weights). ``keras3``: the ``.weights.h5`` Keras 3 writes (the name
     must end in ``.weights.h5``); ``keras2``: Keras 2's ``save_weights`` ``.h5``.
@@ -903,8 +904,8 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = Fal
             _write_keras3(handle, slots, target, counts, notes, progress)
         else:
             _write_keras2(handle, slots, root, target, counts, notes, progress)
-    return {**counts, "bytes": target.stat().st_size, "skipped": [],
-            "keras_layout": keras_layout, "notes": notes}
+    return WriteResult(**counts, bytes=target.stat().st_size, files=[str(target)],
+                       notes=notes, detail={"keras_layout": keras_layout})
 
 
 def _check_output_name(target: Path, layout: str) -> None:
