@@ -192,33 +192,61 @@ def prepare(npy: Path, prefix: Path) -> None:
     index = prefix.with_name(prefix.name + ".index")
     if not npy.exists():
         model, prototxt = WORK / "vgg16.caffemodel", WORK / "vgg16.prototxt"
-        subprocess.run([sys.executable, "-c",
-                        "import sys; from pathlib import Path; "
-                        "from weightconv.testing import synthetic; "
-                        "net = synthetic.build('vgg16', seed=0); "
-                        "net.write_caffemodel(sys.argv[1]); "
-                        "Path(sys.argv[2]).write_text(net.deploy_prototxt)",
-                        str(model), str(prototxt)], check=True)
-        subprocess.run(_weightconv("caffe2npy", str(model), "--prototxt", str(prototxt),
-                                   "-o", str(npy), "--force", "--quiet"),
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; "
+                "from weightconv.testing import synthetic; "
+                "net = synthetic.build('vgg16', seed=0); "
+                "net.write_caffemodel(sys.argv[1]); "
+                "Path(sys.argv[2]).write_text(net.deploy_prototxt)",
+                str(model),
+                str(prototxt),
+            ],
+            check=True,
+        )
+        subprocess.run(
+            _weightconv(
+                "caffe2npy",
+                str(model),
+                "--prototxt",
+                str(prototxt),
+                "-o",
+                str(npy),
+                "--force",
+                "--quiet",
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         model.unlink()
         index.unlink(missing_ok=True)  # a checkpoint of an older .npy
     if not index.exists():
-        subprocess.run(_weightconv("npy2ckpt", str(npy), "-o", str(prefix), "--force",
-                                   "--quiet"), check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            _weightconv("npy2ckpt", str(npy), "-o", str(prefix), "--force", "--quiet"),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     # weightconv from bytecode, as after `pip install` (TensorFlow's and numpy's .pyc files
     # came with their wheels); an editable install under PYTHONDONTWRITEBYTECODE=1 would
     # otherwise compile its sources in every measured run.
-    subprocess.run([sys.executable, "-c", "import compileall, os, weightconv; "
-                    "compileall.compile_dir(os.path.dirname(weightconv.__file__), quiet=1)"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import compileall, os, weightconv; "
+            "compileall.compile_dir(os.path.dirname(weightconv.__file__), quiet=1)",
+        ],
+        check=True,
+    )
     size_mb = npy.stat().st_size / 1e6
     if not 550 < size_mb < 556:
         raise SystemExit(f"{npy}: {size_mb:.1f} MB, expected about 553 MB")
     print(f"checking {prefix.name} with TensorFlow ...", file=sys.stderr)
-    check = subprocess.run(_script(VERIFY, str(prefix), str(npy), str(PARAMETERS)),
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        _script(VERIFY, str(prefix), str(npy), str(PARAMETERS)), capture_output=True, text=True
+    )
     if check.returncode != 0:
         raise SystemExit(f"TensorFlow does not read {prefix} as the .npy says:\n{check.stderr}")
     print(check.stdout.strip(), file=sys.stderr)
@@ -227,28 +255,56 @@ def prepare(npy: Path, prefix: Path) -> None:
 def cases(npy: Path, prefix: Path, only: list[str]) -> list[Case]:
     out_npy, out_ckpt = str(OUT / "out.npy"), str(OUT / "out.ckpt")
     every = [
-        Case("inspect", "`weightconv inspect`",
-             _weightconv("inspect", str(prefix)), side="ours"),
-        Case("inspect", "TF `python -m tensorflow.python.tools.inspect_checkpoint`",
-             [sys.executable, "-m", "tensorflow.python.tools.inspect_checkpoint",
-              f"--file_name={prefix}"]),
-        Case("ckpt2npy", "`weightconv ckpt2npy` (reads, writes the .npy)",
-             _weightconv("ckpt2npy", str(prefix), "-o", out_npy, "--force", "-q"),
-             side="ours"),
-        Case("ckpt2npy", "weightconv library: `weightconv.load` + every tensor as an array "
-             "(writes nothing, like the next case)", _script(OURS_READ, str(prefix)),
-             side="extra"),
-        Case("ckpt2npy", "TF `load_checkpoint` + `get_tensor` of every tensor (writes nothing)",
-             _script(TF_READ, str(prefix))),
-        Case("ckpt2npy", "TF `load_checkpoint` + `get_tensor`, then `np.save` of {layer: [W, b]}",
-             _script(TF_READ_SAVE, str(prefix), out_npy)),
-        Case("npy2ckpt", "`weightconv npy2ckpt`",
-             _weightconv("npy2ckpt", str(npy), "-o", out_ckpt, "--force", "-q"),
-             side="ours"),
-        Case("npy2ckpt", "TF graph mode: `tf.Variable(array)`, `Saver().save(sess, prefix)` "
-             "(+ .meta)", _script(TF_SAVE_GRAPH, str(npy), out_ckpt)),
-        Case("npy2ckpt", "TF eager: `tf.Variable(array)`, `Saver(var_list=...).save(None, "
-             "prefix)`", _script(TF_SAVE_EAGER, str(npy), out_ckpt)),
+        Case("inspect", "`weightconv inspect`", _weightconv("inspect", str(prefix)), side="ours"),
+        Case(
+            "inspect",
+            "TF `python -m tensorflow.python.tools.inspect_checkpoint`",
+            [
+                sys.executable,
+                "-m",
+                "tensorflow.python.tools.inspect_checkpoint",
+                f"--file_name={prefix}",
+            ],
+        ),
+        Case(
+            "ckpt2npy",
+            "`weightconv ckpt2npy` (reads, writes the .npy)",
+            _weightconv("ckpt2npy", str(prefix), "-o", out_npy, "--force", "-q"),
+            side="ours",
+        ),
+        Case(
+            "ckpt2npy",
+            "weightconv library: `weightconv.load` + every tensor as an array "
+            "(writes nothing, like the next case)",
+            _script(OURS_READ, str(prefix)),
+            side="extra",
+        ),
+        Case(
+            "ckpt2npy",
+            "TF `load_checkpoint` + `get_tensor` of every tensor (writes nothing)",
+            _script(TF_READ, str(prefix)),
+        ),
+        Case(
+            "ckpt2npy",
+            "TF `load_checkpoint` + `get_tensor`, then `np.save` of {layer: [W, b]}",
+            _script(TF_READ_SAVE, str(prefix), out_npy),
+        ),
+        Case(
+            "npy2ckpt",
+            "`weightconv npy2ckpt`",
+            _weightconv("npy2ckpt", str(npy), "-o", out_ckpt, "--force", "-q"),
+            side="ours",
+        ),
+        Case(
+            "npy2ckpt",
+            "TF graph mode: `tf.Variable(array)`, `Saver().save(sess, prefix)` (+ .meta)",
+            _script(TF_SAVE_GRAPH, str(npy), out_ckpt),
+        ),
+        Case(
+            "npy2ckpt",
+            "TF eager: `tf.Variable(array)`, `Saver(var_list=...).save(None, prefix)`",
+            _script(TF_SAVE_EAGER, str(npy), out_ckpt),
+        ),
     ]
     return [case for case in every if not only or case.group in only]
 
@@ -262,8 +318,11 @@ def measure_all(selected: list[Case], repeats: int) -> None:
             os.sync()  # no write-back of the previous case's output during this one
             case.samples.append(run.measure(case.command))
             wall, rss = case.samples[-1]
-            print(f"[{round_number + 1}/{repeats}] {case.group}: {case.label}: {wall:.2f} s, "
-                  f"{rss:,.0f} MB", file=sys.stderr)
+            print(
+                f"[{round_number + 1}/{repeats}] {case.group}: {case.label}: {wall:.2f} s, "
+                f"{rss:,.0f} MB",
+                file=sys.stderr,
+            )
     shutil.rmtree(OUT, ignore_errors=True)
 
 
@@ -280,23 +339,31 @@ def verdicts(selected: list[Case]) -> list[str]:
         for theirs in theirs_all:
             speed, memory = theirs.wall / ours.wall, theirs.rss / ours.rss
             met = speed >= speedup and ours.rss < theirs.rss
-            conditions = [f"{speed:.1f}x faster (needs {speedup:.0f}x)",
-                          f"{memory:.1f}x less peak memory"]
+            conditions = [
+                f"{speed:.1f}x faster (needs {speedup:.0f}x)",
+                f"{memory:.1f}x less peak memory",
+            ]
             if group == "inspect":
                 met = met and ours.rss < INSPECT_MAX_MB
-                conditions.append(f"ours {ours.rss:.0f} MB (needs under "
-                                  f"{INSPECT_MAX_MB:.0f} MB)")
+                conditions.append(f"ours {ours.rss:.0f} MB (needs under {INSPECT_MAX_MB:.0f} MB)")
             if not met:
                 missed.append(theirs.label)
-            lines.append(f"- {ours.label} vs {theirs.label}: {', '.join(conditions)}: "
-                         f"{'met' if met else '**NOT MET**'}.")
+            lines.append(
+                f"- {ours.label} vs {theirs.label}: {', '.join(conditions)}: "
+                f"{'met' if met else '**NOT MET**'}."
+            )
         for extra in (case for case in members if case.side == "extra"):
             theirs = theirs_all[0]
-            lines.append(f"- (context, not the acceptance test) {extra.label} vs "
-                         f"{theirs.label}: {theirs.wall / extra.wall:.1f}x faster, "
-                         f"{theirs.rss / extra.rss:.1f}x less peak memory.")
-        verdict = ("met against every TensorFlow variant" if not missed else
-                   f"NOT MET against {len(missed)} of {len(theirs_all)} TensorFlow variants")
+            lines.append(
+                f"- (context, not the acceptance test) {extra.label} vs "
+                f"{theirs.label}: {theirs.wall / extra.wall:.1f}x faster, "
+                f"{theirs.rss / extra.rss:.1f}x less peak memory."
+            )
+        verdict = (
+            "met against every TensorFlow variant"
+            if not missed
+            else f"NOT MET against {len(missed)} of {len(theirs_all)} TensorFlow variants"
+        )
         lines += [f"- **{group}: acceptance {verdict}.**", ""]
     return lines
 
@@ -319,17 +386,27 @@ def _revision() -> str:
     if package is not None and package != HERE.parent / "weightconv":
         return f"imported from {package}, not this checkout"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                                capture_output=True, text=True, check=True).stdout.strip()
-        clean = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "weightconv"],
-                               cwd=HERE.parent).returncode == 0
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        clean = (
+            subprocess.run(
+                ["git", "diff", "--quiet", "HEAD", "--", "weightconv"], cwd=HERE.parent
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.CalledProcessError):
         return "commit unknown"
     return f"commit {commit}" + ("" if clean else ", with uncommitted changes in weightconv/")
 
 
-def report(selected: list[Case], repeats: int, only: list[str], npy: Path,
-           load: tuple[float, float]) -> str:
+def report(
+    selected: list[Case], repeats: int, only: list[str], npy: Path, load: tuple[float, float]
+) -> str:
     def version(package: str) -> str:
         try:
             return importlib.metadata.version(package)
@@ -343,8 +420,10 @@ def report(selected: list[Case], repeats: int, only: list[str], npy: Path,
         members = [case for case in selected if case.group == group]
         if members:
             rows.append(f"| **{group}** | | | |")
-        rows += [f"| {case.label} | {case.wall:.2f} | {case.rss:,.0f} | {case.spread} |"
-                 for case in members]
+        rows += [
+            f"| {case.label} | {case.wall:.2f} | {case.rss:,.0f} | {case.spread} |"
+            for case in members
+        ]
     lines = [
         "## TensorFlow checkpoints",
         "",
@@ -359,7 +438,7 @@ def report(selected: list[Case], repeats: int, only: list[str], npy: Path,
         f"once per round, order reversed on alternate rounds; medians shown. Peak RSS is the "
         f"measured process's own (os.wait4). Every TensorFlow case includes `import "
         f"tensorflow`. Inputs are in the page cache; outputs are deleted and `sync` runs "
-        f"before each case. TF_CPP_MIN_LOG_LEVEL=3, CUDA_VISIBLE_DEVICES=\"\"; weightconv "
+        f'before each case. TF_CPP_MIN_LOG_LEVEL=3, CUDA_VISIBLE_DEVICES=""; weightconv '
         f"byte-compiled first, as TensorFlow and numpy are. 1-minute load average "
         f"{load[0]:.2f} before the runs, {load[1]:.2f} after.",
         "",
@@ -380,8 +459,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep benchmarks/work/ckpt/")
-    parser.add_argument("--only", choices=GROUPS, action="append", default=[],
-                        help="run only this pair (repeatable)")
+    parser.add_argument(
+        "--only",
+        choices=GROUPS,
+        action="append",
+        default=[],
+        help="run only this pair (repeatable)",
+    )
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -394,8 +478,10 @@ def main() -> int:
     measure_all(selected, args.repeats)
     text = report(selected, args.repeats, args.only, npy, (load_before, os.getloadavg()[0]))
     if _fingerprint() != before:
-        text += ("\n**weightconv's sources changed during this run: the rows mix two versions; "
-                 "run it again.**\n")
+        text += (
+            "\n**weightconv's sources changed during this run: the rows mix two versions; "
+            "run it again.**\n"
+        )
         print("warning: weightconv's sources changed during the run", file=sys.stderr)
     run.write_section("checkpoints", text)
     print(text)

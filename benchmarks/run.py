@@ -94,9 +94,11 @@ def machine() -> str:
     import google.protobuf
     import numpy
 
-    return (f"{os.cpu_count()} cores, {cpu}, {memory:.0f} GiB RAM; Python "
-            f"{platform.python_version()}, numpy {numpy.__version__}, protobuf "
-            f"{google.protobuf.__version__} ({_protobuf_backend()} backend)")
+    return (
+        f"{os.cpu_count()} cores, {cpu}, {memory:.0f} GiB RAM; Python "
+        f"{platform.python_version()}, numpy {numpy.__version__}, protobuf "
+        f"{google.protobuf.__version__} ({_protobuf_backend()} backend)"
+    )
 
 
 def _protobuf_backend() -> str:
@@ -114,9 +116,16 @@ def main() -> int:
 
     # Byte-compile the package first: with PYTHONDONTWRITEBYTECODE set (as on our CI machines)
     # an editable install would otherwise recompile every module in every measured run.
-    subprocess.run([sys.executable, "-c", "import compileall, os, weightconv; "
-                    "compileall.compile_dir(os.path.dirname(weightconv.__file__), quiet=1)"],
-                   check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import compileall, os, weightconv; "
+            "compileall.compile_dir(os.path.dirname(weightconv.__file__), quiet=1)",
+        ],
+        check=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""},
+    )
     WORK.mkdir(exist_ok=True)
     model = WORK / "vgg16.caffemodel"
     out = WORK / "vgg16.npy"
@@ -124,22 +133,46 @@ def main() -> int:
     if not model.exists():
         # In a child process: a forked child's peak RSS counts the parent's pages, so the
         # parent must never hold the model.
-        subprocess.run([sys.executable, "-c",
-                        "import sys; from weightconv.testing import synthetic; "
-                        "synthetic.build('vgg16', seed=0).write_caffemodel(sys.argv[1])",
-                        str(model)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from weightconv.testing import synthetic; "
+                "synthetic.build('vgg16', seed=0).write_caffemodel(sys.argv[1])",
+                str(model),
+            ],
+            check=True,
+        )
     prototxt = WORK / "vgg16.prototxt"
     prototxt.write_text(net.deploy_prototxt)
     size_mb = model.stat().st_size / 1e6
     cases = {
         "cp": ["cp", str(model), str(WORK / "copy.caffemodel")],
-        "naive protobuf (ParseFromString + np.array(blob.data))":
-            [sys.executable, "-c", NAIVE, str(model)],
-        "weightconv read into canonical layout (no output, like naive)":
-            [sys.executable, "-c", CANONICAL, str(model), str(prototxt)],
-        "weightconv caffe2npy (writes the .npy)":
-            [sys.executable, "-m", "weightconv", "caffe2npy", str(model), "--prototxt",
-             str(prototxt), "-o", str(out), "--quiet"],
+        "naive protobuf (ParseFromString + np.array(blob.data))": [
+            sys.executable,
+            "-c",
+            NAIVE,
+            str(model),
+        ],
+        "weightconv read into canonical layout (no output, like naive)": [
+            sys.executable,
+            "-c",
+            CANONICAL,
+            str(model),
+            str(prototxt),
+        ],
+        "weightconv caffe2npy (writes the .npy)": [
+            sys.executable,
+            "-m",
+            "weightconv",
+            "caffe2npy",
+            str(model),
+            "--prototxt",
+            str(prototxt),
+            "-o",
+            str(out),
+            "--quiet",
+        ],
     }
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
     for _ in range(args.repeats):
@@ -148,8 +181,10 @@ def main() -> int:
                 stale.unlink(missing_ok=True)
             os.sync()  # no write-back of the previous case's output during this one
             samples[name].append(measure(command))
-            print(f"{name}: {samples[name][-1][0]:.2f} s, {samples[name][-1][1]:.0f} MB",
-                  file=sys.stderr)
+            print(
+                f"{name}: {samples[name][-1][0]:.2f} s, {samples[name][-1][1]:.0f} MB",
+                file=sys.stderr,
+            )
     rows = []
     spreads = {}
     for name, values in samples.items():

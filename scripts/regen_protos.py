@@ -26,8 +26,10 @@ def main() -> int:
     from grpc_tools import protoc
 
     if version("grpcio-tools") != PINNED:
-        print(f"warning: grpcio-tools {version('grpcio-tools')} is not the pinned {PINNED}",
-              file=sys.stderr)
+        print(
+            f"warning: grpcio-tools {version('grpcio-tools')} is not the pinned {PINNED}",
+            file=sys.stderr,
+        )
     for proto in sorted(PROTO_DIR.glob("*.proto")):
         rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={OUT_DIR}", str(proto)])
         if rc != 0:

@@ -15,8 +15,9 @@ def corpus_file(relative: str) -> Path:
     """Path of a file in ../shared/corpus; skips the test with a reason when it is absent."""
     path = CORPUS / relative
     if not path.exists():
-        pytest.skip(f"../shared/corpus/{relative} not present (a fresh clone has no ../shared; "
-                    f"CI has it)")
+        pytest.skip(
+            f"../shared/corpus/{relative} not present (a fresh clone has no ../shared; CI has it)"
+        )
     return path
 
 

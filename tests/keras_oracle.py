@@ -55,10 +55,25 @@ EXIT_OK, EXIT_KERAS_ERROR, EXIT_USAGE, EXIT_NO_KERAS = 0, 1, 2, 3
 MODELS = ("alexnet", "branchy", "nested", "halfs")
 KERAS2_MODELS = ("alexnet", "branchy", "nested")
 #: Class names whose Keras 3 snake-case names the manifest records.
-SNAKE_CLASSES = ("Conv2D", "Dense", "BatchNormalization", "DepthwiseConv2D", "MaxPooling2D",
-                 "ReLU", "PReLU", "GlobalAveragePooling2D", "Conv2DTranspose", "InputLayer",
-                 "SeparableConv2D", "LayerNormalization", "UpSampling2D", "Functional",
-                 "Sequential", "XY2Layer", "HTTPServer2X")
+SNAKE_CLASSES = (
+    "Conv2D",
+    "Dense",
+    "BatchNormalization",
+    "DepthwiseConv2D",
+    "MaxPooling2D",
+    "ReLU",
+    "PReLU",
+    "GlobalAveragePooling2D",
+    "Conv2DTranspose",
+    "InputLayer",
+    "SeparableConv2D",
+    "LayerNormalization",
+    "UpSampling2D",
+    "Functional",
+    "Sequential",
+    "XY2Layer",
+    "HTTPServer2X",
+)
 KERAS2_PYTHON_ENV = "WEIGHTCONV_TF_KERAS_PYTHON"
 
 
@@ -91,23 +106,33 @@ def run_oracle(*args: str, keras2: bool = False, timeout: float = 600) -> dict[s
     """Run this script with `args`; return its JSON. Skips the calling test when Keras (or
     tf_keras, with `keras2`) is missing; raises AssertionError on any other failure."""
     python = os.environ.get(KERAS2_PYTHON_ENV) if keras2 else None
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow",
-               CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([python or sys.executable, str(SCRIPT), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    env = dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES=""
+    )
+    proc = subprocess.run(
+        [python or sys.executable, str(SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
     try:
         result = json.loads(proc.stdout)
     except json.JSONDecodeError:
-        raise AssertionError(f"keras_oracle {' '.join(args)} exited {proc.returncode} "
-                             f"without JSON on stdout; stderr tail:\n{tail}") from None
+        raise AssertionError(
+            f"keras_oracle {' '.join(args)} exited {proc.returncode} "
+            f"without JSON on stdout; stderr tail:\n{tail}"
+        ) from None
     if proc.returncode == EXIT_NO_KERAS:
         import pytest
 
         pytest.skip(result.get("skip", "keras is not importable"))
     if proc.returncode != EXIT_OK:
-        raise AssertionError(f"keras_oracle {' '.join(args)} exited {proc.returncode}: "
-                             f"{str(result.get('error', result))[:2000]}; stderr tail:\n{tail}")
+        raise AssertionError(
+            f"keras_oracle {' '.join(args)} exited {proc.returncode}: "
+            f"{str(result.get('error', result))[:2000]}; stderr tail:\n{tail}"
+        )
     return result
 
 
@@ -118,23 +143,26 @@ K: Any = None  # keras or tf_keras, imported by main()
 
 def _alexnet() -> Any:
     L = K.layers
-    return K.Sequential([
-        K.Input((67, 67, 3)),
-        L.Conv2D(16, 11, strides=4, activation="relu", name="conv1"),
-        L.MaxPooling2D(3, 2, name="pool1"),
-        L.Conv2D(32, 5, padding="same", groups=2, activation="relu", name="conv2"),
-        L.MaxPooling2D(3, 2, name="pool2"),
-        L.Conv2D(48, 3, padding="same", activation="relu", name="conv3"),
-        L.Conv2D(48, 3, padding="same", groups=2, activation="relu", name="conv4"),
-        L.Conv2D(32, 3, padding="same", groups=2, activation="relu", name="conv5"),
-        L.MaxPooling2D(3, 2, name="pool5"),
-        L.Flatten(name="flatten"),
-        L.Dense(64, activation="relu", name="fc6"),
-        L.Dropout(0.5, name="drop6"),
-        L.Dense(64, activation="relu", name="fc7"),
-        L.Dropout(0.5, name="drop7"),
-        L.Dense(10, name="fc8"),
-    ], name="alexnet")
+    return K.Sequential(
+        [
+            K.Input((67, 67, 3)),
+            L.Conv2D(16, 11, strides=4, activation="relu", name="conv1"),
+            L.MaxPooling2D(3, 2, name="pool1"),
+            L.Conv2D(32, 5, padding="same", groups=2, activation="relu", name="conv2"),
+            L.MaxPooling2D(3, 2, name="pool2"),
+            L.Conv2D(48, 3, padding="same", activation="relu", name="conv3"),
+            L.Conv2D(48, 3, padding="same", groups=2, activation="relu", name="conv4"),
+            L.Conv2D(32, 3, padding="same", groups=2, activation="relu", name="conv5"),
+            L.MaxPooling2D(3, 2, name="pool5"),
+            L.Flatten(name="flatten"),
+            L.Dense(64, activation="relu", name="fc6"),
+            L.Dropout(0.5, name="drop6"),
+            L.Dense(64, activation="relu", name="fc7"),
+            L.Dropout(0.5, name="drop7"),
+            L.Dense(10, name="fc8"),
+        ],
+        name="alexnet",
+    )
 
 
 def _branchy() -> Any:
@@ -158,17 +186,24 @@ def _nested() -> Any:
     x = L.BatchNormalization(name="bn1")(x)
     x = L.GlobalAveragePooling2D(name="gap")(x)
     inner = K.Model(image, L.Dense(5, name="head")(x), name="inner")
-    tail = K.Sequential([K.Input((5,)), L.Dense(4, activation="tanh", name="t1"),
-                         L.Dense(3, name="t2")], name="tail")
-    return K.Sequential([K.Input((9, 9, 4)), inner, tail, L.Dense(2, name="top")],
-                        name="outer")
+    tail = K.Sequential(
+        [K.Input((5,)), L.Dense(4, activation="tanh", name="t1"), L.Dense(3, name="t2")],
+        name="tail",
+    )
+    return K.Sequential([K.Input((9, 9, 4)), inner, tail, L.Dense(2, name="top")], name="outer")
 
 
 def _halfs() -> Any:
     L = K.layers
-    return K.Sequential([K.Input((5,)), L.Dense(4, dtype="bfloat16", name="hb"),
-                         L.Dense(3, dtype="float16", name="hf"), L.Dense(2, name="h32")],
-                        name="halfs")
+    return K.Sequential(
+        [
+            K.Input((5,)),
+            L.Dense(4, dtype="bfloat16", name="hb"),
+            L.Dense(3, dtype="float16", name="hf"),
+            L.Dense(2, name="h32"),
+        ],
+        name="halfs",
+    )
 
 
 BUILDERS = {"alexnet": _alexnet, "branchy": _branchy, "nested": _nested, "halfs": _halfs}
@@ -245,11 +280,16 @@ def _layer_records(model: Any) -> list[dict[str, Any]]:
         weights = []
         for v in _ordered_weights(layer):
             value = np.asarray(v.numpy())
-            weights.append({"path": getattr(v, "path", v.name), "name": v.name,
-                            "shape": list(value.shape), "dtype": value.dtype.name,
-                            "sha256": digest(value)})
-        records.append({"name": layer.name, "class": type(layer).__name__,
-                        "weights": weights})
+            weights.append(
+                {
+                    "path": getattr(v, "path", v.name),
+                    "name": v.name,
+                    "shape": list(value.shape),
+                    "dtype": value.dtype.name,
+                    "sha256": digest(value),
+                }
+            )
+        records.append({"name": layer.name, "class": type(layer).__name__, "weights": weights})
     return records
 
 
@@ -261,6 +301,7 @@ def _h5_listing(source: Any) -> dict[str, Any]:
     datasets: dict[str, Any] = {}
     groups: dict[str, Any] = {}
     with h5py.File(source, "r") as handle:
+
         def visit(name: str, obj: Any) -> None:
             attrs = {k: _attr_json(v) for k, v in obj.attrs.items()}
             if isinstance(obj, h5py.Dataset):
@@ -269,14 +310,20 @@ def _h5_listing(source: Any) -> dict[str, Any]:
                     import ml_dtypes
 
                     value = value.view(ml_dtypes.bfloat16)
-                datasets[name] = {"shape": list(obj.shape), "dtype": value.dtype.name,
-                                  "sha256": digest(value), "attrs": attrs}
+                datasets[name] = {
+                    "shape": list(obj.shape),
+                    "dtype": value.dtype.name,
+                    "sha256": digest(value),
+                    "attrs": attrs,
+                }
             else:
                 groups[name] = attrs
 
         handle.visititems(visit)
-        root = {k: _attr_json(v)[:200] if isinstance(_attr_json(v), str) else _attr_json(v)
-                for k, v in handle.attrs.items()}
+        root = {
+            k: _attr_json(v)[:200] if isinstance(_attr_json(v), str) else _attr_json(v)
+            for k, v in handle.attrs.items()
+        }
     return {"datasets": datasets, "groups": groups, "root_attrs": root}
 
 
@@ -319,16 +366,24 @@ def save(root: Path) -> dict[str, Any]:
         npz = root / f"{name}.source.npz"
         _save_npz(npz, source)
         entry: dict[str, Any] = {
-            "class": type(model).__name__, "config": json.loads(model.to_json()),
-            "source_npz": str(npz), "outputs": _outputs(model, name),
-            "source_layers": _layer_records(model), "files": {}}
+            "class": type(model).__name__,
+            "config": json.loads(model.to_json()),
+            "source_npz": str(npz),
+            "outputs": _outputs(model, name),
+            "source_layers": _layer_records(model),
+            "files": {},
+        }
         if name == "alexnet":
             plain = root / f"{name}.plain.weights.h5"
             model.save_weights(plain)
             entry["files"]["plain_weights_h5"] = {"path": str(plain), **_h5_listing(plain)}
             _train_one_step(model, name)
-        paths = {"weights_h5": root / f"{name}.weights.h5", "keras": root / f"{name}.keras",
-                 "legacy_h5": root / f"{name}.legacy.h5", "full_h5": root / f"{name}.full.h5"}
+        paths = {
+            "weights_h5": root / f"{name}.weights.h5",
+            "keras": root / f"{name}.keras",
+            "legacy_h5": root / f"{name}.legacy.h5",
+            "full_h5": root / f"{name}.full.h5",
+        }
         model.save_weights(paths["weights_h5"])
         model.save(paths["keras"])
         with h5py.File(paths["legacy_h5"], "w") as handle:
@@ -339,8 +394,11 @@ def save(root: Path) -> dict[str, Any]:
             entry["files"][kind] = {"path": str(path), **listing}
         entry["layers"] = _layer_records(model)
         models[name] = entry
-    return {"keras": K.__version__, "models": models,
-            "snake_names": {c: naming.to_snake_case(c) for c in SNAKE_CLASSES}}
+    return {
+        "keras": K.__version__,
+        "models": models,
+        "snake_names": {c: naming.to_snake_case(c) for c in SNAKE_CLASSES},
+    }
 
 
 def save2(root: Path) -> dict[str, Any]:
@@ -355,9 +413,14 @@ def save2(root: Path) -> dict[str, Any]:
         weights, full = root / f"{name}.k2.h5", root / f"{name}.k2full.h5"
         model.save_weights(str(weights))
         model.save(str(full), save_format="h5")
-        models[name] = {"class": type(model).__name__, "layers": _layer_records(model),
-                        "files": {"k2_h5": {"path": str(weights), **_h5_listing(weights)},
-                                  "k2full_h5": {"path": str(full), **_h5_listing(full)}}}
+        models[name] = {
+            "class": type(model).__name__,
+            "layers": _layer_records(model),
+            "files": {
+                "k2_h5": {"path": str(weights), **_h5_listing(weights)},
+                "k2full_h5": {"path": str(full), **_h5_listing(full)},
+            },
+        }
     return {"keras": K.__version__, "models": models}
 
 
@@ -367,8 +430,7 @@ def load(jobs_file: Path) -> dict[str, Any]:
     results = []
     for job in jobs:
         model = BUILDERS[job["model"]]()
-        result: dict[str, Any] = {"id": job.get("id"), "model": job["model"],
-                                  "file": job["file"]}
+        result: dict[str, Any] = {"id": job.get("id"), "model": job["model"], "file": job["file"]}
         try:
             model.load_weights(job["file"])
         except Exception as exc:  # the job reports whatever Keras raised
@@ -384,17 +446,21 @@ def _run(argv: list[str]) -> tuple[int, dict[str, Any]]:
     global K
     commands = {"save": save, "save2": save2, "load": load, "load2": load}
     if len(argv) != 2 or argv[0] not in commands:
-        return EXIT_USAGE, {"error": "usage: keras_oracle.py save DIR | save2 DIR | "
-                                     "load JOBS.json | load2 JOBS.json"}
+        return EXIT_USAGE, {
+            "error": "usage: keras_oracle.py save DIR | save2 DIR | "
+            "load JOBS.json | load2 JOBS.json"
+        }
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     module = "tf_keras" if argv[0].endswith("2") else "keras"
     try:
         K = __import__(module)
     except Exception as exc:  # any import failure means: no usable Keras
-        return EXIT_NO_KERAS, {"error": f"{type(exc).__name__}: {exc}",
-                               "skip": f"{module} is not importable here ({sys.executable}): "
-                                       f"{type(exc).__name__}: {exc}"}
+        return EXIT_NO_KERAS, {
+            "error": f"{type(exc).__name__}: {exc}",
+            "skip": f"{module} is not importable here ({sys.executable}): "
+            f"{type(exc).__name__}: {exc}",
+        }
     if module == "keras" and not K.__version__.startswith("3."):
         return EXIT_NO_KERAS, {"skip": f"keras {K.__version__} is not Keras 3"}
     try:

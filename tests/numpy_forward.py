@@ -41,8 +41,7 @@ from weightconv.formats.caffe.net import (
 Weights = Mapping[str, Any]
 
 #: Data-layer types: their tops are fed by the caller.
-INPUT_TYPES = {"Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData",
-               "WindowData"}
+INPUT_TYPES = {"Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData"}
 
 
 def load_npy(path: str | Path) -> dict[str, list[np.ndarray]]:
@@ -66,8 +65,9 @@ def input_blobs(net: NetDef) -> dict[str, tuple[int, ...]]:
     return {name: shapes[name] for name in names if name in shapes}
 
 
-def forward(net: NetDef | str | Path, weights: Weights,
-            inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def forward(
+    net: NetDef | str | Path, weights: Weights, inputs: np.ndarray | Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Run the net; return every blob by name (NHWC for spatial blobs, (N, K) otherwise).
 
     `inputs` is one NHWC batch for a single-input net, or {blob: NHWC batch}. The batch
@@ -85,18 +85,23 @@ def forward(net: NetDef | str | Path, weights: Weights,
     for name, array in inputs.items():
         array = np.asarray(array, dtype=np.float64)
         shape = declared.get(name)
-        if shape is not None and len(shape) == 4 and array.shape[1:] != (shape[2], shape[3],
-                                                                         shape[1]):
-            raise ValueError(f"input {name!r}: got NHWC {array.shape}, the net declares "
-                             f"NCHW {shape}")
+        if (
+            shape is not None
+            and len(shape) == 4
+            and array.shape[1:] != (shape[2], shape[3], shape[1])
+        ):
+            raise ValueError(
+                f"input {name!r}: got NHWC {array.shape}, the net declares NCHW {shape}"
+            )
         blobs[name] = array
     for layer in net.layers:
         if layer.phase == "TRAIN" or layer.type in INPUT_TYPES:
             continue
         run = _LAYERS.get(layer.type)
         if run is None:
-            raise NotImplementedError(f"{layer.name}: layer type {layer.type} is not supported "
-                                      f"by the NumPy oracle")
+            raise NotImplementedError(
+                f"{layer.name}: layer type {layer.type} is not supported by the NumPy oracle"
+            )
         x = blobs[layer.bottoms[0]]
         params = _layer_params(weights.get(layer.name, []))
         out = run(layer, x, params)
@@ -130,21 +135,24 @@ def convolution(layer: LayerDef, x: np.ndarray, params: list[np.ndarray]) -> np.
     kernel = params[0]
     n, h, w, c = x.shape
     if kernel.shape[:2] != (kh, kw) or kernel.shape[2] * group != c:
-        raise ValueError(f"{layer.name}: kernel {kernel.shape} does not fit a {kh}x{kw} conv "
-                         f"with group {group} on {c} input channels")
+        raise ValueError(
+            f"{layer.name}: kernel {kernel.shape} does not fit a {kh}x{kw} conv "
+            f"with group {group} on {c} input channels"
+        )
     outputs = kernel.shape[3]
     out_h = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
     out_w = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
     padded = np.zeros((n, h + 2 * ph, w + 2 * pw, c))
-    padded[:, ph:ph + h, pw:pw + w, :] = x
+    padded[:, ph : ph + h, pw : pw + w, :] = x
     # Inputs split into `group` consecutive channel blocks, outputs likewise.
     grouped_kernel = kernel.reshape(kh, kw, c // group, group, outputs // group)
     out = np.zeros((n, out_h, out_w, group, outputs // group))
     for i in range(kh):
         for j in range(kw):
             top, left = i * dh, j * dw
-            window = padded[:, top:top + sh * (out_h - 1) + 1:sh,
-                            left:left + sw * (out_w - 1) + 1:sw, :]
+            window = padded[
+                :, top : top + sh * (out_h - 1) + 1 : sh, left : left + sw * (out_w - 1) + 1 : sw, :
+            ]
             window = window.reshape(n, out_h, out_w, group, c // group)
             out += np.einsum("nhwgi,igo->nhwgo", window, grouped_kernel[i, j])
     return out.reshape(n, out_h, out_w, outputs) + _bias(layer, params)
@@ -190,13 +198,17 @@ def pooling(layer: LayerDef, x: np.ndarray, params: list[np.ndarray]) -> np.ndar
     else:
         raise NotImplementedError(f"{layer.name}: {method} pooling")
     padded = np.full((n, ph + full_h, pw + full_w, c), fill)
-    padded[:, ph:ph + h, pw:pw + w, :] = x
-    windows = [padded[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
-               for i in range(kh) for j in range(kw)]
+    padded[:, ph : ph + h, pw : pw + w, :] = x
+    windows = [
+        padded[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
     if method == "max":
         return np.max(windows, axis=0)
-    divisors = np.outer(_average_divisors(h, out_h, kh, sh, ph),
-                        _average_divisors(w, out_w, kw, sw, pw))
+    divisors = np.outer(
+        _average_divisors(h, out_h, kh, sh, ph), _average_divisors(w, out_w, kw, sw, pw)
+    )
     return np.sum(windows, axis=0) / divisors[None, :, :, None]
 
 
@@ -210,8 +222,8 @@ def lrn(layer: LayerDef, x: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
     before = (size - 1) // 2
     c = x.shape[-1]
     squares = np.zeros((*x.shape[:-1], c + size - 1))
-    squares[..., before:before + c] = x * x
-    total = sum(squares[..., i:i + c] for i in range(size))
+    squares[..., before : before + c] = x * x
+    total = sum(squares[..., i : i + c] for i in range(size))
     return x / (p["k"] + p["alpha"] / size * total) ** p["beta"]
 
 
@@ -267,4 +279,3 @@ def top1(logits: np.ndarray) -> np.ndarray:
 def nchw(x: np.ndarray) -> np.ndarray:
     """An NHWC batch as the NCHW float32 blob Caffe-style frameworks take."""
     return np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)), dtype=np.float32)
-

@@ -31,8 +31,12 @@ def blobs_by_protobuf(path: Path) -> dict[str, list[np.ndarray]]:
     for layer in layers:
         blobs = []
         for blob in layer.blobs:
-            if blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") \
-                    or blob.HasField("width"):
+            if (
+                blob.HasField("num")
+                or blob.HasField("channels")
+                or blob.HasField("height")
+                or blob.HasField("width")
+            ):
                 shape = (blob.num, blob.channels, blob.height, blob.width)
             else:
                 shape = tuple(blob.shape.dim)
@@ -56,16 +60,31 @@ def squeeze_legacy(blob: np.ndarray, ndim: int) -> np.ndarray:
     return blob.reshape(blob.shape[-ndim:]) if blob.ndim > ndim else blob
 
 
-@pytest.mark.parametrize(("model", "prototxt", "fc_inputs"), [
-    ("caffe/lenet/lenet_iter_10000.caffemodel", "caffe/lenet/lenet.prototxt",
-     {"ip1": (50, 4, 4), "ip2": (500,)}),
-    ("caffe/cifar10_v1/cifar10_quick_iter_5000.caffemodel",
-     "caffe/cifar10_v1/cifar10_quick.prototxt", {"ip1": (64, 4, 4), "ip2": (64,)}),
-    ("caffe/cifar10_v1/cifar10_full_iter_60000.caffemodel",
-     "caffe/cifar10_v1/cifar10_full.prototxt", {"ip1": (64, 4, 4)}),
-    ("caffe/cifar10_v2/cifar10_quick_iter_4000.caffemodel",
-     "caffe/cifar10_v2/cifar10_quick.prototxt", {"ip1": (64, 4, 4), "ip2": (64,)}),
-])
+@pytest.mark.parametrize(
+    ("model", "prototxt", "fc_inputs"),
+    [
+        (
+            "caffe/lenet/lenet_iter_10000.caffemodel",
+            "caffe/lenet/lenet.prototxt",
+            {"ip1": (50, 4, 4), "ip2": (500,)},
+        ),
+        (
+            "caffe/cifar10_v1/cifar10_quick_iter_5000.caffemodel",
+            "caffe/cifar10_v1/cifar10_quick.prototxt",
+            {"ip1": (64, 4, 4), "ip2": (64,)},
+        ),
+        (
+            "caffe/cifar10_v1/cifar10_full_iter_60000.caffemodel",
+            "caffe/cifar10_v1/cifar10_full.prototxt",
+            {"ip1": (64, 4, 4)},
+        ),
+        (
+            "caffe/cifar10_v2/cifar10_quick_iter_4000.caffemodel",
+            "caffe/cifar10_v2/cifar10_quick.prototxt",
+            {"ip1": (64, 4, 4), "ip2": (64,)},
+        ),
+    ],
+)
 def test_every_tensor_equals_the_protobuf_blob_transposed(model, prototxt, fc_inputs):
     model_path, prototxt_path = corpus_file(model), corpus_file(prototxt)
     expected = blobs_by_protobuf(model_path)
@@ -79,8 +98,9 @@ def test_every_tensor_equals_the_protobuf_blob_transposed(model, prototxt, fc_in
             np.testing.assert_array_equal(layer.tensors["weights"], weights.transpose(2, 3, 1, 0))
         else:
             dense = squeeze_legacy(weights, 2)
-            np.testing.assert_array_equal(layer.tensors["weights"],
-                                          caffe_dense_to_tf(dense, fc_inputs[name]))
+            np.testing.assert_array_equal(
+                layer.tensors["weights"], caffe_dense_to_tf(dense, fc_inputs[name])
+            )
         np.testing.assert_array_equal(layer.tensors["biases"], biases.reshape(-1))
 
 
@@ -102,8 +122,9 @@ def test_lenet_caffe2npy_output_loads_with_the_users_idiom(tmp_path):
 def test_mtcnn_det1_equals_the_caffe_tensorflow_npy_made_by_another_team(tmp_path):
     model = corpus_file("caffe/mtcnn/det1.caffemodel")
     prototxt = corpus_file("caffe/mtcnn/det1.prototxt")
-    reference = np.load(corpus_file("npy/mtcnn/det1.npy"), encoding="latin1",
-                        allow_pickle=True).item()
+    reference = np.load(
+        corpus_file("npy/mtcnn/det1.npy"), encoding="latin1", allow_pickle=True
+    ).item()
     out = tmp_path / "det1.npy"
     weightconv.convert(model, out, prototxt=prototxt, flavour="dict")
     ours = np.load(out, allow_pickle=True).item()
@@ -123,16 +144,24 @@ def test_caffe_hdf5_snapshot_reads_like_a_caffemodel():
     assert ws.source.format == "caffe-h5"
     with h5py.File(snapshot, "r") as handle:
         for layer in ws.weighted_layers():
-            np.testing.assert_array_equal(layer.tensors["weights"],
-                                          handle[f"data/{layer.name}/0"][()])
-            np.testing.assert_array_equal(layer.tensors["biases"],
-                                          handle[f"data/{layer.name}/1"][()])
+            np.testing.assert_array_equal(
+                layer.tensors["weights"], handle[f"data/{layer.name}/0"][()]
+            )
+            np.testing.assert_array_equal(
+                layer.tensors["biases"], handle[f"data/{layer.name}/1"][()]
+            )
         canonical = {layer.name: layer for layer in canonical_layers(ws)}
         ip1 = handle["data/ip1/0"][()]
-        np.testing.assert_array_equal(canonical["ip1"].tensors["weights"],
-                                      caffe_dense_to_tf(ip1, (64, 4, 4)))
-    assert [layer.name for layer in ws.weighted_layers()] == ["conv1", "conv2", "conv3",
-                                                             "ip1", "ip2"]
+        np.testing.assert_array_equal(
+            canonical["ip1"].tensors["weights"], caffe_dense_to_tf(ip1, (64, 4, 4))
+        )
+    assert [layer.name for layer in ws.weighted_layers()] == [
+        "conv1",
+        "conv2",
+        "conv3",
+        "ip1",
+        "ip2",
+    ]
 
 
 def test_fork_prototxt_with_unknown_layer_params_is_read_with_a_note():

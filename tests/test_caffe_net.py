@@ -12,13 +12,16 @@ from weightconv.formats.caffe.net import conv_output_size, pool_output_size
 from .conftest import corpus_file
 
 
-@pytest.mark.parametrize(("size", "kernel", "stride", "pad", "expected"), [
-    (112, 3, 2, 0, 56),   # GoogLeNet pool1: ceil where TF VALID gives 55
-    (56, 3, 2, 1, 29),    # padded: no TF mode gives 29
-    (5, 2, 2, 1, 3),      # clip rule: last window would start in the padding
-    (55, 3, 2, 0, 27),    # AlexNet pool1
-    (13, 3, 2, 0, 6),     # AlexNet pool5
-])
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "pad", "expected"),
+    [
+        (112, 3, 2, 0, 56),  # GoogLeNet pool1: ceil where TF VALID gives 55
+        (56, 3, 2, 1, 29),  # padded: no TF mode gives 29
+        (5, 2, 2, 1, 3),  # clip rule: last window would start in the padding
+        (55, 3, 2, 0, 27),  # AlexNet pool1
+        (13, 3, 2, 0, 6),  # AlexNet pool5
+    ],
+)
 def test_pool_output_size_follows_caffe_ceil_and_clip(size, kernel, stride, pad, expected):
     assert pool_output_size(size, kernel, stride, pad) == expected
 
@@ -27,12 +30,15 @@ def test_pool_floor_mode_rounds_down():
     assert pool_output_size(112, 3, 2, 0, ceil=False) == 55
 
 
-@pytest.mark.parametrize(("size", "kernel", "stride", "pad", "dilation", "expected"), [
-    (224, 7, 2, 3, 1, 112),
-    (227, 11, 4, 0, 1, 55),
-    (27, 5, 1, 2, 1, 27),
-    (32, 3, 1, 2, 2, 32),
-])
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "pad", "dilation", "expected"),
+    [
+        (224, 7, 2, 3, 1, 112),
+        (227, 11, 4, 0, 1, 55),
+        (27, 5, 1, 2, 1, 27),
+        (32, 3, 1, 2, 2, 32),
+    ],
+)
 def test_conv_output_size_rounds_down(size, kernel, stride, pad, dilation, expected):
     assert conv_output_size(size, kernel, stride, pad, dilation) == expected
 
@@ -43,12 +49,15 @@ def _shapes_of(prototxt: str) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.corpus
-@pytest.mark.parametrize(("prototxt", "blob"), [
-    ("prototxt/bvlc_alexnet.deploy.prototxt", "pool5"),
-    ("prototxt/bvlc_reference_caffenet.deploy.prototxt", "pool5"),
-    ("prototxt/v1_2014/bvlc_alexnet_deploy.prototxt", "pool5"),
-    ("prototxt/v0_2013/imagenet_deploy.prototxt", "pool5"),
-])
+@pytest.mark.parametrize(
+    ("prototxt", "blob"),
+    [
+        ("prototxt/bvlc_alexnet.deploy.prototxt", "pool5"),
+        ("prototxt/bvlc_reference_caffenet.deploy.prototxt", "pool5"),
+        ("prototxt/v1_2014/bvlc_alexnet_deploy.prototxt", "pool5"),
+        ("prototxt/v0_2013/imagenet_deploy.prototxt", "pool5"),
+    ],
+)
 def test_alexnet_family_pool5_is_256x6x6_in_every_caffe_version(prototxt, blob):
     assert _shapes_of(prototxt)[blob][1:] == (256, 6, 6)
 

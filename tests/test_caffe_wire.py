@@ -16,8 +16,9 @@ from weightconv.formats.caffe import reader as caffe
 from weightconv.model.canonical import canonical_layers
 
 
-def conv_layer(name: str = "conv1", out: int = 4, inp: int = 3,
-               k: int = 3) -> caffe_pb2.LayerParameter:
+def conv_layer(
+    name: str = "conv1", out: int = 4, inp: int = 3, k: int = 3
+) -> caffe_pb2.LayerParameter:
     layer = caffe_pb2.LayerParameter(name=name, type="Convolution", bottom=["data"], top=[name])
     layer.convolution_param.num_output = out
     layer.convolution_param.kernel_size.append(k)
@@ -83,8 +84,12 @@ def test_legacy_4d_shape_is_used_when_present(tmp_path):
 
 
 def _raw_blob(dims: list[int], payload: bytes) -> bytes:
-    shape = protowire.encode_length_delimited_header(1, len(packed := b"".join(
-        protowire.encode_varint(d) for d in dims))) + packed
+    shape = (
+        protowire.encode_length_delimited_header(
+            1, len(packed := b"".join(protowire.encode_varint(d) for d in dims))
+        )
+        + packed
+    )
     return protowire.encode_length_delimited_header(7, len(shape)) + shape + payload
 
 
@@ -97,11 +102,14 @@ def _raw_layer(name: str, blobs: list[bytes]) -> bytes:
 def test_unpacked_floats_and_split_packed_chunks_are_accepted(tmp_path):
     values = np.arange(4, dtype="<f4")
     unpacked = b"".join(protowire.encode_key(5, protowire.FIXED32) + v.tobytes() for v in values)
-    split = b"".join(protowire.encode_length_delimited_header(5, 8) + values[i:i + 2].tobytes()
-                     for i in (0, 2))
+    split = b"".join(
+        protowire.encode_length_delimited_header(5, 8) + values[i : i + 2].tobytes() for i in (0, 2)
+    )
     path = tmp_path / "odd.caffemodel"
-    path.write_bytes(_raw_layer("a", [_raw_blob([1, 1, 2, 2], unpacked)])
-                     + _raw_layer("b", [_raw_blob([1, 1, 2, 2], split)]))
+    path.write_bytes(
+        _raw_layer("a", [_raw_blob([1, 1, 2, 2], unpacked)])
+        + _raw_layer("b", [_raw_blob([1, 1, 2, 2], split)])
+    )
     ws = weightconv.load(path, input_shape=(1, 4, 4))
     np.testing.assert_array_equal(ws["a"].tensors["weights"].ravel(), values)
     np.testing.assert_array_equal(ws["b"].tensors["weights"].ravel(), values)
@@ -142,8 +150,11 @@ def test_files_over_2_gib_are_read_without_protobuf_limits(tmp_path):
     count = 560 * 1024 * 1024
     head = conv_layer("huge", out=count // 4, inp=1, k=2).SerializeToString()
     shape = caffe_pb2.BlobShape(dim=[count // 4, 1, 2, 2]).SerializeToString()
-    blob_head = protowire.encode_length_delimited_header(7, len(shape)) + shape \
+    blob_head = (
+        protowire.encode_length_delimited_header(7, len(shape))
+        + shape
         + protowire.encode_length_delimited_header(5, count * 4)
+    )
     blob_length = len(blob_head) + count * 4
     layer_head = head + protowire.encode_length_delimited_header(7, blob_length) + blob_head
     layer_length = len(layer_head) + count * 4
@@ -156,10 +167,15 @@ def test_files_over_2_gib_are_read_without_protobuf_limits(tmp_path):
     assert ws["huge"].tensors["weights"].shape == (count // 4, 1, 2, 2)
 
 
-@pytest.mark.parametrize("content", [
-    b"", b"not a caffemodel at all, just text\n", b"\x00\x01\x02\x03" * 100,
-    b'name: "prototxt pretending"\nlayer { name: "a" }\n',
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"not a caffemodel at all, just text\n",
+        b"\x00\x01\x02\x03" * 100,
+        b'name: "prototxt pretending"\nlayer { name: "a" }\n',
+    ],
+)
 def test_non_protobuf_input_is_refused_clearly(tmp_path, content):
     path = tmp_path / "x.caffemodel"
     path.write_bytes(content)
@@ -193,8 +209,11 @@ def test_v0_caffemodel_with_padding_layer_and_nested_blobs(tmp_path):
     conv.layer.name, conv.layer.type = "conv1", "conv"
     conv.layer.num_output, conv.layer.kernelsize, conv.layer.stride = 4, 3, 2
     for array in (conv_w, np.arange(4, dtype=np.float32)):
-        blob = conv.layer.blobs.add(num=1, channels=1, height=1, width=array.size) \
-            if array.ndim == 1 else conv.layer.blobs.add(num=4, channels=3, height=3, width=3)
+        blob = (
+            conv.layer.blobs.add(num=1, channels=1, height=1, width=array.size)
+            if array.ndim == 1
+            else conv.layer.blobs.add(num=4, channels=3, height=3, width=3)
+        )
         blob.data.extend(array.ravel().tolist())
     fc = net.layers.add(bottom=["conv1"], top=["fc1"])
     fc.layer.name, fc.layer.type, fc.layer.num_output = "fc1", "innerproduct", 5

@@ -28,17 +28,43 @@ from weightconv.model import Layer, WeightSet
 
 def _weights() -> WeightSet:
     rng = np.random.default_rng(7)
-    return WeightSet(layers=[
-        Layer("conv1", tensors={"weights": rng.standard_normal((3, 3, 3, 8)).astype("f4"),
-                                "biases": rng.standard_normal(8).astype("f4")}),
-        Layer("fc6", tensors={"weights": rng.standard_normal((300, 200)).astype("f4"),
-                              "biases": np.zeros(200, "f4")}),
-        Layer("fc7", tensors={"weights": rng.standard_normal((200, 10)).astype("f8")}),
-    ])
+    return WeightSet(
+        layers=[
+            Layer(
+                "conv1",
+                tensors={
+                    "weights": rng.standard_normal((3, 3, 3, 8)).astype("f4"),
+                    "biases": rng.standard_normal(8).astype("f4"),
+                },
+            ),
+            Layer(
+                "fc6",
+                tensors={
+                    "weights": rng.standard_normal((300, 200)).astype("f4"),
+                    "biases": np.zeros(200, "f4"),
+                },
+            ),
+            Layer("fc7", tensors={"weights": rng.standard_normal((200, 10)).astype("f8")}),
+        ]
+    )
 
 
-ALL_DTYPES = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
-              "uint16", "uint32", "uint64", "bool", "complex64", "complex128"]
+ALL_DTYPES = [
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "complex64",
+    "complex128",
+]
 
 
 def _all_dtypes() -> WeightSet:
@@ -52,16 +78,16 @@ def _all_dtypes() -> WeightSet:
             info = np.iinfo(dtype)
             values = rng.integers(info.min, info.max, (4, 5), dtype=dtype, endpoint=True)
         elif dtype.kind == "c":
-            values = (rng.standard_normal((4, 5)) + 1j * rng.standard_normal((4, 5))
-                      ).astype(dtype)
+            values = (rng.standard_normal((4, 5)) + 1j * rng.standard_normal((4, 5))).astype(dtype)
         else:
             values = rng.standard_normal((4, 5)).astype(dtype)
             values[0, :3] = [np.nan, np.inf, -0.0]
         tensors[name] = values
     tensors["scalar"] = np.array(2.5, "f4")
     tensors["empty"] = np.zeros((0, 3), "f4")
-    tensors["strings"] = np.array([[b"a\x00b", "\u00e9t\u00e9".encode()], [b"", b"\xff" * 300]],
-                                  dtype=object)
+    tensors["strings"] = np.array(
+        [[b"a\x00b", "\u00e9t\u00e9".encode()], [b"", b"\xff" * 300]], dtype=object
+    )
     return WeightSet(layers=[Layer("all", tensors=tensors)])
 
 
@@ -75,6 +101,7 @@ def _assert_same(a: np.ndarray, b: np.ndarray) -> None:
 
 
 # Writing and reading back ------------------------------------------------------------------
+
 
 def test_round_trip_every_dtype(tmp_path):
     source = _all_dtypes()
@@ -93,9 +120,11 @@ def test_files_and_state_file(tmp_path):
     assert 'model_checkpoint_path: "model.ckpt-100"' in state
     weightconv.save(_weights(), tmp_path / "model.ckpt-200", format="ckpt")
     state = (tmp_path / "checkpoint").read_text().splitlines()
-    assert state == ['model_checkpoint_path: "model.ckpt-200"',
-                     'all_model_checkpoint_paths: "model.ckpt-100"',
-                     'all_model_checkpoint_paths: "model.ckpt-200"']
+    assert state == [
+        'model_checkpoint_path: "model.ckpt-200"',
+        'all_model_checkpoint_paths: "model.ckpt-100"',
+        'all_model_checkpoint_paths: "model.ckpt-200"',
+    ]
     # the folder now means its latest checkpoint
     assert ckpt.locate(tmp_path).path == tmp_path / "model.ckpt-200"
 
@@ -113,18 +142,21 @@ def test_index_layout_by_hand(tmp_path):
     assert (header.num_shards, header.endianness, header.version.producer) == (1, 0, 1)
     entry = pb.BundleEntryProto.FromString(bytes(entries[b"net/fc6/weights"]))
     assert entry.dtype == pb.DT_FLOAT and [d.size for d in entry.shape.dim] == [300, 200]
-    payload = data[entry.offset:entry.offset + entry.size]
+    payload = data[entry.offset : entry.offset + entry.size]
     assert entry.size == 300 * 200 * 4
-    assert np.array_equal(np.frombuffer(payload, "<f4").reshape(300, 200),
-                          _weights()["fc6"].tensors["weights"])
+    assert np.array_equal(
+        np.frombuffer(payload, "<f4").reshape(300, 200), _weights()["fc6"].tensors["weights"]
+    )
     assert crc32c.unmask(entry.crc32c) == crc32c.value(payload)
     total = sum(pb.BundleEntryProto.FromString(bytes(v)).size for k, v in entries.items() if k)
     assert total == len(data)  # densely packed, as TensorFlow writes
 
 
 def test_many_tensors_span_several_index_blocks(tmp_path):
-    layers = [Layer(f"layer_{i:04d}_{'x' * 40}", tensors={"weights": np.full((2,), i, "i4")})
-              for i in range(4000)]
+    layers = [
+        Layer(f"layer_{i:04d}_{'x' * 40}", tensors={"weights": np.full((2,), i, "i4")})
+        for i in range(4000)
+    ]
     weightconv.save(WeightSet(layers=layers), tmp_path / "big.ckpt")
     with sstable.TableReader(tmp_path / "big.ckpt.index") as table:
         assert len(list(table.data_blocks())) > 1
@@ -139,8 +171,7 @@ def test_many_tensors_span_several_index_blocks(tmp_path):
 def test_shards(tmp_path, shards):
     weightconv.save(_weights(), tmp_path / "s.ckpt", shards=shards)
     data = sorted(tmp_path.glob("s.ckpt.data-*"))
-    assert [p.name for p in data] == [f"s.ckpt.data-{i:05d}-of-{shards:05d}"
-                                      for i in range(shards)]
+    assert [p.name for p in data] == [f"s.ckpt.data-{i:05d}-of-{shards:05d}" for i in range(shards)]
     assert all(p.stat().st_size > 0 for p in data)
     back = weightconv.load(tmp_path / "s.ckpt")
     for layer in _weights():
@@ -167,10 +198,14 @@ def test_scope_and_strip_scope(tmp_path):
 def test_keras_style_names_map_to_roles(tmp_path):
     rng = np.random.default_rng(0)
     kernel, bias = rng.standard_normal((4, 3)).astype("f4"), np.ones(3, "f4")
-    flat = WeightSet(layers=[Layer("dense/kernel", tensors={"value": kernel}),
-                             Layer("dense/bias", tensors={"value": bias}),
-                             Layer("global_step", tensors={"value": np.array(7, "i8")}),
-                             Layer("dense/kernel/Adam", tensors={"value": kernel})])
+    flat = WeightSet(
+        layers=[
+            Layer("dense/kernel", tensors={"value": kernel}),
+            Layer("dense/bias", tensors={"value": bias}),
+            Layer("global_step", tensors={"value": np.array(7, "i8")}),
+            Layer("dense/kernel/Adam", tensors={"value": kernel}),
+        ]
+    )
     weightconv.save(flat, tmp_path / "k.ckpt")
     grouped = weightconv.load(tmp_path / "k.ckpt")
     assert grouped.names() == ["dense"]
@@ -179,8 +214,12 @@ def test_keras_style_names_map_to_roles(tmp_path):
     assert layer.tensor_name("weights") == "dense/kernel"
     assert any("global_step" in note and "--flat" in note for note in grouped.notes)
     every = weightconv.load(tmp_path / "k.ckpt", flat=True)
-    assert sorted(every.names()) == ["dense/bias", "dense/kernel", "dense/kernel/Adam",
-                                     "global_step"]
+    assert sorted(every.names()) == [
+        "dense/bias",
+        "dense/kernel",
+        "dense/kernel/Adam",
+        "global_step",
+    ]
 
 
 def test_partitioned_variable_is_reassembled(tmp_path):
@@ -198,20 +237,26 @@ def test_partitioned_variable_is_reassembled(tmp_path):
         extent = whole.slices.add()
         extent.extent.add(start=start, length=length)
         extent.extent.add()  # the whole second dimension
-        piece = full[start:start + length].tobytes()
-        entry = pb.BundleEntryProto(dtype=pb.DT_FLOAT, offset=len(data), size=len(piece),
-                                    crc32c=crc32c.mask(crc32c.value(piece)))
+        piece = full[start : start + length].tobytes()
+        entry = pb.BundleEntryProto(
+            dtype=pb.DT_FLOAT,
+            offset=len(data),
+            size=len(piece),
+            crc32c=crc32c.mask(crc32c.value(piece)),
+        )
         entry.shape.dim.add(size=length)
         entry.shape.dim.add(size=6)
-        entries[ordered_code.encode_slice_key("w", [(start, length), (0, -1)])] = \
+        entries[ordered_code.encode_slice_key("w", [(start, length), (0, -1)])] = (
             entry.SerializeToString()
+        )
         data += piece
     entries[b"w"] = whole.SerializeToString()
     _write_bundle(prefix, entries, bytes(data))
     listed = ckpt.list_tensors(prefix)[1]
     assert [(i.name, i.shape, i.slices) for i in listed] == [("w", (10, 6), 3)]
-    assert np.array_equal(np.asarray(weightconv.load(prefix, flat=True)["w"].tensors["value"]),
-                          full)
+    assert np.array_equal(
+        np.asarray(weightconv.load(prefix, flat=True)["w"].tensors["value"]), full
+    )
 
 
 def _write_bundle(prefix: Path, entries: dict[bytes, bytes], data: bytes) -> None:
@@ -227,6 +272,7 @@ def _write_bundle(prefix: Path, entries: dict[bytes, bytes], data: bytes) -> Non
 
 
 # Finding checkpoints ------------------------------------------------------------------------
+
 
 def test_every_way_of_naming_a_checkpoint(tmp_path):
     folder = tmp_path / "run"
@@ -260,6 +306,7 @@ def test_listing_does_not_touch_the_data_file(tmp_path):
 
 
 # Corrupt and hostile input ------------------------------------------------------------------
+
 
 def _checkpoint(tmp_path: Path) -> Path:
     weightconv.save(_weights(), tmp_path / "m.ckpt")
@@ -332,8 +379,9 @@ def test_entry_pointing_outside_the_data_file(tmp_path):
 
 def test_size_that_does_not_match_the_shape(tmp_path):
     payload = b"\0" * 12
-    entry = pb.BundleEntryProto(dtype=pb.DT_FLOAT, size=12,
-                                crc32c=crc32c.mask(crc32c.value(payload)))
+    entry = pb.BundleEntryProto(
+        dtype=pb.DT_FLOAT, size=12, crc32c=crc32c.mask(crc32c.value(payload))
+    )
     entry.shape.dim.add(size=4)
     _write_bundle(tmp_path / "bad", {b"w": entry.SerializeToString()}, payload)
     with pytest.raises(weightconv.FormatError, match=r"12 bytes stored for shape \[4\]"):
@@ -346,8 +394,9 @@ def test_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(weightconv.OutputExistsError):
         weightconv.save(_weights(), prefix)
     broken = _weights()
-    broken.layers.append(Layer("when", tensors={"t": np.array(["2020-01-01"],
-                                                              dtype="datetime64[D]")}))
+    broken.layers.append(
+        Layer("when", tensors={"t": np.array(["2020-01-01"], dtype="datetime64[D]")})
+    )
     with pytest.raises(weightconv.FormatError, match="when/t"):
         weightconv.save(broken, tmp_path / "other.ckpt")
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -355,6 +404,7 @@ def test_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path):
 
 
 # V1 checkpoints, built byte by byte --------------------------------------------------------
+
 
 def _v1_file(path: Path, tensors: dict[str, tuple[int, np.ndarray, list]]) -> None:
     """A V1 checkpoint: header under the empty key, one SavedSlice per slice key."""
@@ -408,10 +458,13 @@ def _fill(proto, dtype: int, values: np.ndarray) -> None:
 def test_v1_checkpoint_every_field(tmp_path):
     rng = np.random.default_rng(5)
     tensors = {
-        "conv1/weights": (pb.DT_FLOAT, rng.standard_normal((3, 3, 2, 4)).astype("f4"),
-                          [[(0, -1)] * 4]),
+        "conv1/weights": (
+            pb.DT_FLOAT,
+            rng.standard_normal((3, 3, 2, 4)).astype("f4"),
+            [[(0, -1)] * 4],
+        ),
         "d": (pb.DT_DOUBLE, rng.standard_normal(5), [[(0, -1)]]),
-        "i32": (pb.DT_INT32, np.array([-1, 0, 2**31 - 1, -2**31], "i4"), [[(0, -1)]]),
+        "i32": (pb.DT_INT32, np.array([-1, 0, 2**31 - 1, -(2**31)], "i4"), [[(0, -1)]]),
         "i8": (pb.DT_INT8, np.array([-128, 127, 0], "i1"), [[(0, -1)]]),
         "u8": (pb.DT_UINT8, np.array([0, 255, 7], "u1"), [[(0, -1)]]),
         "i64": (pb.DT_INT64, np.array([-(2**63), 2**63 - 1, -5], "i8"), [[(0, -1)]]),
@@ -419,8 +472,11 @@ def test_v1_checkpoint_every_field(tmp_path):
         "half": (pb.DT_HALF, np.array([1.5, -2.0, 65504], "f2"), [[(0, -1)]]),
         "names": (pb.DT_STRING, np.array([b"x\x00y", b""], dtype=object), [[(0, -1)]]),
         "global_step": (pb.DT_INT64, np.array(9, "i8"), [[]]),
-        "split": (pb.DT_FLOAT, np.arange(24, dtype="f4").reshape(6, 4),
-                  [[(0, 2), (0, -1)], [(2, 4), (0, -1)]]),
+        "split": (
+            pb.DT_FLOAT,
+            np.arange(24, dtype="f4").reshape(6, 4),
+            [[(0, 2), (0, -1)], [(2, 4), (0, -1)]],
+        ),
     }
     path = tmp_path / "old.ckpt"
     _v1_file(path, tensors)
@@ -446,18 +502,44 @@ def test_v1_slice_missing(tmp_path):
 
 # The command line ---------------------------------------------------------------------------
 
+
 def _run(*argv: str) -> tuple[int, str, str]:
-    result = subprocess.run([sys.executable, "-m", "weightconv", *argv], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "weightconv", *argv], capture_output=True, text=True, timeout=120
+    )
     return result.returncode, result.stdout, result.stderr
 
 
 def test_npy2ckpt_ckpt2npy_round_trip(tmp_path):
     weightconv.save(_weights(), tmp_path / "w.npy")
-    assert cli.main(["npy2ckpt", str(tmp_path / "w.npy"), "-o", str(tmp_path / "w.ckpt"),
-                     "--scope", "my", "-q"]) == 0
-    assert cli.main(["ckpt2npy", str(tmp_path / "w.ckpt"), "-o", str(tmp_path / "back.npy"),
-                     "--strip-scope", "my/", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "npy2ckpt",
+                str(tmp_path / "w.npy"),
+                "-o",
+                str(tmp_path / "w.ckpt"),
+                "--scope",
+                "my",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "ckpt2npy",
+                str(tmp_path / "w.ckpt"),
+                "-o",
+                str(tmp_path / "back.npy"),
+                "--strip-scope",
+                "my/",
+                "-q",
+            ]
+        )
+        == 0
+    )
     original = np.load(tmp_path / "w.npy", allow_pickle=True, encoding="latin1").item()
     back = np.load(tmp_path / "back.npy", allow_pickle=True, encoding="latin1").item()
     assert list(back) == list(original)
@@ -468,11 +550,23 @@ def test_npy2ckpt_ckpt2npy_round_trip(tmp_path):
 
 def test_ckpt2npy_flat_and_filters(tmp_path):
     weightconv.save(Mapping(scope="s/").apply(_weights()), tmp_path / "m.ckpt")
-    assert cli.main(["ckpt2npy", str(tmp_path), "--flat", "--skip", "s/fc7", "-o",
-                     str(tmp_path / "flat.npy"), "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "ckpt2npy",
+                str(tmp_path),
+                "--flat",
+                "--skip",
+                "s/fc7",
+                "-o",
+                str(tmp_path / "flat.npy"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     flat = np.load(tmp_path / "flat.npy", allow_pickle=True).item()
-    assert sorted(flat) == ["s/conv1/biases", "s/conv1/weights", "s/fc6/biases",
-                            "s/fc6/weights"]
+    assert sorted(flat) == ["s/conv1/biases", "s/conv1/weights", "s/fc6/biases", "s/fc6/weights"]
 
 
 def test_inspect_json_lists_stored_names_and_shows_one_tensor(tmp_path, capsys):
@@ -481,10 +575,16 @@ def test_inspect_json_lists_stored_names_and_shows_one_tensor(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["input"]["format"] == "ckpt"
     assert [row["name"] for row in report["tensors"]] == [  # the order they were written in
-        "vgg_16/conv1/weights", "vgg_16/conv1/biases", "vgg_16/fc6/weights",
-        "vgg_16/fc6/biases", "vgg_16/fc7/weights"]
-    assert cli.main(["inspect", str(tmp_path / "m.ckpt"), "--tensor", "vgg_16/fc7/weights",
-                     "--json"]) == 0
+        "vgg_16/conv1/weights",
+        "vgg_16/conv1/biases",
+        "vgg_16/fc6/weights",
+        "vgg_16/fc6/biases",
+        "vgg_16/fc7/weights",
+    ]
+    assert (
+        cli.main(["inspect", str(tmp_path / "m.ckpt"), "--tensor", "vgg_16/fc7/weights", "--json"])
+        == 0
+    )
     shown = json.loads(capsys.readouterr().out)["tensor"]
     expected = _weights()["fc7"].tensors["weights"]
     assert shown["shape"] == [200, 10] and shown["dtype"] == "float64"
@@ -519,8 +619,13 @@ assert cli.main(["convert", folder + "/w.ckpt", folder + "/c.ckpt", "-q"]) == 0
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
 print("LOADED", loaded)
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
     assert result.returncode == 0, result.stderr
     assert "LOADED []" in result.stdout
 
@@ -538,14 +643,16 @@ def test_bfloat16_round_trip_and_exact_float32_in_npy(tmp_path):
     import ml_dtypes
 
     values = np.array([1.0, -2.5, 3.0e38, 1.0e-38, np.inf], dtype=ml_dtypes.bfloat16)
-    weightconv.save(WeightSet(layers=[Layer("emb", tensors={"weights": values})]),
-                    tmp_path / "b.ckpt")
+    weightconv.save(
+        WeightSet(layers=[Layer("emb", tensors={"weights": values})]), tmp_path / "b.ckpt"
+    )
     entries = dict(sstable.TableReader(tmp_path / "b.ckpt.index").items())
     assert pb.BundleEntryProto.FromString(bytes(entries[b"emb/weights"])).dtype == pb.DT_BFLOAT16
     back = np.asarray(weightconv.load(tmp_path / "b.ckpt")["emb"].tensors["weights"])
     assert back.dtype == values.dtype and back.tobytes() == values.tobytes()
-    assert cli.main(["ckpt2npy", str(tmp_path / "b.ckpt"), "-o", str(tmp_path / "b.npy"),
-                     "-q"]) == 0
+    assert (
+        cli.main(["ckpt2npy", str(tmp_path / "b.ckpt"), "-o", str(tmp_path / "b.npy"), "-q"]) == 0
+    )
     (weights,) = np.load(tmp_path / "b.npy", allow_pickle=True).item()["emb"]
     assert weights.dtype == np.float32
     assert weights.tolist() == values.astype(np.float32).tolist()
@@ -554,11 +661,15 @@ def test_bfloat16_round_trip_and_exact_float32_in_npy(tmp_path):
 @pytest.mark.parametrize("shards", [1, 2, 4])
 def test_shard_plan_with_empty_trailing_tensors(tmp_path, shards):
     """Zero-byte tensors after the last byte of data must not open a shard of their own."""
-    ws = WeightSet(layers=[Layer("a", tensors={"weights": np.ones((10, 10), "f4")}),
-                           Layer("b", tensors={"weights": np.ones(3, "f4")}),
-                           Layer("c", tensors={"weights": np.ones(2, "f4")}),
-                           Layer("d", tensors={"weights": np.ones(1, "f4")}),
-                           Layer("z", tensors={"empty": np.zeros((0, 3), "f4")})])
+    ws = WeightSet(
+        layers=[
+            Layer("a", tensors={"weights": np.ones((10, 10), "f4")}),
+            Layer("b", tensors={"weights": np.ones(3, "f4")}),
+            Layer("c", tensors={"weights": np.ones(2, "f4")}),
+            Layer("d", tensors={"weights": np.ones(1, "f4")}),
+            Layer("z", tensors={"empty": np.zeros((0, 3), "f4")}),
+        ]
+    )
     summary = weightconv.save(ws, tmp_path / "e.ckpt", shards=shards)
     assert summary.detail["shards"] == shards
     assert len(list(tmp_path.glob("e.ckpt.data-*"))) == shards

@@ -39,9 +39,19 @@ def _ours(prefix: str) -> dict[str, np.ndarray]:
     return {info.name: info.load() for info in infos}
 
 
-@pytest.mark.parametrize("name", ["saver_v2_dtypes", "saver_v2_scoped", "partitioned",
-                                  "sharded", "object_based", "sharded_policy", "saver_v1",
-                                  "saver_v1_partitioned"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "saver_v2_dtypes",
+        "saver_v2_scoped",
+        "partitioned",
+        "sharded",
+        "object_based",
+        "sharded_policy",
+        "saver_v1",
+        "saver_v1_partitioned",
+    ],
+)
 def test_we_read_what_tensorflow_writes(tf_reference, name):
     reference = _by_name(tf_reference)[name]
     _, infos, _ = ckpt.list_tensors(reference["prefix"])
@@ -75,10 +85,12 @@ def test_state_file_from_a_saver(tf_reference):
 
 @pytest.mark.corpus
 def test_corpus_checkpoints_read_as_tensorflow_reads_them():
-    prefixes = [CORPUS / "tf" / "saved_model_half_plus_two_cpu" / "variables" / "variables",
-                CORPUS / "tf" / "saved_model_half_plus_two_tf2_cpu" / "variables" / "variables",
-                CORPUS / "tf" / "ultralight_slim" / "variables",
-                CORPUS / "tf" / "bad_half_plus_two_v1" / "export"]
+    prefixes = [
+        CORPUS / "tf" / "saved_model_half_plus_two_cpu" / "variables" / "variables",
+        CORPUS / "tf" / "saved_model_half_plus_two_tf2_cpu" / "variables" / "variables",
+        CORPUS / "tf" / "ultralight_slim" / "variables",
+        CORPUS / "tf" / "bad_half_plus_two_v1" / "export",
+    ]
     if not all(Path(f"{p}.index").exists() or p.exists() for p in prefixes):
         pytest.skip("../shared/corpus/tf not present (a fresh clone has no ../shared; CI has it)")
     result = run_oracle("read", *map(str, prefixes))
@@ -92,36 +104,64 @@ def test_corpus_checkpoints_read_as_tensorflow_reads_them():
 
 # Writing -----------------------------------------------------------------------------------
 
+
 def _every_dtype() -> WeightSet:
     import ml_dtypes
 
     rng = np.random.default_rng(11)
     tensors: dict[str, np.ndarray] = {}
-    for name in ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
-                 "uint16", "uint32", "uint64", "complex64", "complex128"]:
+    for name in [
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "complex64",
+        "complex128",
+    ]:
         dtype = np.dtype(name)
         if dtype.kind in "iu":
             info = np.iinfo(dtype)
             tensors[name] = rng.integers(info.min, info.max, (3, 4), dtype=dtype, endpoint=True)
         elif dtype.kind == "c":
-            tensors[name] = (rng.standard_normal((3, 4)) + 1j * rng.standard_normal((3, 4))
-                             ).astype(dtype)
+            tensors[name] = (rng.standard_normal((3, 4)) + 1j * rng.standard_normal((3, 4))).astype(
+                dtype
+            )
         else:
             tensors[name] = rng.standard_normal((3, 4)).astype(dtype)
             tensors[name][0, :4] = [np.nan, np.inf, -np.inf, -0.0]
     tensors["bool"] = rng.integers(0, 2, (7,)).astype(bool)
     tensors["bfloat16"] = rng.standard_normal(5).astype(ml_dtypes.bfloat16)
-    tensors["string"] = np.array([b"a\x00b", "\u00fcber".encode(), b"", b"\xff" * 200],
-                                 dtype=object)
+    tensors["string"] = np.array(
+        [b"a\x00b", "\u00fcber".encode(), b"", b"\xff" * 200], dtype=object
+    )
     tensors["scalar"] = np.array(-1.5, "f8")
     tensors["empty"] = np.zeros((0, 3), "f4")
-    return WeightSet(layers=[
-        Layer("conv1", tensors={"weights": rng.standard_normal((3, 3, 3, 8)).astype("f4"),
-                                "biases": rng.standard_normal(8).astype("f4")}),
-        Layer("fc6", tensors={"weights": rng.standard_normal((1024, 300)).astype("f4"),
-                              "biases": rng.standard_normal(300).astype("f4")}),
-        Layer("dtypes", tensors=tensors),
-    ])
+    return WeightSet(
+        layers=[
+            Layer(
+                "conv1",
+                tensors={
+                    "weights": rng.standard_normal((3, 3, 3, 8)).astype("f4"),
+                    "biases": rng.standard_normal(8).astype("f4"),
+                },
+            ),
+            Layer(
+                "fc6",
+                tensors={
+                    "weights": rng.standard_normal((1024, 300)).astype("f4"),
+                    "biases": rng.standard_normal(300).astype("f4"),
+                },
+            ),
+            Layer("dtypes", tensors=tensors),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +172,9 @@ def written(tmp_path_factory) -> tuple[Path, WeightSet]:
     (root / "plain").mkdir()
     (root / "sharded").mkdir()
     weightconv.save(weights, root / "plain" / "model.ckpt")
-    weightconv.save(Mapping(scope="my/").apply(weights), root / "sharded" / "model.ckpt-7",
-                    shards=3)
+    weightconv.save(
+        Mapping(scope="my/").apply(weights), root / "sharded" / "model.ckpt-7", shards=3
+    )
     return root, weights
 
 
@@ -142,11 +183,13 @@ def test_tensorflow_reads_what_we_write(written):
     plain, sharded = root / "plain" / "model.ckpt", root / "sharded" / "model.ckpt-7"
     assert len(list((root / "sharded").glob("model.ckpt-7.data-*-of-00003"))) == 3
     result = run_oracle("read", str(plain), str(sharded))
-    for prefix, reference, scope in zip([plain, sharded], result["reads"], ["", "my/"],
-                                        strict=True):
+    for prefix, reference, scope in zip(
+        [plain, sharded], result["reads"], ["", "my/"], strict=True
+    ):
         assert "error" not in reference, reference
-        expected = {scope + layer.tensor_name(role): array
-                    for layer, role, array in weights.tensors()}
+        expected = {
+            scope + layer.tensor_name(role): array for layer, role, array in weights.tensors()
+        }
         assert sorted(reference["tensors"]) == sorted(expected), prefix
         for name, array in expected.items():
             got = reference["tensors"][name]
@@ -157,8 +200,13 @@ def test_tensorflow_reads_what_we_write(written):
 
 def test_saver_restores_what_we_write(written):
     root, weights = written
-    names = ["my/conv1/weights", "my/conv1/biases", "my/fc6/weights", "my/dtypes/string",
-             "my/dtypes/uint64"]
+    names = [
+        "my/conv1/weights",
+        "my/conv1/biases",
+        "my/fc6/weights",
+        "my/dtypes/string",
+        "my/dtypes/uint64",
+    ]
     result = run_oracle("restore", str(root / "sharded" / "model.ckpt-7"), *names)
     assert "error" not in result, result
     flat = {"my/" + layer.tensor_name(role): array for layer, role, array in weights.tensors()}

@@ -20,8 +20,11 @@ from weightconv.testing import synthetic
 def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
     paths = {}
-    for name, options in {"lenet": {}, "alexnet": {"width": 0.125},
-                          "caffenet": {"width": 0.125}}.items():
+    for name, options in {
+        "lenet": {},
+        "alexnet": {"width": 0.125},
+        "caffenet": {"width": 0.125},
+    }.items():
         net = synthetic.build(name, seed=7, **options)
         for encoding in ("v2", "v1"):
             model = folder / f"{name}_{encoding}.caffemodel"
@@ -46,8 +49,15 @@ def load_npy(path: Path) -> dict:
 @pytest.mark.parametrize("name", ["lenet", "alexnet", "caffenet"])
 def test_v1_and_v2_encodings_give_identical_npy(capsys, tmp_path, models, name):
     for encoding in ("v1", "v2"):
-        code, _, err = run(capsys, "caffe2npy", models[f"{name}_{encoding}"], "-o",
-                           tmp_path / f"{encoding}.npy", "--prototxt", models[f"{name}_prototxt"])
+        code, _, err = run(
+            capsys,
+            "caffe2npy",
+            models[f"{name}_{encoding}"],
+            "-o",
+            tmp_path / f"{encoding}.npy",
+            "--prototxt",
+            models[f"{name}_prototxt"],
+        )
         assert code == 0, err
     v1, v2 = load_npy(tmp_path / "v1.npy"), load_npy(tmp_path / "v2.npy")
     assert list(v1) == list(v2)
@@ -59,8 +69,16 @@ def test_v1_and_v2_encodings_give_identical_npy(capsys, tmp_path, models, name):
 
 def test_caffe2npy_json_summary_lists_transforms(capsys, tmp_path, models):
     out = tmp_path / "alexnet.npy"
-    code, stdout, _ = run(capsys, "caffe2npy", models["alexnet_v2"], "--prototxt",
-                          models["alexnet_prototxt"], "-o", out, "--json")
+    code, stdout, _ = run(
+        capsys,
+        "caffe2npy",
+        models["alexnet_v2"],
+        "--prototxt",
+        models["alexnet_prototxt"],
+        "-o",
+        out,
+        "--json",
+    )
     assert code == 0
     summary = json.loads(stdout)
     assert summary["ok"] and summary["layers"] == 8 and summary["tensors"] == 16
@@ -69,8 +87,10 @@ def test_caffe2npy_json_summary_lists_transforms(capsys, tmp_path, models):
     assert summary["bytes"] == out.stat().st_size
     steps = {item["step"]: item["layers"] for item in summary["transforms"]}
     assert steps["conv kernel OIHW -> HWIO"] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
-    assert any(step.startswith("flatten order C,H,W -> H,W,C") and layers == ["fc6"]
-               for step, layers in steps.items())
+    assert any(
+        step.startswith("flatten order C,H,W -> H,W,C") and layers == ["fc6"]
+        for step, layers in steps.items()
+    )
     weights = dict(net.weights)
     w, b = load_npy(out)["conv2"]
     np.testing.assert_array_equal(w, weights["conv2"][0].transpose(2, 3, 1, 0))
@@ -97,8 +117,11 @@ def _one_error_line(err: str) -> str:
 def test_bad_caffemodel_exits_2_with_one_line_and_no_output(capsys, tmp_path, models, damage):
     original = models["lenet_v2"].read_bytes()
     bad = tmp_path / "bad.caffemodel"
-    bad.write_bytes({"truncate": original[: len(original) // 2],
-                     "garbage": os.urandom(4096), "empty": b""}[damage])
+    bad.write_bytes(
+        {"truncate": original[: len(original) // 2], "garbage": os.urandom(4096), "empty": b""}[
+            damage
+        ]
+    )
     before = bad.read_bytes()
     out = tmp_path / "out.npy"
     code, _, err = run(capsys, "caffe2npy", bad, "-o", out)
@@ -109,8 +132,15 @@ def test_bad_caffemodel_exits_2_with_one_line_and_no_output(capsys, tmp_path, mo
 
 
 def test_prototxt_mismatch_exits_2_naming_the_layer(capsys, tmp_path, models):
-    code, _, err = run(capsys, "caffe2npy", models["lenet_v2"], "--prototxt",
-                       models["alexnet_prototxt"], "-o", tmp_path / "x.npy")
+    code, _, err = run(
+        capsys,
+        "caffe2npy",
+        models["lenet_v2"],
+        "--prototxt",
+        models["alexnet_prototxt"],
+        "-o",
+        tmp_path / "x.npy",
+    )
     assert code == 2
     line = _one_error_line(err)
     assert "do not match" in line or "mismatch" in line
@@ -126,8 +156,9 @@ def test_malicious_npy_is_refused_and_runs_nothing(capsys, tmp_path):
 
     payload = tmp_path / "evil.npy"
     with open(payload, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, {"descr": "|O", "fortran_order": False,
-                                                      "shape": ()})
+        np.lib.format.write_array_header_1_0(
+            handle, {"descr": "|O", "fortran_order": False, "shape": ()}
+        )
         pickle.dump({"conv1": [Exploit()]}, handle, protocol=2)
     code, _, err = run(capsys, "inspect", payload)
     assert code == 2 and "system" in _one_error_line(err)
@@ -143,8 +174,9 @@ def test_inspect_json_and_tensor_statistics(capsys, models):
     assert rows["conv1/weights"]["shape"] == [20, 1, 5, 5]
     assert report["totals"]["parameters"] == 431_080
     expected = dict(synthetic.build("lenet", seed=7).weights)["ip2"][1]
-    code, stdout, _ = run(capsys, "inspect", models["lenet_v2"], "--tensor", "ip2/biases",
-                          "--json", "--values")
+    code, stdout, _ = run(
+        capsys, "inspect", models["lenet_v2"], "--tensor", "ip2/biases", "--json", "--values"
+    )
     tensor = json.loads(stdout)["tensor"]
     assert tensor["shape"] == [10] and tensor["values"] == expected.tolist()
     assert tensor["min"] == pytest.approx(float(expected.min()))
@@ -154,8 +186,15 @@ def test_inspect_json_and_tensor_statistics(capsys, models):
 
 
 def test_inspect_canonical_shows_tensorflow_layout(capsys, models):
-    code, stdout, _ = run(capsys, "inspect", models["alexnet_v2"], "--prototxt",
-                          models["alexnet_prototxt"], "--canonical", "--json")
+    code, stdout, _ = run(
+        capsys,
+        "inspect",
+        models["alexnet_v2"],
+        "--prototxt",
+        models["alexnet_prototxt"],
+        "--canonical",
+        "--json",
+    )
     rows = {row["name"]: row["shape"] for row in json.loads(stdout)["tensors"]}
     assert code == 0 and rows["conv2/weights"] == [5, 5, 6, 32]
     assert rows["fc6/weights"] == [32 * 6 * 6, 512]
@@ -164,9 +203,13 @@ def test_inspect_canonical_shows_tensorflow_layout(capsys, models):
 def test_json_errors_are_machine_readable(capsys, tmp_path):
     missing = tmp_path / "missing.caffemodel"
     code, stdout, _ = run(capsys, "inspect", missing, "--json")
-    assert code == 2 and json.loads(stdout) == {"schema_version": 1, "verb": "inspect",
-                                                "ok": False, "exit_code": 2,
-                                                "error": f"{missing}: no such file"}
+    assert code == 2 and json.loads(stdout) == {
+        "schema_version": 1,
+        "verb": "inspect",
+        "ok": False,
+        "exit_code": 2,
+        "error": f"{missing}: no such file",
+    }
 
 
 def test_formats_lists_readers_and_writers(capsys):
@@ -178,8 +221,16 @@ def test_formats_lists_readers_and_writers(capsys):
 def test_demo_builds_and_converts(capsys, tmp_path):
     code, stdout, _ = run(capsys, "demo", "--dir", tmp_path, "--width", "0.125", "--no-verify")
     assert code == 0 and "fc6" in stdout
-    assert set(load_npy(tmp_path / "alexnet.npy")) == {"conv1", "conv2", "conv3", "conv4",
-                                                        "conv5", "fc6", "fc7", "fc8"}
+    assert set(load_npy(tmp_path / "alexnet.npy")) == {
+        "conv1",
+        "conv2",
+        "conv3",
+        "conv4",
+        "conv5",
+        "fc6",
+        "fc7",
+        "fc8",
+    }
     assert (tmp_path / "alexnet.ckpt.index").exists()
     assert (tmp_path / "alexnet.weights.h5").exists()
 
@@ -202,30 +253,77 @@ def test_verify_and_reference_verbs(capsys, tmp_path):
     code, _, _ = run(capsys, "demo", "--dir", tmp_path, "--width", "0.125", "--no-verify")
     assert code == 0
     model, prototxt = tmp_path / "alexnet.caffemodel", tmp_path / "alexnet.prototxt"
-    code, stdout, _ = run(capsys, "verify", tmp_path / "alexnet.ckpt", "--against", model,
-                          "--prototxt", prototxt, "--count", "3", "--json")
+    code, stdout, _ = run(
+        capsys,
+        "verify",
+        tmp_path / "alexnet.ckpt",
+        "--against",
+        model,
+        "--prototxt",
+        prototxt,
+        "--count",
+        "3",
+        "--json",
+    )
     assert code == 0 and json.loads(stdout)["summary"]["top1_agree"] == 3
-    code, _, _ = run(capsys, "reference", model, "--prototxt", prototxt, "-o",
-                     tmp_path / "card.json", "--count", "3")
+    code, _, _ = run(
+        capsys,
+        "reference",
+        model,
+        "--prototxt",
+        prototxt,
+        "-o",
+        tmp_path / "card.json",
+        "--count",
+        "3",
+    )
     assert code == 0
-    code, stdout, _ = run(capsys, "verify", tmp_path / "alexnet.weights.h5", "--card",
-                          tmp_path / "card.json", "--prototxt", prototxt)
+    code, stdout, _ = run(
+        capsys,
+        "verify",
+        tmp_path / "alexnet.weights.h5",
+        "--card",
+        tmp_path / "card.json",
+        "--prototxt",
+        prototxt,
+    )
     assert code == 0 and "PASS" in stdout
     # weights converted with the wrong channel order fail, exit 1, naming the disagreement
-    code, _, _ = run(capsys, "npy2ckpt", tmp_path / "alexnet.npy", "-o", tmp_path / "rgb.ckpt",
-                     "--input-channels", "rgb", "--source-channels", "bgr", "-q")
+    code, _, _ = run(
+        capsys,
+        "npy2ckpt",
+        tmp_path / "alexnet.npy",
+        "-o",
+        tmp_path / "rgb.ckpt",
+        "--input-channels",
+        "rgb",
+        "--source-channels",
+        "bgr",
+        "-q",
+    )
     assert code == 0
-    code, stdout, _ = run(capsys, "verify", tmp_path / "rgb.ckpt", "--against", model,
-                          "--prototxt", prototxt, "--count", "3")
+    code, stdout, _ = run(
+        capsys,
+        "verify",
+        tmp_path / "rgb.ckpt",
+        "--against",
+        model,
+        "--prototxt",
+        prototxt,
+        "--count",
+        "3",
+    )
     assert code == 1 and "FAIL" in stdout
     code, _, err = run(capsys, "verify", tmp_path / "rgb.ckpt", "--prototxt", prototxt)
     assert code == 2 and "exactly one reference" in err
 
 
 def test_module_entry_point_and_usage_errors(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "weightconv", "formats"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "weightconv", "formats"], capture_output=True, text=True
+    )
     assert result.returncode == 0 and "caffemodel" in result.stdout
-    result = subprocess.run([sys.executable, "-m", "weightconv", "caffe2npy"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "weightconv", "caffe2npy"], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "usage" in result.stderr

@@ -30,8 +30,7 @@ def test_corpus_file(entry):
         return
     weights = weightconv.load(path, **entry.get("options", {}))
     assert weights.source.format == entry["format"]
-    shapes = {layer.location(role): list(array.shape)
-              for layer, role, array in weights.tensors()}
+    shapes = {layer.location(role): list(array.shape) for layer, role, array in weights.tensors()}
     if "tensors" in entry:
         assert len(shapes) == entry["tensors"]
     for name, shape in entry["shapes"].items():

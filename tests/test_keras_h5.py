@@ -47,6 +47,7 @@ CONFIG_KNOWN = ("keras", "full_h5", "k2full_h5")
 def _parallel(*calls: tuple[Any, ...]) -> list[Any]:
     """Run oracle calls at once (each is mostly Keras's import time); a skip or failure comes
     back as the exception object instead of a result."""
+
     def call(args: tuple[Any, ...]) -> Any:
         function, *rest = args
         try:
@@ -69,8 +70,10 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Files Keras 3 and Keras 2 wrote, with their manifests (Keras 2: the exception that
     skipped or failed it, raised by the tests that need it)."""
     root = tmp_path_factory.mktemp("keras_saved")
-    keras3, keras2 = _parallel((run_oracle, "save", root / "k3"),
-                               (lambda d: run_oracle("save2", d, keras2=True), root / "k2"))
+    keras3, keras2 = _parallel(
+        (run_oracle, "save", root / "k3"),
+        (lambda d: run_oracle("save2", d, keras2=True), root / "k2"),
+    )
     return {"keras3": _result(keras3), "keras2": keras2}
 
 
@@ -93,15 +96,24 @@ def _source_weights(entry: dict[str, Any]) -> WeightSet:
     for record in entry["source_layers"]:
         if not record["weights"]:
             continue
-        tensors = {_expected_role(record, v): arrays[f"{record['name']}/{i}"]
-                   for i, v in enumerate(record["weights"])}
-        layers.append(Layer(record["name"], KIND_OF_CLASS.get(record["class"], Kind.OTHER),
-                            tensors, layout=CANONICAL))
+        tensors = {
+            _expected_role(record, v): arrays[f"{record['name']}/{i}"]
+            for i, v in enumerate(record["weights"])
+        }
+        layers.append(
+            Layer(
+                record["name"],
+                KIND_OF_CLASS.get(record["class"], Kind.OTHER),
+                tensors,
+                layout=CANONICAL,
+            )
+        )
     return WeightSet(layers=layers)
 
 
-def _check_read(path: str, listing: dict[str, Any], records: list[dict[str, Any]],
-                kind: str) -> WeightSet:
+def _check_read(
+    path: str, listing: dict[str, Any], records: list[dict[str, Any]], kind: str
+) -> WeightSet:
     """Our read of `path` against h5py's listing of it and the weights Keras holds."""
     assert formats.detect(path).name == "keras-h5"
     ws = keras_h5.read(path)
@@ -116,7 +128,10 @@ def _check_read(path: str, listing: dict[str, Any], records: list[dict[str, Any]
     assert len(tensors) == len(ours["weights"])
     for (layer, role, tensor), dataset in zip(tensors, ours["weights"], strict=True):
         assert digest(np.asarray(tensor)) == listing["datasets"][dataset]["sha256"], (
-            layer.name, role, dataset)
+            layer.name,
+            role,
+            dataset,
+        )
     weighted = [r for r in records if r["weights"]]
     ours = ws.weighted_layers()
     assert [layer.name for layer in ours] == [r["name"] for r in weighted]
@@ -142,8 +157,10 @@ def _check_read(path: str, listing: dict[str, Any], records: list[dict[str, Any]
 
 
 @pytest.mark.oracle
-@pytest.mark.parametrize(("model", "kind"), [*((m, k) for m in MODELS for k in KERAS3_FILES),
-                                             ("alexnet", "plain_weights_h5")])
+@pytest.mark.parametrize(
+    ("model", "kind"),
+    [*((m, k) for m in MODELS for k in KERAS3_FILES), ("alexnet", "plain_weights_h5")],
+)
 def test_we_read_every_file_keras3_writes(saved, model, kind):
     entry = saved["keras3"]["models"][model]
     file = entry["files"][kind]
@@ -178,10 +195,12 @@ def test_we_read_every_file_keras2_writes(saved, model, kind):
 def _strip_name_attrs(source: Path, target: Path) -> None:
     """Copy a .weights.h5, or a .keras with its model.weights.h5, without the layer names
     Keras 3 keeps in the vars groups' "name" attributes."""
+
     def strip(h5: Any) -> None:
         with h5py.File(h5, "r+") as handle:
-            handle.visititems(lambda _, obj: obj.attrs.__delitem__("name")
-                              if "name" in obj.attrs else None)
+            handle.visititems(
+                lambda _, obj: obj.attrs.__delitem__("name") if "name" in obj.attrs else None
+            )
 
     if source.suffix != ".keras":
         shutil.copyfile(source, target)
@@ -209,13 +228,19 @@ def test_layer_names_from_config_or_paths_when_the_file_names_none(saved, model,
     plain = tmp_path / f"{model}.weights.h5"
     _strip_name_attrs(Path(entry["files"]["weights_h5"]["path"]), plain)
     ws = keras_h5.read(plain)  # names are the paths, still in the model's order
-    paths = [d[:-len("/vars/0")] for d in keras_h5.list_datasets(plain)["weights"]
-             if d.endswith("/vars/0")]
-    assert sorted(paths) == sorted(d[:-len("/vars/0")]
-                                   for d in entry["files"]["weights_h5"]["datasets"]
-                                   if d.startswith("layers/") and d.endswith("/vars/0"))
+    paths = [
+        d[: -len("/vars/0")]
+        for d in keras_h5.list_datasets(plain)["weights"]
+        if d.endswith("/vars/0")
+    ]
+    assert sorted(paths) == sorted(
+        d[: -len("/vars/0")]
+        for d in entry["files"]["weights_h5"]["datasets"]
+        if d.startswith("layers/") and d.endswith("/vars/0")
+    )
     assert [layer.name for layer in ws.weighted_layers()] == [
-        p.replace("layers/", "") for p in paths]
+        p.replace("layers/", "") for p in paths
+    ]
     classes = [r["class"] for r in entry["layers"] if r["weights"]]
     assert [layer.source_type for layer in ws.weighted_layers()] == classes
 
@@ -270,16 +295,23 @@ def test_corpus_digits_weights():
     ws = keras_h5.read(path)
     dense = ws.weighted_layers()
     assert [(layer.name, layer.kind) for layer in dense] == [
-        ("dense", Kind.DENSE), ("dense_1", Kind.DENSE), ("dense_2", Kind.DENSE)]
+        ("dense", Kind.DENSE),
+        ("dense_1", Kind.DENSE),
+        ("dense_2", Kind.DENSE),
+    ]
     assert [tuple(layer.tensors["weights"].shape) for layer in dense] == [
-        (784, 128), (128, 64), (64, 10)]
+        (784, 128),
+        (128, 64),
+        (64, 10),
+    ]
     assert [tuple(layer.tensors["biases"].shape) for layer in dense] == [(128,), (64,), (10,)]
     assert ws.names()[0] == "flatten" and not ws["flatten"].tensors
     assert len(keras_h5.list_datasets(path)["optimizer"]) == 14
     assert any("left out 14 optimizer tensors" in note for note in ws.notes)
     listing = keras_h5.list_datasets(path)
-    assert listing["weights"] == [f"layers/{n}/vars/{i}" for n in ("dense", "dense_1", "dense_2")
-                                  for i in (0, 1)]
+    assert listing["weights"] == [
+        f"layers/{n}/vars/{i}" for n in ("dense", "dense_1", "dense_2") for i in (0, 1)
+    ]
     with h5py.File(path, "r") as handle:  # the values are h5py's, bit for bit
         for (_, _, tensor), dataset in zip(ws.tensors(), listing["weights"], strict=True):
             assert digest(np.asarray(tensor)) == digest(handle[dataset][()])
@@ -298,9 +330,13 @@ def loaded(saved, tmp_path_factory):
         source = _source_weights(entry)
         config = root / f"{name}.config.json"
         config.write_text(json.dumps(entry["config"]))
-        variants = [("keras3", None), ("keras3", entry["files"]["keras"]["path"]),
-                    ("keras3", str(config)), ("keras2", None),
-                    ("keras2", entry["files"]["full_h5"]["path"])]
+        variants = [
+            ("keras3", None),
+            ("keras3", entry["files"]["keras"]["path"]),
+            ("keras3", str(config)),
+            ("keras2", None),
+            ("keras2", entry["files"]["full_h5"]["path"]),
+        ]
         for layout, model in variants:
             derived = model is None
             if derived and name == "nested" and layout == "keras2":
@@ -309,16 +345,24 @@ def loaded(saved, tmp_path_factory):
             suffix = ".weights.h5" if layout == "keras3" else ".h5"
             path = root / f"{name}.{layout}.{tag}{suffix}"
             summary = keras_h5.write(source, path, keras_layout=layout, model=model)
-            jobs.append({"model": name, "file": str(path), "layout": layout, "derived": derived,
-                         "summary": summary.to_dict(),
-                         "expect_error": derived and name == "nested"})
+            jobs.append(
+                {
+                    "model": name,
+                    "file": str(path),
+                    "layout": layout,
+                    "derived": derived,
+                    "summary": summary.to_dict(),
+                    "expect_error": derived and name == "nested",
+                }
+            )
     jobs_file = root / "jobs.json"
     jobs_file.write_text(json.dumps(jobs))
     keras2_jobs = [job for job in jobs if job["layout"] == "keras2" and job["model"] != "halfs"]
     jobs2_file = root / "jobs2.json"
     jobs2_file.write_text(json.dumps(keras2_jobs))
-    keras3, keras2 = _parallel((run_oracle, "load", jobs_file),
-                               (lambda f: run_oracle("load2", f, keras2=True), jobs2_file))
+    keras3, keras2 = _parallel(
+        (run_oracle, "load", jobs_file), (lambda f: run_oracle("load2", f, keras2=True), jobs2_file)
+    )
     return jobs, _result(keras3), keras2
 
 
@@ -329,12 +373,16 @@ def _check_loaded(result: dict[str, Any], entry: dict[str, Any]) -> None:
     np.testing.assert_allclose(outputs, expected, rtol=0, atol=1e-6)
     arrays = load_source(entry["source_npz"])
     loaded = [r for r in result["layers"] if r["weights"]]
-    assert [r["name"] for r in loaded] == [r["name"] for r in entry["source_layers"]
-                                           if r["weights"]]
+    assert [r["name"] for r in loaded] == [
+        r["name"] for r in entry["source_layers"] if r["weights"]
+    ]
     for record in loaded:
         for i, variable in enumerate(record["weights"]):
             assert variable["sha256"] == digest(arrays[f"{record['name']}/{i}"]), (
-                result["file"], record["name"], i)
+                result["file"],
+                record["name"],
+                i,
+            )
 
 
 @pytest.mark.oracle
@@ -374,8 +422,11 @@ def test_given_the_model_we_write_the_bytes_keras_writes(saved, loaded, model):
     entry = saved["keras3"]["models"][model]
     reference = entry["files"].get("plain_weights_h5") or entry["files"]["weights_h5"]
     expected = Path(reference["path"]).read_bytes()
-    ours = [job for job in jobs if job["model"] == model and job["layout"] == "keras3"
-            and not job["derived"]]
+    ours = [
+        job
+        for job in jobs
+        if job["model"] == model and job["layout"] == "keras3" and not job["derived"]
+    ]
     assert len(ours) == 2  # model from the .keras and from the config JSON
     for job in ours:
         assert Path(job["file"]).read_bytes() == expected, job["file"]
@@ -390,9 +441,16 @@ def test_keras2_layout_is_keras_legacy_structure(saved, loaded):
         assert handle.attrs["keras_version"] == keras_h5.KERAS2_VERSION
         names = list(handle["inner"].attrs["weight_names"])
         # a nested model lists trainable variables first, as Keras orders them
-        assert names == ["c1/kernel:0", "c1/bias:0", "bn1/gamma:0", "bn1/beta:0",
-                         "head/kernel:0", "head/bias:0", "bn1/moving_mean:0",
-                         "bn1/moving_variance:0"]
+        assert names == [
+            "c1/kernel:0",
+            "c1/bias:0",
+            "bn1/gamma:0",
+            "bn1/beta:0",
+            "head/kernel:0",
+            "head/bias:0",
+            "bn1/moving_mean:0",
+            "bn1/moving_variance:0",
+        ]
         assert list(handle["top_level_model_weights"].attrs["weight_names"]) == []
 
 
@@ -435,15 +493,15 @@ def test_bfloat16_round_trip(saved, tmp_path):
     assert any("bfloat16" in note for note in summary.notes)
     widened = np.asarray(keras_h5.read(tmp_path / "h.h5")["hb"].tensors["weights"])
     assert widened.dtype == np.float32
-    np.testing.assert_array_equal(widened, np.asarray(source["hb"].tensors["weights"],
-                                                      dtype=np.float32))
+    np.testing.assert_array_equal(
+        widened, np.asarray(source["hb"].tensors["weights"], dtype=np.float32)
+    )
 
 
 def test_long_name_lists_are_split_like_keras(tmp_path):
     rng = np.random.default_rng(1)
     names = [f"layer_{i:03d}_" + "x" * 200 for i in range(400)]  # 400 x 208 B > 64512 B
-    ws = WeightSet([Layer(n, Kind.DENSE, {"weights": rng.standard_normal((2, 2))})
-                    for n in names])
+    ws = WeightSet([Layer(n, Kind.DENSE, {"weights": rng.standard_normal((2, 2))}) for n in names])
     keras_h5.write(ws, tmp_path / "long.h5", keras_layout="keras2")
     with h5py.File(tmp_path / "long.h5", "r") as handle:
         assert "layer_names" not in handle.attrs
@@ -465,7 +523,7 @@ def _one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
 def test_truncated_file(saved, tmp_path):
     data = Path(saved["keras3"]["models"]["alexnet"]["files"]["weights_h5"]["path"]).read_bytes()
     path = tmp_path / "cut.weights.h5"
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     with pytest.raises(FormatError) as exc:
         formats.detect(path).read(path)
     assert str(path) in _one_line(exc) and "truncated" in str(exc.value)
@@ -537,8 +595,15 @@ def test_missing_and_extra_layers(saved, tmp_path):
 
 
 def test_writer_refusals(tmp_path):
-    ws = WeightSet([Layer("fc", Kind.DENSE, {"weights": np.ones((3, 2), np.float32),
-                                             "biases": np.zeros(2, np.float32)})])
+    ws = WeightSet(
+        [
+            Layer(
+                "fc",
+                Kind.DENSE,
+                {"weights": np.ones((3, 2), np.float32), "biases": np.zeros(2, np.float32)},
+            )
+        ]
+    )
     with pytest.raises(UsageError) as exc:
         keras_h5.write(ws, tmp_path / "w.h5")  # keras3 needs .weights.h5
     assert "w.weights.h5" in _one_line(exc)
@@ -554,8 +619,15 @@ def test_writer_refusals(tmp_path):
     with pytest.raises(MappingError) as exc:
         keras_h5.write(odd, tmp_path / "p.weights.h5")
     assert "'prelu'" in _one_line(exc)
-    bad_bias = WeightSet([Layer("fc", Kind.DENSE, {"weights": np.ones((3, 2), np.float32),
-                                                   "biases": np.zeros(5, np.float32)})])
+    bad_bias = WeightSet(
+        [
+            Layer(
+                "fc",
+                Kind.DENSE,
+                {"weights": np.ones((3, 2), np.float32), "biases": np.zeros(5, np.float32)},
+            )
+        ]
+    )
     with pytest.raises(ShapeError):
         keras_h5.write(bad_bias, tmp_path / "b.weights.h5")
     assert _leftovers(tmp_path) == ["w.weights.h5"]

@@ -23,8 +23,9 @@ def test_flatten_chw_to_hwc_matches_index_arithmetic(c, h, w, out):
     for ci in range(c):
         for hi in range(h):
             for wi in range(w):
-                np.testing.assert_array_equal(converted[(hi * w + wi) * c + ci],
-                                              caffe_rows[(ci * h + hi) * w + wi])
+                np.testing.assert_array_equal(
+                    converted[(hi * w + wi) * c + ci], caffe_rows[(ci * h + hi) * w + wi]
+                )
     np.testing.assert_array_equal(flatten_hwc_to_chw(converted, (c, h, w)), caffe_rows)
 
 

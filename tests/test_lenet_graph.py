@@ -23,8 +23,9 @@ def _digit_like(count: int, seed: int = 0) -> np.ndarray:
             (y0, x0), (y1, x1) = rng.integers(4, 24, size=(2, 2))
             for t in np.linspace(0.0, 1.0, 40):
                 cy, cx = y0 + t * (y1 - y0), x0 + t * (x1 - x0)
-                image[..., 0] = np.maximum(image[..., 0], np.exp(
-                    -((yy - cy) ** 2 + (xx - cx) ** 2) / 2.0))
+                image[..., 0] = np.maximum(
+                    image[..., 0], np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 2.0)
+                )
     return images
 
 
@@ -37,8 +38,12 @@ def test_lenet_in_every_format_matches_opencv(tmp_path, target):
     prototxt = corpus_file("caffe/lenet/lenet.prototxt")
     suffix = {"npy": ".npy", "ckpt": ".ckpt", "h5": ".weights.h5"}[target]
     output = tmp_path / f"lenet{suffix}"
-    assert cli.main([f"caffe2{target}", str(model), "--prototxt", str(prototxt), "-o",
-                     str(output), "-q"]) == 0
+    assert (
+        cli.main(
+            [f"caffe2{target}", str(model), "--prototxt", str(prototxt), "-o", str(output), "-q"]
+        )
+        == 0
+    )
     images = _digit_like(6)
     ours = AlexNet.from_weights(output, prototxt=prototxt).logits(images)
     reference = cv2.dnn.readNetFromCaffe(str(prototxt), str(model))

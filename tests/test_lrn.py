@@ -42,14 +42,17 @@ def test_round_trip(size):
     assert (back.beta, back.k) == (0.5, 2.0)
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    (CaffeLRN(local_size=4), "local_size must be a positive odd number"),
-    (CaffeLRN(local_size=0), "local_size must be a positive odd number"),
-    (CaffeLRN(norm_region="within_channel"), "WITHIN_CHANNEL"),
-    (CaffeLRN(k=0.0), "k must be greater than 0"),
-    (CaffeLRN(alpha=-1.0), "alpha must be 0 or more"),
-    (CaffeLRN(beta=float("nan")), "beta must be 0 or more"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (CaffeLRN(local_size=4), "local_size must be a positive odd number"),
+        (CaffeLRN(local_size=0), "local_size must be a positive odd number"),
+        (CaffeLRN(norm_region="within_channel"), "WITHIN_CHANNEL"),
+        (CaffeLRN(k=0.0), "k must be greater than 0"),
+        (CaffeLRN(alpha=-1.0), "alpha must be 0 or more"),
+        (CaffeLRN(beta=float("nan")), "beta must be 0 or more"),
+    ],
+)
 def test_invalid_parameters(params, message):
     with pytest.raises(weightconv.UsageError, match=message):
         validate_caffe(params, "norm1")
@@ -105,14 +108,21 @@ print(json.dumps({"ok": True}))
 
 @pytest.mark.oracle
 def test_tensorflow_op_with_translated_parameters_matches_caffe(tmp_path):
-    sources = [CaffeLRN(5, 1e-4, 0.75, 1.0), CaffeLRN(5, 1e-4, 0.75, 2.0),
-               CaffeLRN(3, 5e-5, 0.75, 1.0), CaffeLRN(7, 1e-2, 0.5, 1.5)]
+    sources = [
+        CaffeLRN(5, 1e-4, 0.75, 1.0),
+        CaffeLRN(5, 1e-4, 0.75, 2.0),
+        CaffeLRN(3, 5e-5, 0.75, 1.0),
+        CaffeLRN(7, 1e-2, 0.5, 1.5),
+    ]
     x = (np.random.default_rng(0).standard_normal((2, 5, 6, 12)) * 40).astype(np.float32)
     np.save(tmp_path / "x.npy", x)  # NHWC, as TensorFlow wants it
     cases = [caffe_to_tf(s).as_dict() for s in sources]
-    result = subprocess.run([sys.executable, "-c", TF_SCRIPT, json.dumps(cases),
-                             str(tmp_path / "x.npy")], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", TF_SCRIPT, json.dumps(cases), str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     if "skip" in report:
@@ -122,8 +132,11 @@ def test_tensorflow_op_with_translated_parameters_matches_caffe(tmp_path):
         expected = caffe_lrn(x, source, channel_axis=3)
         assert np.allclose(tf_out, expected, rtol=2e-5, atol=1e-6), source
         # and the untranslated parameters are visibly wrong
-        wrong = caffe_lrn(x, CaffeLRN(source.local_size, source.alpha * source.local_size,
-                                      source.beta, source.k), channel_axis=3)
+        wrong = caffe_lrn(
+            x,
+            CaffeLRN(source.local_size, source.alpha * source.local_size, source.beta, source.k),
+            channel_axis=3,
+        )
         assert not np.allclose(tf_out, wrong, rtol=1e-3)
 
 

@@ -24,6 +24,7 @@ from weightconv.testing.synthetic import build
 
 # Pure transforms -----------------------------------------------------------------------------
 
+
 @settings(max_examples=40, deadline=None)
 @given(h=st.integers(1, 4), w=st.integers(1, 4), c=st.integers(1, 5), out=st.integers(1, 6))
 def test_fc_as_conv_element_by_element(h, w, c, out):
@@ -62,6 +63,7 @@ def test_split_and_merge_groups():
 
 # The plan ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def alexnet(tmp_path_factory):
     folder = tmp_path_factory.mktemp("alexnet")
@@ -83,8 +85,11 @@ def _arrays(weights: WeightSet) -> dict[str, np.ndarray]:
 def test_identity_mapping_equals_canonical(alexnet):
     source = _load(alexnet)
     mapped = _arrays(Mapping().apply(source))
-    direct = {layer.tensor_name(role): t for layer in canonical_layers(_load(alexnet))
-              for role, t in layer.tensors.items()}
+    direct = {
+        layer.tensor_name(role): t
+        for layer in canonical_layers(_load(alexnet))
+        for role, t in layer.tensors.items()
+    }
     assert list(mapped) == list(direct)
     for name in direct:
         assert np.array_equal(mapped[name], direct[name]), name
@@ -109,7 +114,9 @@ def test_slim_names_and_fc_as_conv_match_the_caffe_blobs(alexnet):
 def test_keras_names_and_scope(alexnet):
     mapped = Mapping(names="keras", scope="my").apply(_load(alexnet))
     assert [layer.tensor_name(r) for layer in mapped.layers[:1] for r in layer.tensors] == [
-        "my/conv1/kernel", "my/conv1/bias"]
+        "my/conv1/kernel",
+        "my/conv1/bias",
+    ]
 
 
 def test_bgr_to_rgb_flips_only_the_first_conv(alexnet):
@@ -135,9 +142,10 @@ def test_split_groups_then_merge_round_trip(alexnet):
     names = split.names()
     assert "conv2_group0" in names and "conv2_group1" in names and "conv2" not in names
     halves = _arrays(split)
-    assert np.array_equal(np.concatenate([halves["conv2_group0/weights"],
-                                          halves["conv2_group1/weights"]], axis=3),
-                          source["conv2/weights"])
+    assert np.array_equal(
+        np.concatenate([halves["conv2_group0/weights"], halves["conv2_group1/weights"]], axis=3),
+        source["conv2/weights"],
+    )
     merged = _arrays(Mapping(merge_groups=True).apply(split))
     assert list(merged) == list(source)
     for name in source:
@@ -149,42 +157,83 @@ def test_slim_fc_as_conv_and_back_equals_direct(alexnet, tmp_path):
     .npy with TF1 names and dense kernels equals caffe2npy's output; diff says so (exit 0)."""
     folder, _ = alexnet
     args = ["--prototxt", str(folder / "a.prototxt"), "-q"]
-    assert cli.main(["caffe2npy", str(folder / "a.caffemodel"), "-o",
-                     str(tmp_path / "direct.npy"), *args]) == 0
-    assert cli.main(["caffe2ckpt", str(folder / "a.caffemodel"), "-o",
-                     str(tmp_path / "slim.ckpt"), "--names", "slim", "--net", "vgg_16",
-                     "--fc-as-conv", *args]) == 0
+    assert (
+        cli.main(
+            ["caffe2npy", str(folder / "a.caffemodel"), "-o", str(tmp_path / "direct.npy"), *args]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "caffe2ckpt",
+                str(folder / "a.caffemodel"),
+                "-o",
+                str(tmp_path / "slim.ckpt"),
+                "--names",
+                "slim",
+                "--net",
+                "vgg_16",
+                "--fc-as-conv",
+                *args,
+            ]
+        )
+        == 0
+    )
     slim = weightconv.load(tmp_path / "slim.ckpt")
     assert slim["vgg_16/fc6"].tensors["weights"].ndim == 4
-    assert cli.main(["ckpt2npy", str(tmp_path / "slim.ckpt"), "-o", str(tmp_path / "back.npy"),
-                     "--names", "tf1", "--fc-as-dense", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "ckpt2npy",
+                str(tmp_path / "slim.ckpt"),
+                "-o",
+                str(tmp_path / "back.npy"),
+                "--names",
+                "tf1",
+                "--fc-as-dense",
+                "-q",
+            ]
+        )
+        == 0
+    )
     direct = np.load(tmp_path / "direct.npy", allow_pickle=True).item()
     back = np.load(tmp_path / "back.npy", allow_pickle=True).item()
     assert list(back) == list(direct)
     for name, tensors in direct.items():
         for a, b in zip(tensors, back[name], strict=True):
             assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-    assert cli.main(["diff", str(tmp_path / "direct.npy"), str(tmp_path / "back.npy"),
-                     "-q"]) == 0
+    assert cli.main(["diff", str(tmp_path / "direct.npy"), str(tmp_path / "back.npy"), "-q"]) == 0
 
 
 def test_fc_input_that_does_not_fit_names_both_shapes(tmp_path):
-    ws = WeightSet(layers=[Layer("fc6", kind="dense",
-                                 tensors={"weights": np.zeros((6 * 6 * 256, 8), "f4")})])
+    ws = WeightSet(
+        layers=[Layer("fc6", kind="dense", tensors={"weights": np.zeros((6 * 6 * 256, 8), "f4")})]
+    )
     with pytest.raises(weightconv.MappingError, match=r"fc6/weights.*--fc-input fc6=H,W,C"):
         Mapping(fc_as_conv=True).apply(ws)
-    with pytest.raises(weightconv.ShapeError, match=r"fc6/weights: --fc-input 7x7x256 = 12544 "
-                                                    r"does not match its 9216 inputs"):
+    with pytest.raises(
+        weightconv.ShapeError,
+        match=r"fc6/weights: --fc-input 7x7x256 = 12544 "
+        r"does not match its 9216 inputs",
+    ):
         Mapping(fc_as_conv=True, fc_inputs={"fc6": (7, 7, 256)}).apply(ws)
     ok = Mapping(fc_as_conv=True, fc_inputs={"fc6": (6, 6, 256)}).apply(ws)
     assert ok["fc6"].tensors["weights"].shape == (6, 6, 256, 8)
 
 
 def test_ambiguous_mapping_is_refused():
-    ws = WeightSet(layers=[Layer("a/conv1", tensors={"weights": np.zeros((2, 2), "f4")}),
-                           Layer("b/conv1", tensors={"weights": np.zeros((2, 2), "f4")})])
-    with pytest.raises(weightconv.MappingError, match=r"'conv1/weights' \(a/conv1/weights and "
-                                                      r"b/conv1/weights\).*ambiguous"):
+    ws = WeightSet(
+        layers=[
+            Layer("a/conv1", tensors={"weights": np.zeros((2, 2), "f4")}),
+            Layer("b/conv1", tensors={"weights": np.zeros((2, 2), "f4")}),
+        ]
+    )
+    with pytest.raises(
+        weightconv.MappingError,
+        match=r"'conv1/weights' \(a/conv1/weights and "
+        r"b/conv1/weights\).*ambiguous",
+    ):
         Mapping(names="tf1").apply(ws)
 
 
@@ -211,16 +260,23 @@ def test_mapping_is_lazy_and_drops_layers_as_it_goes(alexnet):
 
 # Map files -----------------------------------------------------------------------------------
 
+
 def test_map_file_json_and_toml(tmp_path):
     rng = np.random.default_rng(1)
     kernel = rng.standard_normal((4, 6)).astype("f4")
-    ws = WeightSet(layers=[Layer("net/dense_1", tensors={"weights": kernel,
-                                                         "biases": np.ones(6, "f4")}),
-                           Layer("net/logits", tensors={"weights": np.ones((6, 2), "f4")})])
-    spec = {"rename": [{"from": r"^net/dense_(\d+)/", "to": r"fc\1/"}],
-            "skip": ["net/logits"],
-            "tensors": {"net/dense_1/weights": {"reshape": [2, 2, 6], "transpose": [1, 0, 2],
-                                                "flip_axis": 2}}}
+    ws = WeightSet(
+        layers=[
+            Layer("net/dense_1", tensors={"weights": kernel, "biases": np.ones(6, "f4")}),
+            Layer("net/logits", tensors={"weights": np.ones((6, 2), "f4")}),
+        ]
+    )
+    spec = {
+        "rename": [{"from": r"^net/dense_(\d+)/", "to": r"fc\1/"}],
+        "skip": ["net/logits"],
+        "tensors": {
+            "net/dense_1/weights": {"reshape": [2, 2, 6], "transpose": [1, 0, 2], "flip_axis": 2}
+        },
+    }
     (tmp_path / "m.json").write_text(json.dumps(spec))
     (tmp_path / "m.toml").write_text("""
 skip = ["net/logits"]
@@ -257,11 +313,27 @@ def test_bad_map_files(tmp_path):
 
 # Verbs ---------------------------------------------------------------------------------------
 
+
 def test_map_explain_json(alexnet, capsys):
     folder, _ = alexnet
-    assert cli.main(["map", str(folder / "a.caffemodel"), "--prototxt",
-                     str(folder / "a.prototxt"), "--names", "slim", "--net", "alexnet_v2",
-                     "--fc-as-conv", "--explain", "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "map",
+                str(folder / "a.caffemodel"),
+                "--prototxt",
+                str(folder / "a.prototxt"),
+                "--names",
+                "slim",
+                "--net",
+                "alexnet_v2",
+                "--fc-as-conv",
+                "--explain",
+                "--json",
+            ]
+        )
+        == 0
+    )
     plan = json.loads(capsys.readouterr().out)["plan"]
     fc6 = next(row for row in plan if row["to"] == "alexnet_v2/fc6/weights")
     assert fc6["from"] == "fc6/weights" and len(fc6["to_shape"]) == 4
@@ -270,31 +342,67 @@ def test_map_explain_json(alexnet, capsys):
 
 
 def test_diff_reports_differences_and_exit_code(tmp_path, capsys):
-    a = WeightSet(layers=[Layer("c", tensors={"weights": np.ones((2, 2), "f4"),
-                                              "biases": np.zeros(2, "f4")}),
-                          Layer("d", tensors={"weights": np.ones(3, "f4")})])
-    b = WeightSet(layers=[Layer("c", tensors={"weights": np.full((2, 2), 1.001, "f4"),
-                                              "biases": np.zeros(2, "f4")}),
-                          Layer("e", tensors={"weights": np.ones(3, "f4")})])
+    a = WeightSet(
+        layers=[
+            Layer("c", tensors={"weights": np.ones((2, 2), "f4"), "biases": np.zeros(2, "f4")}),
+            Layer("d", tensors={"weights": np.ones(3, "f4")}),
+        ]
+    )
+    b = WeightSet(
+        layers=[
+            Layer(
+                "c", tensors={"weights": np.full((2, 2), 1.001, "f4"), "biases": np.zeros(2, "f4")}
+            ),
+            Layer("e", tensors={"weights": np.ones(3, "f4")}),
+        ]
+    )
     weightconv.save(a, tmp_path / "a.npy")
     weightconv.save(b, tmp_path / "b.npy")
     assert cli.main(["diff", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     status = {row["name"]: row["status"] for row in report["tensors"]}
-    assert status == {"c/weights": "differs", "c/biases": "equal", "d/weights": "only in a",
-                      "e/weights": "only in b"}
+    assert status == {
+        "c/weights": "differs",
+        "c/biases": "equal",
+        "d/weights": "only in a",
+        "e/weights": "only in b",
+    }
     row = next(r for r in report["tensors"] if r["name"] == "c/weights")
     assert row["max_abs"] == pytest.approx(0.001, rel=1e-3)
-    assert cli.main(["diff", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--skip", "d",
-                     "--skip", "e", "--atol", "0.01", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "diff",
+                str(tmp_path / "a.npy"),
+                str(tmp_path / "b.npy"),
+                "--skip",
+                "d",
+                "--skip",
+                "e",
+                "--atol",
+                "0.01",
+                "-q",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
 
 
 def test_skip_of_a_missing_name_is_an_error(alexnet, tmp_path, capsys):
     folder, _ = alexnet
-    code = cli.main(["caffe2npy", str(folder / "a.caffemodel"), "--prototxt",
-                     str(folder / "a.prototxt"), "-o", str(tmp_path / "x.npy"),
-                     "--skip", "fc9"])
+    code = cli.main(
+        [
+            "caffe2npy",
+            str(folder / "a.caffemodel"),
+            "--prototxt",
+            str(folder / "a.prototxt"),
+            "-o",
+            str(tmp_path / "x.npy"),
+            "--skip",
+            "fc9",
+        ]
+    )
     assert code == 2
     assert "--skip fc9: no layer or tensor" in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists()
@@ -308,24 +416,77 @@ def test_vgg16_shaped_slim_checkpoint_and_back(tmp_path):
     net.write_caffemodel(tmp_path / "vgg.caffemodel")
     (tmp_path / "vgg.prototxt").write_text(net.deploy_prototxt)
     source = ["--prototxt", str(tmp_path / "vgg.prototxt"), "-q"]
-    assert cli.main(["caffe2npy", str(tmp_path / "vgg.caffemodel"), "-o",
-                     str(tmp_path / "direct.npy"), *source]) == 0
-    assert cli.main(["caffe2ckpt", str(tmp_path / "vgg.caffemodel"), "-o",
-                     str(tmp_path / "vgg_16.ckpt"), "--names", "slim", "--net", "vgg_16",
-                     "--fc-as-conv", *source]) == 0
+    assert (
+        cli.main(
+            [
+                "caffe2npy",
+                str(tmp_path / "vgg.caffemodel"),
+                "-o",
+                str(tmp_path / "direct.npy"),
+                *source,
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "caffe2ckpt",
+                str(tmp_path / "vgg.caffemodel"),
+                "-o",
+                str(tmp_path / "vgg_16.ckpt"),
+                "--names",
+                "slim",
+                "--net",
+                "vgg_16",
+                "--fc-as-conv",
+                *source,
+            ]
+        )
+        == 0
+    )
     slim = weightconv.load(tmp_path / "vgg_16.ckpt")
     channels = net.blob_shapes()["conv5_3"][0][0]  # pool5 keeps conv5_3's channels
     assert slim["vgg_16/conv5/conv5_3"].tensors["weights"].shape[3] == channels
-    assert slim["vgg_16/fc6"].tensors["weights"].shape == (7, 7, channels,
-                                                           net.weights["fc6"][0].shape[0])
+    assert slim["vgg_16/fc6"].tensors["weights"].shape == (
+        7,
+        7,
+        channels,
+        net.weights["fc6"][0].shape[0],
+    )
     assert slim["vgg_16/fc7"].tensors["weights"].shape[:2] == (1, 1)
-    assert cli.main(["ckpt2npy", str(tmp_path / "vgg_16.ckpt"), "-o",
-                     str(tmp_path / "back.npy"), "--names", "tf1", "--fc-as-dense", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "ckpt2npy",
+                str(tmp_path / "vgg_16.ckpt"),
+                "-o",
+                str(tmp_path / "back.npy"),
+                "--names",
+                "tf1",
+                "--fc-as-dense",
+                "-q",
+            ]
+        )
+        == 0
+    )
     direct = np.load(tmp_path / "direct.npy", allow_pickle=True).item()
     back = np.load(tmp_path / "back.npy", allow_pickle=True).item()
     assert list(back) == list(direct)
     for name in direct:
         for a, b in zip(direct[name], back[name], strict=True):
             assert a.shape == b.shape and a.tobytes() == b.tobytes(), name
-    assert cli.main(["diff", str(tmp_path / "direct.npy"), str(tmp_path / "vgg_16.ckpt"),
-                     "--names", "tf1", "--fc-as-dense", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "diff",
+                str(tmp_path / "direct.npy"),
+                str(tmp_path / "vgg_16.ckpt"),
+                "--names",
+                "tf1",
+                "--fc-as-dense",
+                "-q",
+            ]
+        )
+        == 0
+    )

@@ -19,8 +19,7 @@ from weightconv.model.canonical import canonical_layers
 from weightconv.testing.synthetic import build
 
 #: format -> (short-verb spelling, output suffix)
-FORMATS = {"npy": ("npy", ".npy"), "ckpt": ("ckpt", ".ckpt"),
-           "h5": ("h5", ".weights.h5")}
+FORMATS = {"npy": ("npy", ".npy"), "ckpt": ("ckpt", ".ckpt"), "h5": ("h5", ".weights.h5")}
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +29,40 @@ def converted(tmp_path_factory):
     net = build("alexnet", width=0.125, num_classes=20, seed=8)
     net.write_caffemodel(folder / "alexnet.caffemodel")
     (folder / "deploy.prototxt").write_text(net.deploy_prototxt)
-    reference = {layer.tensor_name(role): np.array(t) for layer in canonical_layers(weightconv.load(
-        folder / "alexnet.caffemodel", prototxt=folder / "deploy.prototxt"))
-        for role, t in layer.tensors.items()}
+    reference = {
+        layer.tensor_name(role): np.array(t)
+        for layer in canonical_layers(
+            weightconv.load(folder / "alexnet.caffemodel", prototxt=folder / "deploy.prototxt")
+        )
+        for role, t in layer.tensors.items()
+    }
     paths = {}
     for fmt, (verb, suffix) in FORMATS.items():
         paths[fmt] = folder / f"from_caffe{suffix}"
-        assert cli.main([f"caffe2{verb}", str(folder / "alexnet.caffemodel"), "--prototxt",
-                         str(folder / "deploy.prototxt"), "-o", str(paths[fmt]), "-q"]) == 0
+        assert (
+            cli.main(
+                [
+                    f"caffe2{verb}",
+                    str(folder / "alexnet.caffemodel"),
+                    "--prototxt",
+                    str(folder / "deploy.prototxt"),
+                    "-o",
+                    str(paths[fmt]),
+                    "-q",
+                ]
+            )
+            == 0
+        )
     return folder, reference, paths
 
 
 def _tensors(path) -> dict[str, np.ndarray]:
     weights = weightconv.load(path)
-    return {f"{layer.name}/{role}": np.asarray(t)
-            for layer in canonical_layers(weights) for role, t in layer.tensors.items()}
+    return {
+        f"{layer.name}/{role}": np.asarray(t)
+        for layer in canonical_layers(weights)
+        for role, t in layer.tensors.items()
+    }
 
 
 def _assert_reference(path, reference) -> None:

@@ -41,6 +41,7 @@ OBJECT_HEADER = {"descr": "|O", "fortran_order": False, "shape": ()}
 
 # Helpers ---------------------------------------------------------------------------------
 
+
 def sample_weights(seed: int = 0) -> WeightSet:
     """Layers in the canonical layout with awkward tensors: a transposed view, float64,
     float16 with NaN and -0.0, a big-endian array, and roles that are not W and b."""
@@ -48,17 +49,34 @@ def sample_weights(seed: int = 0) -> WeightSet:
     oihw = rng.standard_normal((10, 3, 5, 5)).astype(np.float32)
     half = rng.standard_normal(10).astype(np.float16)
     half[[1, 4]] = [np.nan, -0.0]
-    return WeightSet(layers=[
-        Layer("conv1", Kind.CONV, {"weights": oihw.transpose(2, 3, 1, 0),
-                                   "biases": rng.standard_normal(10).astype(np.float32)}),
-        Layer("prelu1", Kind.PRELU, {"alpha": half}),
-        Layer("bn1", Kind.BATCHNORM, {"mean": rng.standard_normal(10).astype(np.float32),
-                                      "variance": rng.random(10).astype(np.float32)}),
-        Layer("relu1", Kind.RELU),
-        Layer("fc", Kind.DENSE, {"weights": rng.standard_normal((20, 7)),
-                                 "biases": rng.standard_normal(7)}),
-        Layer("fc_be", Kind.DENSE, {"weights": rng.standard_normal((4, 3)).astype(">f8")}),
-    ])
+    return WeightSet(
+        layers=[
+            Layer(
+                "conv1",
+                Kind.CONV,
+                {
+                    "weights": oihw.transpose(2, 3, 1, 0),
+                    "biases": rng.standard_normal(10).astype(np.float32),
+                },
+            ),
+            Layer("prelu1", Kind.PRELU, {"alpha": half}),
+            Layer(
+                "bn1",
+                Kind.BATCHNORM,
+                {
+                    "mean": rng.standard_normal(10).astype(np.float32),
+                    "variance": rng.random(10).astype(np.float32),
+                },
+            ),
+            Layer("relu1", Kind.RELU),
+            Layer(
+                "fc",
+                Kind.DENSE,
+                {"weights": rng.standard_normal((20, 7)), "biases": rng.standard_normal(7)},
+            ),
+            Layer("fc_be", Kind.DENSE, {"weights": rng.standard_normal((4, 3)).astype(">f8")}),
+        ]
+    )
 
 
 def assert_same_bits(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -100,6 +118,7 @@ class CountingProgress(Progress):
 
 # Writing, checked by NumPy ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("encoding", ["latin1", "bytes"])
 def test_list_flavour_loads_with_numpy(tmp_path, encoding):
     ws = sample_weights()
@@ -124,9 +143,16 @@ def test_list_flavour_loads_with_numpy(tmp_path, encoding):
 
     tensors = [array for layer in ws for array in layer.tensors.values()]
     assert {**summary.to_dict(), **summary.detail} == {
-        "layers": 5, "tensors": len(tensors), "parameters": sum(a.size for a in tensors),
-        "bytes": path.stat().st_size, "flavour": "list", "skipped": [], "files": [str(path)],
-        "notes": [], "detail": {"flavour": "list"}}
+        "layers": 5,
+        "tensors": len(tensors),
+        "parameters": sum(a.size for a in tensors),
+        "bytes": path.stat().st_size,
+        "flavour": "list",
+        "skipped": [],
+        "files": [str(path)],
+        "notes": [],
+        "detail": {"flavour": "list"},
+    }
 
 
 @pytest.mark.parametrize("encoding", ["latin1", "bytes"])
@@ -155,12 +181,19 @@ def test_round_trip_through_our_reader(tmp_path, flavour):
         assert list(back[layer.name].tensors) == list(layer.tensors)
         for role, array in layer.tensors.items():
             assert_same_bits(back[layer.name].tensors[role], array)
-    assert [layer.kind for layer in back] == [Kind.CONV, Kind.PRELU, Kind.OTHER, Kind.DENSE,
-                                              Kind.DENSE]
+    assert [layer.kind for layer in back] == [
+        Kind.CONV,
+        Kind.PRELU,
+        Kind.OTHER,
+        Kind.DENSE,
+        Kind.DENSE,
+    ]
     assert {layer.source_type for layer in back} == {"npy"}
     assert back.source.format == "npy"
-    assert back.source.detail == {"flavour": "mixed" if flavour == "list" else "dict",
-                                  "pickle_protocol": 4}
+    assert back.source.detail == {
+        "flavour": "mixed" if flavour == "list" else "dict",
+        "pickle_protocol": 4,
+    }
 
 
 def test_written_pickle_is_well_formed(tmp_path):
@@ -178,10 +211,12 @@ def test_tensors_are_written_in_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(npy, "CHUNK_BYTES", 64)
     rng = np.random.default_rng(3)
     big = rng.standard_normal((6, 5, 4, 3)).astype(np.float32).transpose(3, 1, 2, 0)
-    ws = WeightSet(layers=[
-        Layer("conv", Kind.CONV, {"weights": big, "biases": rng.standard_normal(100)}),
-        Layer("wide", Kind.OTHER, {"row": rng.standard_normal((2, 40)).astype(">f4")}),
-    ])
+    ws = WeightSet(
+        layers=[
+            Layer("conv", Kind.CONV, {"weights": big, "biases": rng.standard_normal(100)}),
+            Layer("wide", Kind.OTHER, {"row": rng.standard_normal((2, 40)).astype(">f4")}),
+        ]
+    )
     progress = CountingProgress()
     path = tmp_path / "out.npy"
     npy.write(ws, path, progress=progress)
@@ -245,13 +280,18 @@ def test_write_refuses_to_overwrite_without_force(tmp_path):
     assert list(numpy_load(path)) == ["conv1", "prelu1", "bn1", "fc", "fc_be"]
 
 
-@pytest.mark.parametrize("bad_layer, error", [
-    # A Caffe-layout conv whose kernel is not 4-D: converting it to HWIO raises.
-    (Layer("bad", Kind.CONV, {"weights": np.zeros((3, 4), np.float32)}, layout=CAFFE),
-     ShapeError),
-    (Layer("bad", Kind.OTHER, {"names": np.array(["a", "b"], dtype=object)}), FormatError),
-    (Layer("conv1", Kind.OTHER, {"extra": np.zeros(3, np.float32)}), MappingError),
-])
+@pytest.mark.parametrize(
+    "bad_layer, error",
+    [
+        # A Caffe-layout conv whose kernel is not 4-D: converting it to HWIO raises.
+        (
+            Layer("bad", Kind.CONV, {"weights": np.zeros((3, 4), np.float32)}, layout=CAFFE),
+            ShapeError,
+        ),
+        (Layer("bad", Kind.OTHER, {"names": np.array(["a", "b"], dtype=object)}), FormatError),
+        (Layer("conv1", Kind.OTHER, {"extra": np.zeros(3, np.float32)}), MappingError),
+    ],
+)
 def test_failure_mid_write_leaves_nothing(tmp_path, bad_layer, error):
     ws = sample_weights()
     ws.layers.append(bad_layer)
@@ -268,12 +308,17 @@ def test_unknown_flavour_is_a_usage_error(tmp_path):
 
 # Reading files NumPy wrote ---------------------------------------------------------------
 
+
 def test_reads_np_save_list_flavour(tmp_path):
     rng = np.random.default_rng(5)
-    saved = {"conv1": [rng.standard_normal((3, 3, 3, 8)).astype(np.float32),
-                       rng.standard_normal(8).astype(np.float32)],
-             "fc6": (rng.standard_normal((12, 4)),),
-             "odd": [np.ones(2, np.int16), np.zeros(2, np.int16), np.arange(3, dtype=np.uint8)]}
+    saved = {
+        "conv1": [
+            rng.standard_normal((3, 3, 3, 8)).astype(np.float32),
+            rng.standard_normal(8).astype(np.float32),
+        ],
+        "fc6": (rng.standard_normal((12, 4)),),
+        "odd": [np.ones(2, np.int16), np.zeros(2, np.int16), np.arange(3, dtype=np.uint8)],
+    }
     path = tmp_path / "vgg.npy"
     np.save(path, saved)
 
@@ -291,14 +336,16 @@ def test_reads_np_save_list_flavour(tmp_path):
 def test_reads_np_save_dict_flat_and_mixed(tmp_path):
     rng = np.random.default_rng(6)
     W = rng.standard_normal((1, 1, 4, 2)).astype(np.float32)
-    saved = collections.OrderedDict([
-        ("PReLU1", {"alpha": rng.standard_normal(4).astype(np.float32)}),
-        ("conv4-1", {"weights": W, "biases": np.ones(2, np.float32)}),
-        ("block1/conv1/kernel", rng.standard_normal((3, 3, 2, 2))),
-        ("block1/conv1/bias", np.zeros(2)),
-        ("global_step", np.int64(1234)),
-        ("fc", [rng.standard_normal((2, 3)).astype(np.float32)]),
-    ])
+    saved = collections.OrderedDict(
+        [
+            ("PReLU1", {"alpha": rng.standard_normal(4).astype(np.float32)}),
+            ("conv4-1", {"weights": W, "biases": np.ones(2, np.float32)}),
+            ("block1/conv1/kernel", rng.standard_normal((3, 3, 2, 2))),
+            ("block1/conv1/bias", np.zeros(2)),
+            ("global_step", np.int64(1234)),
+            ("fc", [rng.standard_normal((2, 3)).astype(np.float32)]),
+        ]
+    )
     path = tmp_path / "mixed.npy"
     np.save(path, saved)
 
@@ -318,11 +365,13 @@ def test_reads_np_save_dict_flat_and_mixed(tmp_path):
 @pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
 def test_reads_every_pickle_protocol_numpy_writes(tmp_path, protocol):
     rng = np.random.default_rng(protocol)
-    saved = {"conv1": [rng.standard_normal((2, 2, 1, 3)).astype(np.float32),
-                       np.zeros((0,), np.float32)],
-             "bn": collections.OrderedDict([("mean", rng.standard_normal(3)),
-                                            ("eps", np.float32(1e-5))]),
-             "fortran": [np.asfortranarray(rng.standard_normal((3, 4)))]}
+    saved = {
+        "conv1": [rng.standard_normal((2, 2, 1, 3)).astype(np.float32), np.zeros((0,), np.float32)],
+        "bn": collections.OrderedDict(
+            [("mean", rng.standard_normal(3)), ("eps", np.float32(1e-5))]
+        ),
+        "fortran": [np.asfortranarray(rng.standard_normal((3, 4)))],
+    }
     # np.save always uses protocol 4; older and newer writers pickle the same reduce.
     stream = pickle.dumps(np.array(saved, dtype=object), protocol=protocol)
     path = npy_with_pickle(tmp_path / f"p{protocol}.npy", stream)
@@ -341,6 +390,7 @@ def test_reads_every_pickle_protocol_numpy_writes(tmp_path, protocol):
 
 # A Python 2 pickle, opcode by opcode ----------------------------------------------------
 
+
 def py2_str(data: bytes) -> bytes:
     """A Python 2 str as pickle protocol 2 wrote it."""
     if len(data) < 256:
@@ -349,27 +399,55 @@ def py2_str(data: bytes) -> bytes:
 
 
 def py2_dtype(spec: bytes, order: bytes, flags: int) -> bytes:
-    return (b"cnumpy\ndtype\n" + py2_str(spec) + b"K\x00K\x01\x87R"
-            + b"(K\x03" + py2_str(order) + b"NNN" + b"J\xff\xff\xff\xff" * 2
-            + b"K" + bytes([flags]) + b"tb")
+    return (
+        b"cnumpy\ndtype\n"
+        + py2_str(spec)
+        + b"K\x00K\x01\x87R"
+        + b"(K\x03"
+        + py2_str(order)
+        + b"NNN"
+        + b"J\xff\xff\xff\xff" * 2
+        + b"K"
+        + bytes([flags])
+        + b"tb"
+    )
 
 
 def py2_new_array() -> bytes:
-    return (b"cnumpy.core.multiarray\n_reconstruct\n" b"cnumpy\nndarray\n"
-            b"K\x00\x85" + py2_str(b"b") + b"\x87R")
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\n"
+        b"cnumpy\nndarray\n"
+        b"K\x00\x85" + py2_str(b"b") + b"\x87R"
+    )
 
 
 def py2_array(array: np.ndarray) -> bytes:
     """An ndarray as NumPy 1.x on Python 2 pickled it, data as a BINSTRING."""
     data = np.ascontiguousarray(array, dtype="<f4").tobytes()
     shape = b"(" + b"".join(b"K" + bytes([n]) for n in array.shape) + b"t"
-    return (py2_new_array() + b"(K\x01" + shape + py2_dtype(b"f4", b"<", 0) + b"\x89"
-            + b"T" + struct.pack("<i", len(data)) + data + b"tb")
+    return (
+        py2_new_array()
+        + b"(K\x01"
+        + shape
+        + py2_dtype(b"f4", b"<", 0)
+        + b"\x89"
+        + b"T"
+        + struct.pack("<i", len(data))
+        + data
+        + b"tb"
+    )
 
 
 def py2_weight_dict(entries: bytes) -> bytes:
-    return (b"\x80\x02" + py2_new_array() + b"(K\x01)" + py2_dtype(b"O8", b"|", 63)
-            + b"\x89]}" + entries + b"atb.")
+    return (
+        b"\x80\x02"
+        + py2_new_array()
+        + b"(K\x01)"
+        + py2_dtype(b"O8", b"|", 63)
+        + b"\x89]}"
+        + entries
+        + b"atb."
+    )
 
 
 def test_reads_hand_built_python2_pickle(tmp_path):
@@ -377,9 +455,22 @@ def test_reads_hand_built_python2_pickle(tmp_path):
     W = rng.standard_normal((3, 3, 2, 4)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
     alpha = rng.standard_normal(4).astype(np.float32)
-    entries = (py2_str(b"conv1") + b"](" + py2_array(W) + py2_array(b) + b"es"
-               + py2_str(b"PReLU1") + b"}(" + py2_str(b"alpha") + py2_array(alpha) + b"us"
-               + py2_str(b"conv\xe9") + b"](" + py2_array(b) + b"es")
+    entries = (
+        py2_str(b"conv1")
+        + b"]("
+        + py2_array(W)
+        + py2_array(b)
+        + b"es"
+        + py2_str(b"PReLU1")
+        + b"}("
+        + py2_str(b"alpha")
+        + py2_array(alpha)
+        + b"us"
+        + py2_str(b"conv\xe9")
+        + b"]("
+        + py2_array(b)
+        + b"es"
+    )
     path = npy_with_pickle(tmp_path / "py2.npy", py2_weight_dict(entries))
 
     ws = npy.read(path)
@@ -395,6 +486,7 @@ def test_reads_hand_built_python2_pickle(tmp_path):
 
 
 # Pickles that would run code -------------------------------------------------------------
+
 
 class _Payload:
     """Pickles as a call of `func(*args)`; unpickling it with plain pickle runs the call."""
@@ -431,18 +523,26 @@ def test_refuses_pickles_that_run_code(tmp_path, kind):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("stream, refused", [
-    # numpy.ndarray may only be handed to _reconstruct, not called.
-    (b"\x80\x02cnumpy\nndarray\nK\x02\x85\x85R.", "call numpy.ndarray directly"),
-    (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nccollections\nOrderedDict\n"
-     b"K\x00\x85C\x01b\x87R.", "other than numpy.ndarray"),
-    (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x05\x00\x00\x00rot13\x86R.",
-     "_codecs.encode"),
-    # Globals are matched by exact name: no attribute paths off an admitted one.
-    (b"\x80\x04\x8c\x05numpy\x8c\x0fdtype.__class__\x93.", "'numpy.dtype.__class__'"),
-    # BUILD on an admitted global would change it for every later load in the process.
-    (b"\x80\x02cnumpy\ndtype\n}X\x08\x00\x00\x00__call__K\x01sb.", "change numpy.dtype"),
-])
+@pytest.mark.parametrize(
+    "stream, refused",
+    [
+        # numpy.ndarray may only be handed to _reconstruct, not called.
+        (b"\x80\x02cnumpy\nndarray\nK\x02\x85\x85R.", "call numpy.ndarray directly"),
+        (
+            b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nccollections\nOrderedDict\n"
+            b"K\x00\x85C\x01b\x87R.",
+            "other than numpy.ndarray",
+        ),
+        (
+            b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x05\x00\x00\x00rot13\x86R.",
+            "_codecs.encode",
+        ),
+        # Globals are matched by exact name: no attribute paths off an admitted one.
+        (b"\x80\x04\x8c\x05numpy\x8c\x0fdtype.__class__\x93.", "'numpy.dtype.__class__'"),
+        # BUILD on an admitted global would change it for every later load in the process.
+        (b"\x80\x02cnumpy\ndtype\n}X\x08\x00\x00\x00__call__K\x01sb.", "change numpy.dtype"),
+    ],
+)
 def test_admitted_globals_cannot_be_misused(tmp_path, stream, refused):
     path = npy_with_pickle(tmp_path / "misuse.npy", stream)
     with pytest.raises(UnsafeInputError, match=re.escape(refused)):
@@ -454,14 +554,24 @@ def test_forged_dtype_flags_do_not_reach_numpy(tmp_path):
     # as its data. NumPy's own dtype.__setstate__ accepts the flags and the array then
     # holds a pointer read from the file (NumPy 2.4 segfaults on it). Run it in a child
     # process so a regression crashes that, not the test session.
-    forged = (py2_new_array() + b"(K\x01K\x01\x85" + py2_dtype(b"O8", b"|", 0) + b"\x89"
-              + b"C\x08" + struct.pack("<Q", 0x4141414141414141) + b"tb.")
+    forged = (
+        py2_new_array()
+        + b"(K\x01K\x01\x85"
+        + py2_dtype(b"O8", b"|", 0)
+        + b"\x89"
+        + b"C\x08"
+        + struct.pack("<Q", 0x4141414141414141)
+        + b"tb."
+    )
     path = npy_with_pickle(tmp_path / "forged.npy", b"\x80\x02" + forged)
-    script = ("import sys\nfrom weightconv.formats import npy\n"
-              "try:\n    npy.read(sys.argv[1])\n"
-              "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
-    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
-                            text=True, timeout=60)
+    script = (
+        "import sys\nfrom weightconv.formats import npy\n"
+        "try:\n    npy.read(sys.argv[1])\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("FormatError"), result.stdout
 
@@ -483,15 +593,23 @@ def test_trust_pickle_admits_other_globals(tmp_path):
 
 # Files that are not weight dicts ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("keep", [0.03, 0.5, 0.99])
 def test_truncated_file_is_a_format_error(tmp_path, keep):
     rng = np.random.default_rng(9)
     whole = tmp_path / "whole.npy"
-    np.save(whole, {"conv1": [rng.standard_normal((3, 3, 3, 16)).astype(np.float32),
-                              rng.standard_normal(16).astype(np.float32)]})
+    np.save(
+        whole,
+        {
+            "conv1": [
+                rng.standard_normal((3, 3, 3, 16)).astype(np.float32),
+                rng.standard_normal(16).astype(np.float32),
+            ]
+        },
+    )
     data = whole.read_bytes()
     path = tmp_path / "cut.npy"
-    path.write_bytes(data[:int(len(data) * keep)])
+    path.write_bytes(data[: int(len(data) * keep)])
 
     with pytest.raises(FormatError) as caught:
         npy.read(path)
@@ -504,8 +622,11 @@ def test_truncated_file_is_a_format_error(tmp_path, keep):
 def test_plain_numeric_array_is_not_a_weight_dict(tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, np.zeros((3, 4), np.float32))
-    with pytest.raises(FormatError, match=r"holds one float32 array of shape \(3, 4\), not a "
-                                          r"weight dict"):
+    with pytest.raises(
+        FormatError,
+        match=r"holds one float32 array of shape \(3, 4\), not a "
+        r"weight dict",
+    ):
         npy.read(path)
 
 
@@ -517,14 +638,19 @@ def test_not_npy_bytes(tmp_path):
     assert not npy.sniff(path.read_bytes(), path)
 
 
-@pytest.mark.parametrize("content, complaint", [
-    ({"conv1": "weights.bin"}, "entry 'conv1' holds a str"),
-    ({"conv1": [np.zeros(3, np.float32), 0.5]}, "tensor 'conv1/biases' is a float"),
-    ({"conv1": {"weights": np.array([1, "a"], dtype=object)}},
-     "tensor 'conv1/weights' is an object array"),
-    ({"conv1": {"names": np.array(["a", "b"])}}, "tensor 'conv1/names' has dtype"),
-    ([np.zeros(3)], "holds a pickled list, not a weight dict"),
-])
+@pytest.mark.parametrize(
+    "content, complaint",
+    [
+        ({"conv1": "weights.bin"}, "entry 'conv1' holds a str"),
+        ({"conv1": [np.zeros(3, np.float32), 0.5]}, "tensor 'conv1/biases' is a float"),
+        (
+            {"conv1": {"weights": np.array([1, "a"], dtype=object)}},
+            "tensor 'conv1/weights' is an object array",
+        ),
+        ({"conv1": {"names": np.array(["a", "b"])}}, "tensor 'conv1/names' has dtype"),
+        ([np.zeros(3)], "holds a pickled list, not a weight dict"),
+    ],
+)
 def test_contents_that_are_not_weights(tmp_path, content, complaint):
     wrapper = np.empty((), dtype=object)  # what np.save(path, content) pickles
     wrapper[()] = content
@@ -544,23 +670,29 @@ def test_sniff_and_detect(tmp_path):
 
 # A real file made by someone else --------------------------------------------------------
 
+
 @pytest.mark.corpus
 def test_mtcnn_det1_from_facenet():
     path = corpus_file("npy/mtcnn/det1.npy")
     ws = npy.read(path)
 
     # As PROVENANCE.md lists it.
-    expected = {"PReLU1": {"alpha": (10,)}, "PReLU2": {"alpha": (16,)},
-                "PReLU3": {"alpha": (32,)},
-                "conv1": {"biases": (10,), "weights": (3, 3, 3, 10)},
-                "conv2": {"biases": (16,), "weights": (3, 3, 10, 16)},
-                "conv3": {"biases": (32,), "weights": (3, 3, 16, 32)},
-                "conv4-1": {"biases": (2,), "weights": (1, 1, 32, 2)},
-                "conv4-2": {"biases": (4,), "weights": (1, 1, 32, 4)}}
-    assert {layer.name: {role: t.shape for role, t in layer.tensors.items()} for layer in ws} \
-        == expected
+    expected = {
+        "PReLU1": {"alpha": (10,)},
+        "PReLU2": {"alpha": (16,)},
+        "PReLU3": {"alpha": (32,)},
+        "conv1": {"biases": (10,), "weights": (3, 3, 3, 10)},
+        "conv2": {"biases": (16,), "weights": (3, 3, 10, 16)},
+        "conv3": {"biases": (32,), "weights": (3, 3, 16, 32)},
+        "conv4-1": {"biases": (2,), "weights": (1, 1, 32, 2)},
+        "conv4-2": {"biases": (4,), "weights": (1, 1, 32, 4)},
+    }
+    assert {
+        layer.name: {role: t.shape for role, t in layer.tensors.items()} for layer in ws
+    } == expected
     assert {layer.name: layer.kind for layer in ws} == {
-        name: Kind.PRELU if name.startswith("PReLU") else Kind.CONV for name in expected}
+        name: Kind.PRELU if name.startswith("PReLU") else Kind.CONV for name in expected
+    }
     assert ws.source.detail == {"flavour": "dict", "pickle_protocol": 2}
 
     reference = numpy_load(path)

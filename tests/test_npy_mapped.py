@@ -19,18 +19,25 @@ from weightconv.codecs import pickle_views
 
 def _weight_dict() -> dict:
     rng = np.random.default_rng(1)
-    return {"conv1": [rng.standard_normal((3, 3, 3, 64)).astype("f4"),
-                      rng.standard_normal(64).astype("f4")],
-            "fc6": {"weights": rng.standard_normal((512, 300)).astype("f8"),
-                    "biases": np.zeros(300, "f4")},
-            "steps": rng.integers(-5, 5, (70_000,), dtype="i8"),
-            "small": np.array([1.5, 2.5], "f2")}
+    return {
+        "conv1": [
+            rng.standard_normal((3, 3, 3, 64)).astype("f4"),
+            rng.standard_normal(64).astype("f4"),
+        ],
+        "fc6": {
+            "weights": rng.standard_normal((512, 300)).astype("f8"),
+            "biases": np.zeros(300, "f4"),
+        },
+        "steps": rng.integers(-5, 5, (70_000,), dtype="i8"),
+        "small": np.array([1.5, 2.5], "f2"),
+    }
 
 
 def _save(path, obj, protocol: int) -> None:
     with open(path, "wb") as handle:
-        npformat.write_array_header_1_0(handle, {"descr": "|O", "fortran_order": False,
-                                                 "shape": ()})
+        npformat.write_array_header_1_0(
+            handle, {"descr": "|O", "fortran_order": False, "shape": ()}
+        )
         pickle.dump(np.array(obj, dtype=object), handle, protocol=protocol)
 
 
@@ -73,8 +80,9 @@ def test_python2_strings_are_mapped_too(tmp_path):
     py2[1] = 2  # PROTO 2
     path = tmp_path / "py2.npy"
     with open(path, "wb") as handle:
-        npformat.write_array_header_1_0(handle, {"descr": "|O", "fortran_order": False,
-                                                 "shape": ()})
+        npformat.write_array_header_1_0(
+            handle, {"descr": "|O", "fortran_order": False, "shape": ()}
+        )
         handle.write(bytes(py2))
     expected = np.load(path, allow_pickle=True, encoding="latin1").item()
     weights = weightconv.load(path)
@@ -113,16 +121,22 @@ def test_loading_a_large_dict_costs_little_memory(tmp_path):
     """A 200 MB dict read in a fresh process: peak RSS far below the file's size."""
     path = tmp_path / "big.npy"
     rng = np.random.default_rng(0)
-    _save(path, {f"fc{i}": [rng.standard_normal((5000, 2500)).astype("f4")] for i in range(4)},
-          4)
+    _save(path, {f"fc{i}": [rng.standard_normal((5000, 2500)).astype("f4")] for i in range(4)}, 4)
     # VmHWM, not ru_maxrss: the latter carries the forking test process's own peak over.
-    script = ("import re, sys, numpy as np, weightconv\n"
-              "w = weightconv.load(sys.argv[1])\n"
-              "total = sum(float(np.asarray(t)[-1, -1]) for _, _, t in w.tensors())\n"
-              "status = open('/proc/self/status').read()\n"
-              "print(int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) // 1024)\n")
-    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
-                            text=True, timeout=120, check=True)
+    script = (
+        "import re, sys, numpy as np, weightconv\n"
+        "w = weightconv.load(sys.argv[1])\n"
+        "total = sum(float(np.asarray(t)[-1, -1]) for _, _, t in w.tensors())\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) // 1024)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     peak_mb = int(result.stdout.split()[-1])
     assert path.stat().st_size > 190e6
     assert peak_mb < 120, peak_mb

@@ -24,8 +24,10 @@ from weightconv.testing import synthetic
 from . import numpy_forward as nf
 from .conftest import corpus_file
 
-cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless) is the oracle here; "
-                                        "pip install opencv-python-headless")
+cv2 = pytest.importorskip(
+    "cv2",
+    reason="OpenCV (opencv-python-headless) is the oracle here; pip install opencv-python-headless",
+)
 
 pytestmark = pytest.mark.oracle
 
@@ -47,7 +49,7 @@ def convert(model: Path, prototxt: Path, tmp_path: Path) -> dict[str, list[np.nd
 def images(net: NetDef, value_range: tuple[float, float], seed: int = 0) -> np.ndarray:
     """Seeded random NHWC images in the net's usual input range, BATCH of them (the
     prototxt's own batch size is ignored: both frameworks reshape to the fed batch)."""
-    (_, channels, height, width), = nf.input_blobs(net).values()
+    ((_, channels, height, width),) = nf.input_blobs(net).values()
     low, high = value_range
     rng = np.random.default_rng(seed)
     return rng.uniform(low, high, (BATCH, height, width, channels)).astype(np.float32)
@@ -60,8 +62,9 @@ def logits_blob(net: NetDef) -> str:
     return softmax[-1].bottoms[0]
 
 
-def opencv_forward(prototxt: Path, model: Path, x: np.ndarray,
-                   blobs: list[str]) -> list[np.ndarray]:
+def opencv_forward(
+    prototxt: Path, model: Path, x: np.ndarray, blobs: list[str]
+) -> list[np.ndarray]:
     net = cv2.dnn.readNetFromCaffe(str(prototxt), str(model))
     net.setInput(nf.nchw(x))
     outputs = net.forward(blobs)
@@ -81,8 +84,9 @@ def assert_top1_agrees(ours: np.ndarray, theirs: np.ndarray, tol: float) -> None
     np.testing.assert_array_equal(nf.top1(ours)[decided], nf.top1(theirs)[decided])
 
 
-def check_against_opencv(prototxt: Path, model: Path, weights: dict[str, list[np.ndarray]],
-                         net: NetDef, x: np.ndarray) -> float:
+def check_against_opencv(
+    prototxt: Path, model: Path, weights: dict[str, list[np.ndarray]], net: NetDef, x: np.ndarray
+) -> float:
     """Assert logits, probabilities and top-1 agree; return the logits' max |difference|."""
     logits = logits_blob(net)
     prob = [layer for layer in net.layers if layer.type == "Softmax"][-1].tops[0]
@@ -92,8 +96,10 @@ def check_against_opencv(prototxt: Path, model: Path, weights: dict[str, list[np
     cv_logits, cv_prob = opencv_forward(prototxt, model, x, [logits, prob])
     tol = tolerance(cv_logits)
     diff = float(np.abs(our_logits - cv_logits).max())
-    assert diff <= tol, (f"{logits}: max |ours - OpenCV| = {diff:.3g} > {tol:.3g} "
-                         f"(max |logit| {np.abs(cv_logits).max():.3g})")
+    assert diff <= tol, (
+        f"{logits}: max |ours - OpenCV| = {diff:.3g} > {tol:.3g} "
+        f"(max |logit| {np.abs(cv_logits).max():.3g})"
+    )
     prob_diff = float(np.abs(our_prob - cv_prob).max())
     assert prob_diff <= RELATIVE, f"{prob}: max |ours - OpenCV| = {prob_diff:.3g}"
     assert_top1_agrees(our_logits, cv_logits, tol)
@@ -104,15 +110,25 @@ def check_against_opencv(prototxt: Path, model: Path, weights: dict[str, list[np
 
 REAL_MODELS = [
     # LeNet was trained on MNIST scaled to [0, 1].
-    pytest.param("caffe/lenet/lenet_iter_10000.caffemodel", "caffe/lenet/lenet.prototxt",
-                 (0.0, 1.0), id="lenet"),
+    pytest.param(
+        "caffe/lenet/lenet_iter_10000.caffemodel",
+        "caffe/lenet/lenet.prototxt",
+        (0.0, 1.0),
+        id="lenet",
+    ),
     # cifar10_quick was trained on mean-subtracted 0..255 pixels.
-    pytest.param("caffe/cifar10_v2/cifar10_quick_iter_4000.caffemodel",
-                 "caffe/cifar10_v2/cifar10_quick.prototxt", (-128.0, 128.0),
-                 id="cifar10_quick-v2"),
-    pytest.param("caffe/cifar10_v1/cifar10_quick_iter_5000.caffemodel",
-                 "caffe/cifar10_v1/cifar10_quick.prototxt", (-128.0, 128.0),
-                 id="cifar10_quick-v1"),
+    pytest.param(
+        "caffe/cifar10_v2/cifar10_quick_iter_4000.caffemodel",
+        "caffe/cifar10_v2/cifar10_quick.prototxt",
+        (-128.0, 128.0),
+        id="cifar10_quick-v2",
+    ),
+    pytest.param(
+        "caffe/cifar10_v1/cifar10_quick_iter_5000.caffemodel",
+        "caffe/cifar10_v1/cifar10_quick.prototxt",
+        (-128.0, 128.0),
+        id="cifar10_quick-v1",
+    ),
 ]
 
 
@@ -144,8 +160,11 @@ class Generated:
         self.x = images(self.net, IMAGENET_RANGE)
 
 
-@pytest.fixture(scope="module", params=[("alexnet", "v2"), ("caffenet", "v1")],
-                ids=["alexnet-v2", "caffenet-v1"])
+@pytest.fixture(
+    scope="module",
+    params=[("alexnet", "v2"), ("caffenet", "v1")],
+    ids=["alexnet-v2", "caffenet-v1"],
+)
 def generated(request, tmp_path_factory) -> Generated:
     spec, encoding = request.param
     return Generated(tmp_path_factory.mktemp(f"{spec}-{encoding}"), spec, encoding)
@@ -153,8 +172,9 @@ def generated(request, tmp_path_factory) -> Generated:
 
 def test_generated_alexnet_agrees_with_opencv(generated):
     assert generated.weights["conv2"][0].shape[2] * 2 == generated.weights["conv1"][0].shape[3]
-    check_against_opencv(generated.prototxt, generated.model, generated.weights, generated.net,
-                         generated.x)
+    check_against_opencv(
+        generated.prototxt, generated.model, generated.weights, generated.net, generated.x
+    )
 
 
 def fc6_rows_in_chw_order(weights, net):
@@ -182,14 +202,16 @@ def conv1_kernel_transposed(weights, net):
     return {**weights, "conv1": [kernel.transpose(1, 0, 2, 3), bias]}
 
 
-@pytest.mark.parametrize("corrupt", [fc6_rows_in_chw_order, conv2_groups_swapped,
-                                     conv1_kernel_transposed],
-                         ids=["fc6-rows-CHW", "conv2-groups-swapped", "conv1-kernel-WHIO"])
+@pytest.mark.parametrize(
+    "corrupt",
+    [fc6_rows_in_chw_order, conv2_groups_swapped, conv1_kernel_transposed],
+    ids=["fc6-rows-CHW", "conv2-groups-swapped", "conv1-kernel-WHIO"],
+)
 def test_a_wrong_layout_would_disagree_with_opencv(generated, corrupt):
     """The oracle has teeth: each plausible layout mistake misses by far more than the
     tolerance (so the agreement above proves the flatten order and the group layout)."""
     logits = logits_blob(generated.net)
-    cv_logits, = opencv_forward(generated.prototxt, generated.model, generated.x, [logits])
+    (cv_logits,) = opencv_forward(generated.prototxt, generated.model, generated.x, [logits])
     wrong = nf.forward(generated.net, corrupt(generated.weights, generated.net), generated.x)
     diff = float(np.abs(wrong[logits].reshape(cv_logits.shape) - cv_logits).max())
     assert diff > 100 * tolerance(cv_logits), f"{corrupt.__name__}: only {diff:.3g} off"
@@ -248,8 +270,9 @@ def corners(tmp_path_factory):
         if layer.type == "Convolution":
             p = layer.convolution_param
             kernel = (p.kernel_h, p.kernel_w) if p.kernel_h else (p.kernel_size[0],) * 2
-            add_blob(layer, rng.standard_normal((p.num_output, bottom[1] // max(p.group, 1),
-                                                 *kernel)))
+            add_blob(
+                layer, rng.standard_normal((p.num_output, bottom[1] // max(p.group, 1), *kernel))
+            )
             add_blob(layer, rng.standard_normal(p.num_output))
         elif layer.type == "PReLU":
             add_blob(layer, rng.uniform(0.05, 0.5, bottom[1]))
@@ -274,8 +297,9 @@ def test_corner_cases_agree_with_opencv(corners):
     for name, theirs in zip(names, opencv_forward(prototxt, model, x, names), strict=True):
         mine = ours[name]
         theirs = theirs.reshape(mine.shape[0], mine.shape[3], *mine.shape[1:3])
-        np.testing.assert_allclose(mine, theirs.transpose(0, 2, 3, 1), rtol=0,
-                                   atol=tolerance(theirs), err_msg=name)
+        np.testing.assert_allclose(
+            mine, theirs.transpose(0, 2, 3, 1), rtol=0, atol=tolerance(theirs), err_msg=name
+        )
 
 
 def test_non_square_flatten_in_w_h_c_order_would_disagree(corners):
@@ -283,6 +307,6 @@ def test_non_square_flatten_in_w_h_c_order_would_disagree(corners):
     kernel, bias = weights["ip1"]
     h, w, c = 4, 3, 8
     whc = kernel.reshape(h, w, c, -1).transpose(1, 0, 2, 3).reshape(kernel.shape)
-    cv_logits, = opencv_forward(prototxt, model, x, ["ip1"])
+    (cv_logits,) = opencv_forward(prototxt, model, x, ["ip1"])
     wrong = nf.forward(net, {**weights, "ip1": [whc, bias]}, x)["ip1"]
     assert np.abs(wrong - cv_logits).max() > 100 * tolerance(cv_logits)

@@ -144,23 +144,26 @@ def test_decoders_start_at_pos_and_return_the_next():
 K2XX63 = b"\xff\xc0\x80" + bytes(7)
 
 
-@pytest.mark.parametrize(("decoder", "encoded", "message"), [
-    (decode_num_increasing, b"\x09\x01" + bytes(8), "9 bytes"),
-    (decode_num_increasing, b"", "truncated"),
-    (decode_num_increasing, b"\x03\x01\x00", "truncated"),
-    (decode_signed_num_increasing, K2XX63, "overflows"),
-    (decode_signed_num_increasing, bytes(b ^ 0xFF for b in K2XX63), "overflows"),
-    (decode_signed_num_increasing, b"\xff\xe0" + bytes(9), "more than 10 bytes"),
-    (decode_signed_num_increasing, b"\x00\x1f" + bytes(9), "more than 10 bytes"),
-    (decode_signed_num_increasing, b"\xff\xff" + bytes(14), "more than 10 bytes"),
-    (decode_signed_num_increasing, b"", "truncated"),
-    (decode_string, b"abc", "unterminated"),
-    (decode_string, b"abc\x00", "unterminated"),
-    (decode_string, b"abc\xff", "unterminated"),
-    (decode_string, b"a\x00\x02b\x00\x01", "invalid escape 0002"),
-    (decode_string, b"a\xff\xffb\x00\x01", "invalid escape ffff"),
-    (decode_string, b"a\xff\x01b\x00\x01", "invalid escape ff01"),
-])
+@pytest.mark.parametrize(
+    ("decoder", "encoded", "message"),
+    [
+        (decode_num_increasing, b"\x09\x01" + bytes(8), "9 bytes"),
+        (decode_num_increasing, b"", "truncated"),
+        (decode_num_increasing, b"\x03\x01\x00", "truncated"),
+        (decode_signed_num_increasing, K2XX63, "overflows"),
+        (decode_signed_num_increasing, bytes(b ^ 0xFF for b in K2XX63), "overflows"),
+        (decode_signed_num_increasing, b"\xff\xe0" + bytes(9), "more than 10 bytes"),
+        (decode_signed_num_increasing, b"\x00\x1f" + bytes(9), "more than 10 bytes"),
+        (decode_signed_num_increasing, b"\xff\xff" + bytes(14), "more than 10 bytes"),
+        (decode_signed_num_increasing, b"", "truncated"),
+        (decode_string, b"abc", "unterminated"),
+        (decode_string, b"abc\x00", "unterminated"),
+        (decode_string, b"abc\xff", "unterminated"),
+        (decode_string, b"a\x00\x02b\x00\x01", "invalid escape 0002"),
+        (decode_string, b"a\xff\xffb\x00\x01", "invalid escape ffff"),
+        (decode_string, b"a\xff\x01b\x00\x01", "invalid escape ff01"),
+    ],
+)
 def test_invalid_encodings(decoder, encoded, message):
     with pytest.raises(FormatError, match=message):
         decoder(encoded, 0)
@@ -172,20 +175,25 @@ def test_invalid_encodings(decoder, encoded, message):
 @example(INT64_MAX, 0, b"")
 def test_every_proper_prefix_is_refused(signed, unsigned, string):
     # As TestRead in ordered_code_test.cc does for every number it round-trips.
-    for decoder, encoded in [(decode_signed_num_increasing, encode_signed_num_increasing(signed)),
-                             (decode_num_increasing, encode_num_increasing(unsigned)),
-                             (decode_string, encode_string(string))]:
+    for decoder, encoded in [
+        (decode_signed_num_increasing, encode_signed_num_increasing(signed)),
+        (decode_num_increasing, encode_num_increasing(unsigned)),
+        (decode_string, encode_string(string)),
+    ]:
         for end in range(len(encoded)):
             with pytest.raises(FormatError):
                 decoder(encoded[:end], 0)
 
 
-@pytest.mark.parametrize(("encoder", "value"), [
-    (encode_num_increasing, -1),
-    (encode_num_increasing, 1 << 64),
-    (encode_signed_num_increasing, INT64_MAX + 1),
-    (encode_signed_num_increasing, INT64_MIN - 1),
-])
+@pytest.mark.parametrize(
+    ("encoder", "value"),
+    [
+        (encode_num_increasing, -1),
+        (encode_num_increasing, 1 << 64),
+        (encode_signed_num_increasing, INT64_MAX + 1),
+        (encode_signed_num_increasing, INT64_MIN - 1),
+    ],
+)
 def test_encoders_refuse_out_of_range(encoder, value):
     with pytest.raises(ValueError, match="64-bit"):
         encoder(value)
@@ -223,8 +231,9 @@ def test_unsigned_order_and_round_trip(a, b):
     assert decode_num_increasing(ea, 0) == (a, len(ea))
 
 
-special_bytes = st.binary(max_size=30) | st.lists(st.sampled_from([0, 1, 0xFE, 0xFF, 0x61]),
-                                                  max_size=30).map(bytes)
+special_bytes = st.binary(max_size=30) | st.lists(
+    st.sampled_from([0, 1, 0xFE, 0xFF, 0x61]), max_size=30
+).map(bytes)
 
 
 @settings(max_examples=500, deadline=None)
@@ -243,8 +252,9 @@ def test_string_order_and_round_trip(a, b):
 # --- tensor-slice keys ----------------------------------------------------------------------
 
 names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
-extents = st.one_of(st.just((0, -1)),
-                    st.tuples(st.integers(0, INT64_MAX), st.integers(0, INT64_MAX)))
+extents = st.one_of(
+    st.just((0, -1)), st.tuples(st.integers(0, INT64_MAX), st.integers(0, INT64_MAX))
+)
 
 
 def test_slice_key_layout():
@@ -272,20 +282,23 @@ def test_is_slice_key():
     assert not is_slice_key(b"")
 
 
-@pytest.mark.parametrize(("key", "message"), [
-    (b"", "truncated"),
-    (b"\x01\x01w\x00\x01\x01\x01\x80\x7f", "starts with 1, not 0"),
-    (b"w\x00\x01\x01\x01\x80\x7f", "unsigned number of 119 bytes"),
-    (b"\x00w\x00\x01", "truncated unsigned"),
-    (b"\x00w\x01\x01\x01\x80\x7f", "unterminated string"),
-    (b"\x00w\x00\x01\x01\x02\x80\x7f", "truncated signed"),
-    (b"\x00w\x00\x01\x01\x01\x80", "truncated signed"),
-    (b"\x00w\x00\x01\x01\x01\x80\x7f\x80", "1 trailing bytes"),
-    (b"\x00w\x00\x01\x01\x01\x80\x7e", r"invalid extent \(0, -2\)"),
-    (b"\x00w\x00\x01\x01\x01\x7f\x83", r"invalid extent \(-1, 3\)"),
-    (b"\x00\xc3\x28\x00\x01\x01\x01\x80\x7f", "not UTF-8"),
-    (b"\x00w\x00\x01\x04\x80\x00\x00\x00\x80\x7f", "rank 2147483648"),
-])
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (b"", "truncated"),
+        (b"\x01\x01w\x00\x01\x01\x01\x80\x7f", "starts with 1, not 0"),
+        (b"w\x00\x01\x01\x01\x80\x7f", "unsigned number of 119 bytes"),
+        (b"\x00w\x00\x01", "truncated unsigned"),
+        (b"\x00w\x01\x01\x01\x80\x7f", "unterminated string"),
+        (b"\x00w\x00\x01\x01\x02\x80\x7f", "truncated signed"),
+        (b"\x00w\x00\x01\x01\x01\x80", "truncated signed"),
+        (b"\x00w\x00\x01\x01\x01\x80\x7f\x80", "1 trailing bytes"),
+        (b"\x00w\x00\x01\x01\x01\x80\x7e", r"invalid extent \(0, -2\)"),
+        (b"\x00w\x00\x01\x01\x01\x7f\x83", r"invalid extent \(-1, 3\)"),
+        (b"\x00\xc3\x28\x00\x01\x01\x01\x80\x7f", "not UTF-8"),
+        (b"\x00w\x00\x01\x04\x80\x00\x00\x00\x80\x7f", "rank 2147483648"),
+    ],
+)
 def test_malformed_slice_keys(key, message):
     with pytest.raises(FormatError, match=message):
         decode_slice_key(key)
@@ -354,7 +367,7 @@ def block_entries(table: bytes, handle: bytes) -> list[tuple[bytes, bytes]]:
     """The (key, value) pairs of the LevelDB-format table block `handle` points at."""
     offset, pos = read_varint(handle, 0)
     size, _ = read_varint(handle, pos)
-    block = table[offset:offset + size]
+    block = table[offset : offset + size]
     compression = table[offset + size]
     if compression == 1:
         block = snappy.decompress(block)
@@ -367,9 +380,9 @@ def block_entries(table: bytes, handle: bytes) -> list[tuple[bytes, bytes]]:
         shared, pos = read_varint(block, pos)
         unshared, pos = read_varint(block, pos)
         value_size, pos = read_varint(block, pos)
-        key = key[:shared] + block[pos:pos + unshared]
+        key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
-        entries.append((key, block[pos:pos + value_size]))
+        entries.append((key, block[pos : pos + value_size]))
         pos += value_size
     return entries
 
@@ -380,16 +393,24 @@ def table_keys(path: Path) -> list[bytes]:
     footer = table[-48:]
     _, pos = read_varint(footer, 0)
     _, pos = read_varint(footer, pos)
-    return [key for _, handle in block_entries(table, footer[pos:])
-            for key, _ in block_entries(table, handle)]
+    return [
+        key
+        for _, handle in block_entries(table, footer[pos:])
+        for key, _ in block_entries(table, handle)
+    ]
 
 
 @pytest.fixture(scope="module")
 def tf_checkpoints(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tf_checkpoints")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-c", WRITE_CHECKPOINTS, str(out)],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", WRITE_CHECKPOINTS, str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     if result.returncode == TF_MISSING:
         pytest.skip("TensorFlow (test extra) is not importable; pip install tensorflow")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -414,8 +435,9 @@ def expected_slices(layout: dict, partitioned_only: bool) -> list[tuple[str, lis
 def test_tensorflow_slice_keys(tf_checkpoints, table, partitioned_only):
     layout = json.loads((tf_checkpoints / "layout.json").read_text())
     keys = [key for key in table_keys(tf_checkpoints / table) if is_slice_key(key)]
-    assert sorted(decode_slice_key(key) for key in keys) == expected_slices(layout,
-                                                                           partitioned_only)
+    assert sorted(decode_slice_key(key) for key in keys) == expected_slices(
+        layout, partitioned_only
+    )
     for key in keys:
         assert encode_slice_key(*decode_slice_key(key)) == key
 

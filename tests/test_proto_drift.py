@@ -15,16 +15,27 @@ from weightconv._proto import caffe_pb2, tf_checkpoint_pb2
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("stem, module", [("caffe", caffe_pb2),
-                                          ("tf_checkpoint", tf_checkpoint_pb2)])
+@pytest.mark.parametrize(
+    "stem, module", [("caffe", caffe_pb2), ("tf_checkpoint", tf_checkpoint_pb2)]
+)
 def test_generated_module_matches_the_proto_file(tmp_path, stem, module):
     pytest.importorskip("grpc_tools.protoc", reason="grpcio-tools (test extra) absent")
     out = tmp_path / f"{stem}.desc"
     # In a child process: protoc's bundled C++ protobuf crashes in a process where another
     # test has already loaded TensorFlow's.
-    result = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO / 'proto'}",
-                             f"--descriptor_set_out={out}", str(REPO / "proto" / f"{stem}.proto")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{REPO / 'proto'}",
+            f"--descriptor_set_out={out}",
+            str(REPO / "proto" / f"{stem}.proto"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
     committed = descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)
@@ -32,7 +43,8 @@ def test_generated_module_matches_the_proto_file(tmp_path, stem, module):
         _normalise(descriptor.message_type)
     assert committed == fresh, (
         f"weightconv/_proto/{stem}_pb2.py is stale: run scripts/regen_protos.py "
-        "(see its docstring for the pinned grpcio-tools)")
+        "(see its docstring for the pinned grpcio-tools)"
+    )
 
 
 def _normalise(messages) -> None:

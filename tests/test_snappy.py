@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from weightconv.codecs.snappy import decompress
 from weightconv.errors import FormatError
 
-cramjam = pytest.importorskip("cramjam", reason="cramjam (test extra) is the Snappy oracle; "
-                                                "pip install cramjam")
+cramjam = pytest.importorskip(
+    "cramjam", reason="cramjam (test extra) is the Snappy oracle; pip install cramjam"
+)
 
 
 def oracle_compress(data: bytes) -> bytes:
@@ -96,21 +97,25 @@ def test_four_byte_literal_length():
     assert decompress(stream) == data
 
 
-@pytest.mark.parametrize(("element", "expected"), [
-    (copy1(4, 3), b"abcabca"),                  # plain copy
-    (copy1(11, 1), b"abc" + b"c" * 11),         # offset 1: a run of one byte
-    (copy1(10, 2), b"abc" + b"bc" * 5),         # offset 2 < length: the pattern repeats
-    (copy2(64, 3), b"abc" * 22 + b"a"),         # longest 2-byte-offset copy
-    (copy4(7, 3), b"abc" + b"abcabca"),
-])
+@pytest.mark.parametrize(
+    ("element", "expected"),
+    [
+        (copy1(4, 3), b"abcabca"),  # plain copy
+        (copy1(11, 1), b"abc" + b"c" * 11),  # offset 1: a run of one byte
+        (copy1(10, 2), b"abc" + b"bc" * 5),  # offset 2 < length: the pattern repeats
+        (copy2(64, 3), b"abc" * 22 + b"a"),  # longest 2-byte-offset copy
+        (copy4(7, 3), b"abc" + b"abcabca"),
+    ],
+)
 def test_copies(element, expected):
     assert decompress(varint(len(expected)) + literal(b"abc") + element) == expected
 
 
 def test_copy_with_large_offsets():
     head = random.Random(1).randbytes(70000)
-    stream = (varint(len(head) + 20) + literal(head) + copy1(10, 2000) + copy2(5, 60000)
-              + copy4(5, 69999))
+    stream = (
+        varint(len(head) + 20) + literal(head) + copy1(10, 2000) + copy2(5, 60000) + copy4(5, 69999)
+    )
     # Output positions 70000, 70010 and 70015 minus the offsets: 68000, 10010 and 16.
     expected = head + head[68000:68010] + head[10010:10015] + head[16:21]
     assert decompress(stream) == expected
@@ -151,8 +156,7 @@ def test_round_trip_hypothesis(data):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.binary(min_size=1, max_size=30), st.integers(1, 200)),
-                max_size=20))
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=30), st.integers(1, 200)), max_size=20))
 def test_round_trip_hypothesis_runs(runs):
     data = b"".join(chunk * count for chunk, count in runs)
     assert decompress(oracle_compress(data)) == data
@@ -169,25 +173,28 @@ def test_every_proper_prefix_is_refused():
     assert decompress(stream) == mixed(3000, seed=7)
 
 
-@pytest.mark.parametrize(("stream", "message"), [
-    (b"", "truncated length preamble"),
-    (b"\x80\x80", "truncated length preamble"),
-    (b"\xff\xff\xff\xff\xff\x01", "longer than 5 bytes"),
-    (b"\xff\xff\xff\xff\x7f", "does not fit in 32 bits"),
-    (b"\x04" + copy1(4, 1), "points before the start"),
-    (b"\x08" + literal(b"ab") + copy1(6, 3), "points before the start"),
-    (b"\x08" + literal(b"ab") + copy2(6, 0), "offset 0"),
-    (b"\x08" + literal(b"ab") + copy4(6, 0), "offset 0"),
-    (b"\x05" + literal(b"ab") + b"\x01", "truncated copy"),
-    (b"\x05" + literal(b"ab") + b"\x02\x01", "truncated copy"),
-    (b"\x05" + literal(b"ab") + b"\x03\x01\x00\x00", "truncated copy"),
-    (b"\x05" + bytes([61 << 2]) + b"\x00", "truncated literal length"),
-    (b"\x05\x10hell", "runs past the end"),
-    (b"\x04\x10hello", "exceeds the declared length"),
-    (b"\x06\x10hello", "output is 5 bytes, the preamble declared 6"),
-    (b"\x05" + literal(b"ab") + copy1(4, 2), "exceeds the declared length"),
-    (b"\x00\x00a", "exceeds the declared length"),
-])
+@pytest.mark.parametrize(
+    ("stream", "message"),
+    [
+        (b"", "truncated length preamble"),
+        (b"\x80\x80", "truncated length preamble"),
+        (b"\xff\xff\xff\xff\xff\x01", "longer than 5 bytes"),
+        (b"\xff\xff\xff\xff\x7f", "does not fit in 32 bits"),
+        (b"\x04" + copy1(4, 1), "points before the start"),
+        (b"\x08" + literal(b"ab") + copy1(6, 3), "points before the start"),
+        (b"\x08" + literal(b"ab") + copy2(6, 0), "offset 0"),
+        (b"\x08" + literal(b"ab") + copy4(6, 0), "offset 0"),
+        (b"\x05" + literal(b"ab") + b"\x01", "truncated copy"),
+        (b"\x05" + literal(b"ab") + b"\x02\x01", "truncated copy"),
+        (b"\x05" + literal(b"ab") + b"\x03\x01\x00\x00", "truncated copy"),
+        (b"\x05" + bytes([61 << 2]) + b"\x00", "truncated literal length"),
+        (b"\x05\x10hell", "runs past the end"),
+        (b"\x04\x10hello", "exceeds the declared length"),
+        (b"\x06\x10hello", "output is 5 bytes, the preamble declared 6"),
+        (b"\x05" + literal(b"ab") + copy1(4, 2), "exceeds the declared length"),
+        (b"\x00\x00a", "exceeds the declared length"),
+    ],
+)
 def test_malformed(stream, message):
     with pytest.raises(FormatError, match="snappy: .*" + message):
         decompress(stream)
@@ -196,7 +203,7 @@ def test_malformed(stream, message):
 def test_preamble_mismatch_on_oracle_stream():
     data = mixed(1000, seed=3)
     stream = oracle_compress(data)
-    body = stream[len(varint(len(data))):]
+    body = stream[len(varint(len(data))) :]
     with pytest.raises(FormatError, match="exceeds the declared length"):
         decompress(varint(len(data) - 1) + body)
     with pytest.raises(FormatError, match="the preamble declared"):

@@ -21,12 +21,24 @@ from .conftest import corpus_file
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "fixtures" / "make_caffe.py"
 
-ALEXNET_COUNTS = {"conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936,
-                  "conv5": 442_624, "fc6": 37_752_832, "fc7": 16_781_312, "fc8": 4_097_000}
+ALEXNET_COUNTS = {
+    "conv1": 34_944,
+    "conv2": 307_456,
+    "conv3": 885_120,
+    "conv4": 663_936,
+    "conv5": 442_624,
+    "fc6": 37_752_832,
+    "fc7": 16_781_312,
+    "fc8": 4_097_000,
+}
 
 #: Small nets of every kind, as (name, build options).
-SMALL = [("lenet", {}), ("alexnet", {"width": 0.125}), ("caffenet", {"width": 0.125}),
-         ("vgg16", {"width": 0.0625, "input_size": 32, "num_classes": 10})]
+SMALL = [
+    ("lenet", {}),
+    ("alexnet", {"width": 0.125}),
+    ("caffenet", {"width": 0.125}),
+    ("vgg16", {"width": 0.0625, "input_size": 32, "num_classes": 10}),
+]
 SMALL_IDS = [name for name, _ in SMALL]
 
 
@@ -83,9 +95,15 @@ def test_vgg16_sizes_without_generating_weights():
 def test_small_alexnet_shapes_keep_groups_and_the_6x6_pool5():
     shapes = synthetic.net_spec("alexnet", width=0.125, num_classes=7).blob_shapes()
     assert {name: blobs[0] for name, blobs in shapes.items()} == {
-        "conv1": (12, 3, 11, 11), "conv2": (32, 6, 5, 5), "conv3": (48, 32, 3, 3),
-        "conv4": (48, 24, 3, 3), "conv5": (32, 24, 3, 3), "fc6": (512, 32 * 6 * 6),
-        "fc7": (512, 512), "fc8": (7, 512)}
+        "conv1": (12, 3, 11, 11),
+        "conv2": (32, 6, 5, 5),
+        "conv3": (48, 32, 3, 3),
+        "conv4": (48, 24, 3, 3),
+        "conv5": (32, 24, 3, 3),
+        "fc6": (512, 32 * 6 * 6),
+        "fc7": (512, 512),
+        "fc8": (7, 512),
+    }
     assert all(blobs[1] == (blobs[0][0],) for blobs in shapes.values())
 
 
@@ -111,17 +129,20 @@ def test_input_size_changes_the_fc6_input_with_caffe_arithmetic():
     assert synthetic.net_spec("vgg16", input_size=32).blob_shapes()["fc6"][0] == (4096, 512)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: synthetic.build("resnet50"),
-    lambda: synthetic.build("alexnet", width=0),
-    lambda: synthetic.build("alexnet", input_size=30),
-    lambda: synthetic.build("lenet", input_size=8),
-    lambda: synthetic.build("lenet", num_classes=0),
-    lambda: synthetic.build("lenet", encoding="v0"),
-    lambda: synthetic.build("lenet", dtype="float16"),
-    lambda: synthetic.build("lenet", seed=-1),
-    lambda: synthetic.build("lenet").caffemodel_bytes(encoding="v3"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: synthetic.build("resnet50"),
+        lambda: synthetic.build("alexnet", width=0),
+        lambda: synthetic.build("alexnet", input_size=30),
+        lambda: synthetic.build("lenet", input_size=8),
+        lambda: synthetic.build("lenet", num_classes=0),
+        lambda: synthetic.build("lenet", encoding="v0"),
+        lambda: synthetic.build("lenet", dtype="float16"),
+        lambda: synthetic.build("lenet", seed=-1),
+        lambda: synthetic.build("lenet").caffemodel_bytes(encoding="v3"),
+    ],
+)
 def test_bad_options_are_refused(call):
     with pytest.raises(ValueError):
         call()
@@ -172,7 +193,8 @@ def test_caffemodel_parses_with_protobuf_and_holds_the_weights(name, options, en
         assert list(message.input) == ["data"]
         assert list(message.input_dim) == list(net.input_shape)
     assert [without_blobs(layer) for layer in layers] == [
-        spec.definition(encoding) for spec in net.layers]
+        spec.definition(encoding) for spec in net.layers
+    ]
     assert [layer.name for layer in weighted_layers(message)] == list(expected)
     for layer in weighted_layers(message):
         for blob, array in zip(layer.blobs, expected[layer.name], strict=True):
@@ -183,20 +205,29 @@ def test_caffemodel_parses_with_protobuf_and_holds_the_weights(name, options, en
             else:
                 assert not blob.HasField("num") and tuple(blob.shape.dim) == array.shape
             assert not len(blob.double_data) and not len(blob.diff)
-            np.testing.assert_array_equal(np.array(blob.data, np.float32).reshape(array.shape),
-                                          array)
+            np.testing.assert_array_equal(
+                np.array(blob.data, np.float32).reshape(array.shape), array
+            )
 
 
 def test_v1_layers_have_enum_types_and_legacy_4d_blobs():
     message = parse(synthetic.build("lenet", encoding="v1").caffemodel_bytes())
     V1 = caffe_pb2.V1LayerParameter
     assert [(layer.name, layer.type) for layer in message.layers] == [
-        ("conv1", V1.CONVOLUTION), ("pool1", V1.POOLING), ("conv2", V1.CONVOLUTION),
-        ("pool2", V1.POOLING), ("ip1", V1.INNER_PRODUCT), ("relu1", V1.RELU),
-        ("ip2", V1.INNER_PRODUCT), ("prob", V1.SOFTMAX)]
+        ("conv1", V1.CONVOLUTION),
+        ("pool1", V1.POOLING),
+        ("conv2", V1.CONVOLUTION),
+        ("pool2", V1.POOLING),
+        ("ip1", V1.INNER_PRODUCT),
+        ("relu1", V1.RELU),
+        ("ip2", V1.INNER_PRODUCT),
+        ("prob", V1.SOFTMAX),
+    ]
     ip1 = message.layers[4]
-    assert [(b.num, b.channels, b.height, b.width) for b in ip1.blobs] == [(1, 1, 500, 800),
-                                                                        (1, 1, 1, 500)]
+    assert [(b.num, b.channels, b.height, b.width) for b in ip1.blobs] == [
+        (1, 1, 500, 800),
+        (1, 1, 1, 500),
+    ]
     assert list(ip1.blobs_lr) == [1, 2] and list(ip1.weight_decay) == [1, 0]
 
 
@@ -205,8 +236,9 @@ def test_double_data_encoding(encoding):
     net = synthetic.build("lenet", seed=2, encoding=encoding, dtype="float64")
     data = net.caffemodel_bytes()
     assert len(data) == net.caffemodel_size()
-    assert data == synthetic.build("lenet", seed=2).caffemodel_bytes(encoding=encoding,
-                                                                     dtype="float64")
+    assert data == synthetic.build("lenet", seed=2).caffemodel_bytes(
+        encoding=encoding, dtype="float64"
+    )
     weights = net.weights
     for layer in weighted_layers(parse(data)):
         for blob, array in zip(layer.blobs, weights[layer.name], strict=True):
@@ -280,8 +312,13 @@ def _structure(net: caffe_pb2.NetParameter) -> list[tuple]:
     rows = []
     for layer in list(net.layer) + list(net.layers):
         params = []
-        for field in ("convolution_param", "pooling_param", "lrn_param",
-                      "inner_product_param", "dropout_param"):
+        for field in (
+            "convolution_param",
+            "pooling_param",
+            "lrn_param",
+            "inner_product_param",
+            "dropout_param",
+        ):
             if layer.HasField(field):
                 param = type(getattr(layer, field))()
                 param.CopyFrom(getattr(layer, field))
@@ -296,12 +333,15 @@ def _structure(net: caffe_pb2.NetParameter) -> list[tuple]:
 
 
 @pytest.mark.corpus
-@pytest.mark.parametrize(("name", "relative", "encoding"), [
-    ("alexnet", "prototxt/bvlc_alexnet.deploy.prototxt", "v2"),
-    ("caffenet", "prototxt/bvlc_reference_caffenet.deploy.prototxt", "v2"),
-    ("alexnet", "prototxt/v1_2014/bvlc_alexnet_deploy.prototxt", "v1"),
-    ("lenet", "caffe/lenet/lenet.prototxt", "v2"),
-])
+@pytest.mark.parametrize(
+    ("name", "relative", "encoding"),
+    [
+        ("alexnet", "prototxt/bvlc_alexnet.deploy.prototxt", "v2"),
+        ("caffenet", "prototxt/bvlc_reference_caffenet.deploy.prototxt", "v2"),
+        ("alexnet", "prototxt/v1_2014/bvlc_alexnet_deploy.prototxt", "v1"),
+        ("lenet", "caffe/lenet/lenet.prototxt", "v2"),
+    ],
+)
 def test_definition_matches_bvlc_deploy_prototxt(name, relative, encoding):
     real = text_format.Parse(corpus_file(relative).read_text(), caffe_pb2.NetParameter())
     ours = synthetic.net_spec(name).net_parameter(encoding)
@@ -310,10 +350,13 @@ def test_definition_matches_bvlc_deploy_prototxt(name, relative, encoding):
     if encoding == "v1":
         assert list(ours.input_dim)[1:] == list(real.input_dim)[1:]
         assert [(list(a.blobs_lr), list(a.weight_decay)) for a in ours.layers] == [
-            (list(b.blobs_lr), list(b.weight_decay)) for b in real.layers]
+            (list(b.blobs_lr), list(b.weight_decay)) for b in real.layers
+        ]
     else:
-        assert list(ours.layer[0].input_param.shape[0].dim)[1:] == list(
-            real.layer[0].input_param.shape[0].dim)[1:]
+        assert (
+            list(ours.layer[0].input_param.shape[0].dim)[1:]
+            == list(real.layer[0].input_param.shape[0].dim)[1:]
+        )
 
 
 # --- OpenCV's Caffe importer as the oracle ------------------------------------------------------
@@ -350,9 +393,16 @@ def test_opencv_runs_the_model_to_a_peaked_softmax(tmp_path, name, options):
 # --- the fixture script -------------------------------------------------------------------------
 
 
-FIXTURES = {"lenet_v2.caffemodel", "lenet.prototxt", "lenet_v1.caffemodel", "lenet_v1.prototxt",
-            "alexnet_small.caffemodel", "alexnet_small.prototxt", "caffenet_small.caffemodel",
-            "caffenet_small.prototxt"}
+FIXTURES = {
+    "lenet_v2.caffemodel",
+    "lenet.prototxt",
+    "lenet_v1.caffemodel",
+    "lenet_v1.prototxt",
+    "alexnet_small.caffemodel",
+    "alexnet_small.prototxt",
+    "caffenet_small.caffemodel",
+    "caffenet_small.prototxt",
+}
 
 
 def test_fixture_script_is_deterministic(tmp_path):
@@ -366,15 +416,20 @@ def test_fixture_script_is_deterministic(tmp_path):
     v1, v2 = parse(first["lenet_v1.caffemodel"]), parse(first["lenet_v2.caffemodel"])
     assert len(v1.layers) == 8 and len(v2.layer) == 9
     assert [list(b.data) for layer in weighted_layers(v1) for b in layer.blobs] == [
-        list(b.data) for layer in weighted_layers(v2) for b in layer.blobs]
+        list(b.data) for layer in weighted_layers(v2) for b in layer.blobs
+    ]
     assert "layers {" in first["lenet_v1.prototxt"].decode()
     alexnet = text_format.Parse(first["alexnet_small.prototxt"].decode(), caffe_pb2.NetParameter())
     assert [layer.name for layer in alexnet.layer][2:5] == ["relu1", "norm1", "pool1"]
 
 
 def test_fixture_script_command_line(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "out"), "--seed", "4"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "out"), "--seed", "4"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     written = {Path(line).name for line in result.stdout.splitlines()}
     assert written == FIXTURES == {p.name for p in (tmp_path / "out").iterdir()}
     expected = synthetic.build("lenet", seed=4).caffemodel_bytes(encoding="v1")

@@ -24,10 +24,25 @@ from .tf_oracle import run_oracle, tensor_digest
 pytestmark = pytest.mark.oracle
 
 LEVELDB_MAGIC = bytes.fromhex("57fb808b247547db")
-CHECKPOINTS = {"saver_v2_dtypes", "saver_v2_scoped", "partitioned", "sharded", "object_based",
-               "sharded_policy", "saver_v1", "saver_v1_partitioned"}
-SCOPED = ["my/conv1/weights", "my/conv1/biases", "my/fc6/weights", "my/fc6/biases",
-          "my/conv1/weights/Adam", "my/conv1/weights/Adam_1", "Variable_3"]
+CHECKPOINTS = {
+    "saver_v2_dtypes",
+    "saver_v2_scoped",
+    "partitioned",
+    "sharded",
+    "object_based",
+    "sharded_policy",
+    "saver_v1",
+    "saver_v1_partitioned",
+}
+SCOPED = [
+    "my/conv1/weights",
+    "my/conv1/biases",
+    "my/fc6/weights",
+    "my/fc6/biases",
+    "my/conv1/weights/Adam",
+    "my/conv1/weights/Adam_1",
+    "Variable_3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +62,13 @@ def later(by_name: dict[str, dict[str, Any]]) -> Iterator[dict[str, Future]]:
     missing = by_name["saver_v2_scoped"]["prefix"] + "-nope"
     calls: dict[str, tuple[str, ...]] = {"read": ("read", *prefixes, missing)}
     calls["restore scoped"] = ("restore", by_name["saver_v2_scoped"]["prefix"], *SCOPED)
-    calls["restore partitioned"] = ("restore", by_name["partitioned"]["prefix"],
-                                    "part/w", "part/cols", "part/b")
+    calls["restore partitioned"] = (
+        "restore",
+        by_name["partitioned"]["prefix"],
+        "part/w",
+        "part/cols",
+        "part/b",
+    )
     calls["restore missing"] = ("restore", by_name["saver_v2_scoped"]["prefix"], "no/such")
     with ThreadPoolExecutor(max_workers=2) as pool:
         yield {key: pool.submit(run_oracle, *args) for key, args in calls.items()}
@@ -101,9 +121,24 @@ def test_manifest_lists_every_checkpoint(made, by_name):
 
 def test_expected_tensors_are_there(by_name):
     dtypes = {t["dtype"] for t in by_name["saver_v2_dtypes"]["tensors"].values()}
-    assert dtypes >= {"float16", "float32", "float64", "bfloat16", "int8", "int16", "int32",
-                      "int64", "uint8", "uint16", "uint32", "uint64", "bool", "complex64",
-                      "complex128", "object"}
+    assert dtypes >= {
+        "float16",
+        "float32",
+        "float64",
+        "bfloat16",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "bool",
+        "complex64",
+        "complex128",
+        "object",
+    }
     tensors = by_name["saver_v2_dtypes"]["tensors"]
     assert tensors["fc/weights"]["shape"] == [2048, 300]
     assert tensors["shapes/empty"]["shape"] == [0, 3] and tensors["shapes/scalar"]["shape"] == []
@@ -123,8 +158,9 @@ def test_files_exist_with_listed_sizes(made, by_name):
             assert path.is_file(), f["path"]
             assert path.stat().st_size == f["size"] > 0, f["path"]
         prefix = Path(c["prefix"])
-        assert (prefix.with_name(prefix.name + ".index") if c["format"] == "v2"
-                else prefix).is_file()
+        assert (
+            prefix.with_name(prefix.name + ".index") if c["format"] == "v2" else prefix
+        ).is_file()
 
 
 def test_tables_end_with_leveldb_magic(made, by_name):
@@ -144,7 +180,8 @@ def test_values_hash_to_the_listed_digest(by_name):
         for name, record in c["tensors"].items():
             if "values" in record:
                 assert tensor_digest(array_from_record(record)) == record["sha256"], (
-                    f"{c['name']}:{name}")
+                    f"{c['name']}:{name}"
+                )
                 checked += 1
     assert checked > 60
 
@@ -221,14 +258,18 @@ def test_restore_scoped(by_name, later):
     assert set(restored) == set(SCOPED)
     for name, record in restored.items():
         assert (record["dtype"], record["shape"], record["sha256"]) == (
-            tensors[name]["dtype"], tensors[name]["shape"], tensors[name]["sha256"]), name
+            tensors[name]["dtype"],
+            tensors[name]["shape"],
+            tensors[name]["sha256"],
+        ), name
 
 
 def test_restore_reassembles_slices(by_name, later):
     restored = later["restore partitioned"].result()["restored"]
     tensors = by_name["partitioned"]["tensors"]
     assert {n: r["sha256"] for n, r in restored.items()} == {
-        n: tensors[n]["sha256"] for n in ("part/w", "part/cols", "part/b")}
+        n: tensors[n]["sha256"] for n in ("part/w", "part/cols", "part/b")
+    }
 
 
 def test_errors_come_back_as_json(later):
@@ -248,8 +289,10 @@ def test_digest_rule():
     strings = np.array([b"ab\x00", "é", b""], dtype=object)
     blob = b"".join(len(s).to_bytes(8, "little") + s for s in (b"ab\x00", "é".encode(), b""))
     assert tensor_digest(strings) == sha(blob).hexdigest()
-    assert tensor_digest(np.array(b"x\x00", dtype=object)) == sha(
-        (2).to_bytes(8, "little") + b"x\x00").hexdigest()
+    assert (
+        tensor_digest(np.array(b"x\x00", dtype=object))
+        == sha((2).to_bytes(8, "little") + b"x\x00").hexdigest()
+    )
 
 
 def test_digest_bfloat16_equals_raw_bits():

@@ -56,10 +56,13 @@ except ImportError:  # the test extra has it
     cv2 = None
 _ORACLE_MARKS = [
     pytest.mark.oracle,
-    pytest.mark.skipif(cv2 is None, reason="OpenCV is the reference; pip install "
-                                           "opencv-python-headless"),
-    pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                       reason="the graph runs in TensorFlow; pip install tensorflow"),
+    pytest.mark.skipif(
+        cv2 is None, reason="OpenCV is the reference; pip install opencv-python-headless"
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("tensorflow") is None,
+        reason="the graph runs in TensorFlow; pip install tensorflow",
+    ),
 ]
 
 
@@ -77,10 +80,10 @@ def run(*argv: str) -> None:
 class Source:
     """A generated Caffe model, its deploy prototxt, and its conversions by the CLI."""
 
-    def __init__(self, directory: Path, variant: str, encoding: str, input_size: int = 227
-                 ) -> None:
-        built = synthetic.build(variant, width=WIDTH, seed=0, scale=SCALE, encoding=encoding,
-                                input_size=input_size)
+    def __init__(self, directory: Path, variant: str, encoding: str, input_size: int = 227) -> None:
+        built = synthetic.build(
+            variant, width=WIDTH, seed=0, scale=SCALE, encoding=encoding, input_size=input_size
+        )
         self.variant = variant
         self.directory = directory
         self.model = directory / f"{variant}.caffemodel"
@@ -99,8 +102,9 @@ class Source:
         return out
 
 
-@pytest.fixture(scope="module", params=[("alexnet", "v2"), ("caffenet", "v1")],
-                ids=["alexnet", "caffenet"])
+@pytest.fixture(
+    scope="module", params=[("alexnet", "v2"), ("caffenet", "v1")], ids=["alexnet", "caffenet"]
+)
 def source(request, tmp_path_factory) -> Source:
     variant, encoding = request.param
     return Source(tmp_path_factory.mktemp(variant), variant, encoding)
@@ -118,9 +122,14 @@ def caffenet(tmp_path_factory) -> Source:
 
 def edited(weights: weightconv.WeightSet, name: str, change) -> weightconv.WeightSet:
     """The set with one layer's (canonical) tensors changed."""
-    layers = [dataclasses.replace(layer, tensors=change({k: np.asarray(v) for k, v in
-                                                         layer.tensors.items()}))
-              if layer.name == name else layer for layer in weights.layers]
+    layers = [
+        dataclasses.replace(
+            layer, tensors=change({k: np.asarray(v) for k, v in layer.tensors.items()})
+        )
+        if layer.name == name
+        else layer
+        for layer in weights.layers
+    ]
     return dataclasses.replace(weights, layers=layers)
 
 
@@ -128,10 +137,13 @@ def edited(weights: weightconv.WeightSet, name: str, change) -> weightconv.Weigh
 
 
 def test_importing_does_not_import_tensorflow():
-    code = ("import sys, weightconv.verify, weightconv.nets.alexnet; "
-            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    code = (
+        "import sys, weightconv.verify, weightconv.nets.alexnet; "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["False", "False"]
 
 
@@ -157,11 +169,14 @@ def test_imagenet_mean_is_the_mean_images_channel_average():
     np.testing.assert_allclose(prep.mean(), IMAGENET_MEAN_BGR, rtol=1e-6)
 
 
-@pytest.mark.parametrize(("prototxt", "variant"), [
-    ("prototxt/bvlc_alexnet.deploy.prototxt", "alexnet"),
-    ("prototxt/v1_2014/bvlc_alexnet_deploy.prototxt", "alexnet"),
-    ("prototxt/bvlc_reference_caffenet.deploy.prototxt", "caffenet"),
-])
+@pytest.mark.parametrize(
+    ("prototxt", "variant"),
+    [
+        ("prototxt/bvlc_alexnet.deploy.prototxt", "alexnet"),
+        ("prototxt/v1_2014/bvlc_alexnet_deploy.prototxt", "alexnet"),
+        ("prototxt/bvlc_reference_caffenet.deploy.prototxt", "caffenet"),
+    ],
+)
 def test_built_in_defaults_are_bvlcs_deploy_nets(prototxt, variant):
     """Without a prototxt the graph is BVLC's: the same layers, kernels, strides, pads,
     groups and LRN constants as their deploy files."""
@@ -170,8 +185,16 @@ def test_built_in_defaults_are_bvlcs_deploy_nets(prototxt, variant):
     assert from_file.variant == variant and from_file.input_size == default.input_size
 
     def key(step):
-        lrn = None if step.lrn is None else (  # prototxt floats are float32
-            step.lrn.local_size, np.float32(step.lrn.alpha), step.lrn.beta, step.lrn.k)
+        lrn = (
+            None
+            if step.lrn is None
+            else (  # prototxt floats are float32
+                step.lrn.local_size,
+                np.float32(step.lrn.alpha),
+                step.lrn.beta,
+                step.lrn.k,
+            )
+        )
         return step.op, step.name, step.kernel, step.stride, step.pad, step.group, lrn
 
     assert [key(s) for s in from_file.steps] == [key(s) for s in default.steps]
@@ -200,6 +223,7 @@ def test_missing_opencv_is_a_usage_error(monkeypatch, tmp_path):
 
 
 # --- the reference side: Caffe preprocessing, OpenCV ------------------------------------
+
 
 @oracle
 def test_preprocessing_and_reference_are_caffes_and_opencvs(alexnet, tmp_path):
@@ -245,17 +269,22 @@ def test_conversion_agrees_with_the_source_model(source, kind):
     assert min(top1) > 0.2, top1
     document = json.loads(json.dumps(result.to_dict()))
     assert document["verdict"] == "pass" and len(document["images"]) == 8
-    assert document["images"][0]["reference"][0]["label"] == imagenet_labels()[
-        document["images"][0]["reference"][0]["class"]]
+    assert (
+        document["images"][0]["reference"][0]["label"]
+        == imagenet_labels()[document["images"][0]["reference"][0]["class"]]
+    )
 
 
 LAYOUTS = {
     # grouped convolutions written as one kernel per group
     "split-groups": ("caffe2npy", "split.npy", ["--split-groups"], "conv2_group1"),
     # slim names, fully-connected layers stored as convolutions (fc6 a 6x6 kernel)
-    "slim-fc-as-conv": ("caffe2ckpt", "slim.ckpt",
-                        ["--names", "slim", "--net", "alexnet_v2", "--fc-as-conv"],
-                        "alexnet_v2/fc6"),
+    "slim-fc-as-conv": (
+        "caffe2ckpt",
+        "slim.ckpt",
+        ["--names", "slim", "--net", "alexnet_v2", "--fc-as-conv"],
+        "alexnet_v2/fc6",
+    ),
 }
 
 
@@ -273,10 +302,17 @@ def test_other_layouts_the_graph_reads_agree(alexnet, tmp_path, layout):
 @oracle
 def test_rgb_conversion_agrees_when_fed_rgb(alexnet, tmp_path):
     rgb = tmp_path / "rgb.npy"
-    run("caffe2npy", str(alexnet.model), "--prototxt", str(alexnet.prototxt), "-o", str(rgb),
-        "--input-channels", "rgb")
-    assert verify(rgb, against=alexnet.model, prototxt=alexnet.prototxt,
-                  channel_order="rgb").passed
+    run(
+        "caffe2npy",
+        str(alexnet.model),
+        "--prototxt",
+        str(alexnet.prototxt),
+        "-o",
+        str(rgb),
+        "--input-channels",
+        "rgb",
+    )
+    assert verify(rgb, against=alexnet.model, prototxt=alexnet.prototxt, channel_order="rgb").passed
     wrong = verify(rgb, against=alexnet.model, prototxt=alexnet.prototxt)
     assert not wrong.passed
     assert any("do not record their input channel order" in note for note in wrong.notes)
@@ -291,7 +327,10 @@ def test_ceil_mode_pooling_agrees(tmp_path):
     assert result.passed, result.report()
     net = AlexNet.from_weights(source.npy, prototxt=source.prototxt)
     assert [net.shapes[name][:2] for name in ("pool1", "pool2", "pool5")] == [
-        (28, 28), (14, 14), (7, 7)]
+        (28, 28),
+        (14, 14),
+        (7, 7),
+    ]
     assert "pool1: pool 3x3 stride 2 pad 0 -> 28x28x12" in list(describe(net))
 
 
@@ -306,12 +345,22 @@ def test_padded_max_pooling_matches_the_numpy_oracle():
 
     x = -np.random.default_rng(0).uniform(1, 2, (2, 6, 7, 3)).astype(np.float32)
     for kernel, stride, pad in [(3, 2, 1), (2, 2, 1), (3, 2, 0)]:
-        layer = LayerDef("pool", "Pooling", params={
-            "method": "max", "kernel": (kernel, kernel), "stride": (stride, stride),
-            "pad": (pad, pad), "global_pooling": False, "ceil": True})
+        layer = LayerDef(
+            "pool",
+            "Pooling",
+            params={
+                "method": "max",
+                "kernel": (kernel, kernel),
+                "stride": (stride, stride),
+                "pad": (pad, pad),
+                "global_pooling": False,
+                "ceil": True,
+            },
+        )
         expected = nf.pooling(layer, x.astype(np.float64), [])
-        got = _caffe_max_pool(_tf(), x, Step("pool", "pool", (kernel, kernel),
-                                             (stride, stride), (pad, pad))).numpy()
+        got = _caffe_max_pool(
+            _tf(), x, Step("pool", "pool", (kernel, kernel), (stride, stride), (pad, pad))
+        ).numpy()
         assert got.shape == expected.shape, (kernel, stride, pad)
         np.testing.assert_array_equal(got, expected.astype(np.float32))
 
@@ -321,7 +370,8 @@ def test_keras_model_loads_the_converted_weights_file(alexnet):
     """Keras's own loader puts weightconv's .weights.h5 into `to_keras()`'s model, and the
     model then predicts what OpenCV predicts."""
     model = AlexNet.from_weights(alexnet.npy, prototxt=alexnet.prototxt).to_keras(
-        include_softmax=False)
+        include_softmax=False
+    )
     names = [layer.name for layer in model.layers if layer.weights]
     assert names == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
     for layer in model.layers:
@@ -377,9 +427,9 @@ def test_a_wrong_conversion_fails_with_a_clear_report(source, mistake):
         # TF's alpha must be Caffe's alpha / local_size: a graph that passes Caffe's 1e-4
         # straight through is what a Caffe local_size-5 LRN with alpha 5e-4 would compute.
         subject = AlexNet.from_weights(
-            weights, prototxt=source.prototxt, lrn=CaffeLRN(local_size=5, alpha=5e-4))
-        assert [p.alpha for p in subject.lrn_parameters().values()] == pytest.approx(
-            [1e-4, 1e-4])
+            weights, prototxt=source.prototxt, lrn=CaffeLRN(local_size=5, alpha=5e-4)
+        )
+        assert [p.alpha for p in subject.lrn_parameters().values()] == pytest.approx([1e-4, 1e-4])
     else:
         layer, change = MISTAKES[mistake]
         subject = edited(weights, layer, change)
@@ -397,8 +447,9 @@ def test_a_wrong_conversion_fails_with_a_clear_report(source, mistake):
         assert any(problem.startswith("max |Δprob|") for problem in image["problems"])
         if not image["top1_agree"]:
             ours, ref = image["ours"][0], image["reference"][0]
-            assert (f"top-1 differs: {ours['class']} '{ours['label']}'"
-                    in "\n".join(image["problems"]))
+            assert f"top-1 differs: {ours['class']} '{ours['label']}'" in "\n".join(
+                image["problems"]
+            )
             assert ref["label"] in report
     with pytest.raises(CheckFailed) as raised:
         result.check()
@@ -412,8 +463,11 @@ def test_weights_that_do_not_fit_name_the_layer_and_both_shapes(alexnet):
         tensors["weights"] = np.concatenate([tensors["weights"]] * 2, axis=2)
         return tensors
 
-    with pytest.raises(ShapeError, match=r"conv2: weights \(5, 5, 12, 32\) do not fit the "
-                                         r"graph, which expects \(5, 5, 6, 32\)"):
+    with pytest.raises(
+        ShapeError,
+        match=r"conv2: weights \(5, 5, 12, 32\) do not fit the "
+        r"graph, which expects \(5, 5, 6, 32\)",
+    ):
         AlexNet.from_weights(edited(weights, "conv2", merged))
 
     def short(tensors):
@@ -433,8 +487,9 @@ def test_a_card_from_the_source_verifies_its_conversions(alexnet, tmp_path):
     card = write_card(alexnet.model, card_path, prototxt=alexnet.prototxt)
     stored = json.loads(card_path.read_text())
     assert stored == json.loads(json.dumps(card))
-    assert stored["model"]["caffemodel_sha1"] == hashlib.sha1(
-        alexnet.model.read_bytes()).hexdigest()
+    assert (
+        stored["model"]["caffemodel_sha1"] == hashlib.sha1(alexnet.model.read_bytes()).hexdigest()
+    )
     assert stored["preprocessing"]["mean_bgr"] == pytest.approx(IMAGENET_MEAN_BGR)
     assert len(stored["images"]) == 8 and len(stored["images"][0]["top5"]) == 5
     # the card's numbers are OpenCV's
@@ -462,8 +517,7 @@ def test_a_card_with_image_files_travels_with_them(alexnet, tmp_path):
         assert cv2.imwrite(str(files[-1]), image)
     card_path = tmp_path / "cards" / "card.json"
     card = write_card(alexnet.model, card_path, prototxt=alexnet.prototxt, images=files)
-    assert [entry["file"] for entry in card["images"]] == ["../images/p0.png",
-                                                           "../images/p1.png"]
+    assert [entry["file"] for entry in card["images"]] == ["../images/p0.png", "../images/p1.png"]
     assert card["images"][0]["sha256"] == hashlib.sha256(files[0].read_bytes()).hexdigest()
     assert verify(alexnet.npy, card=card_path).passed
     assert cv2.imwrite(str(files[1]), synthetic_images(1, seed=10, size=(200, 260))[0])

@@ -47,8 +47,16 @@ MAX_STRING_VALUE_BYTES = 4096
 EXIT_OK, EXIT_TF_ERROR, EXIT_USAGE, EXIT_NO_TF = 0, 1, 2, 3
 
 #: The subdirectories `make` writes, one checkpoint each, in manifest order.
-CHECKPOINT_NAMES = ("saver_v2_dtypes", "saver_v2_scoped", "partitioned", "sharded",
-                    "object_based", "sharded_policy", "saver_v1", "saver_v1_partitioned")
+CHECKPOINT_NAMES = (
+    "saver_v2_dtypes",
+    "saver_v2_scoped",
+    "partitioned",
+    "sharded",
+    "object_based",
+    "sharded_policy",
+    "saver_v1",
+    "saver_v1_partitioned",
+)
 
 
 # --- helpers for the tests (no TensorFlow) -------------------------------------------------
@@ -95,23 +103,32 @@ def run_oracle(*args: str, timeout: float = 600) -> dict[str, Any]:
     "error" the script reported). Skips the calling test when TensorFlow is missing;
     raises AssertionError with the stderr tail on any other failure."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
     try:
         result = json.loads(proc.stdout)
     except json.JSONDecodeError:
-        raise AssertionError(f"tf_oracle {' '.join(args)} exited {proc.returncode} without "
-                             f"JSON on stdout; stderr tail:\n{tail}") from None
+        raise AssertionError(
+            f"tf_oracle {' '.join(args)} exited {proc.returncode} without "
+            f"JSON on stdout; stderr tail:\n{tail}"
+        ) from None
     if proc.returncode == EXIT_NO_TF:
         import pytest
 
         pytest.skip(result.get("skip", "tensorflow is not importable"))
-    if proc.returncode not in (EXIT_OK, EXIT_TF_ERROR) or (proc.returncode == EXIT_TF_ERROR
-                                                            and "error" not in result):
+    if proc.returncode not in (EXIT_OK, EXIT_TF_ERROR) or (
+        proc.returncode == EXIT_TF_ERROR and "error" not in result
+    ):
         reported = str(result.get("error", result))[:2000]
-        raise AssertionError(f"tf_oracle {' '.join(args)} exited {proc.returncode}: "
-                             f"{reported}; stderr tail:\n{tail}")
+        raise AssertionError(
+            f"tf_oracle {' '.join(args)} exited {proc.returncode}: {reported}; stderr tail:\n{tail}"
+        )
     return result
 
 
@@ -127,10 +144,21 @@ class OracleError(Exception):
 def _error_text(exc: BaseException) -> str:
     """'Class: message' with TF's graph-execution boilerplate removed."""
     message = getattr(exc, "message", None) or str(exc)
-    noise = ("Graph execution error", "Detected at node", "Node:", "Original stack trace",
-             "0 successful operations", "0 derived errors", " ", "\t")
-    lines = [line.strip() for line in str(message).splitlines()
-             if line.strip() and not line.startswith(noise)]
+    noise = (
+        "Graph execution error",
+        "Detected at node",
+        "Node:",
+        "Original stack trace",
+        "0 successful operations",
+        "0 derived errors",
+        " ",
+        "\t",
+    )
+    lines = [
+        line.strip()
+        for line in str(message).splitlines()
+        if line.strip() and not line.startswith(noise)
+    ]
     return f"{type(exc).__name__}: {'; '.join(lines) or message}"
 
 
@@ -139,8 +167,11 @@ def tensor_record(array: np.ndarray, tf_dtype: Any = None, via: str = "reader") 
     returns a scalar string as bytes: it becomes a 0-d object array (dtype "object", like
     every string tensor), so no trailing NUL is lost."""
     array = np.array(array, dtype=object) if isinstance(array, bytes) else np.asarray(array)
-    record: dict[str, Any] = {"dtype": array.dtype.name, "shape": list(array.shape),
-                              "sha256": tensor_digest(array)}
+    record: dict[str, Any] = {
+        "dtype": array.dtype.name,
+        "shape": list(array.shape),
+        "sha256": tensor_digest(array),
+    }
     if tf_dtype is not None:
         record["tf_dtype"] = tf_dtype.name
     values = json_values(array)
@@ -150,8 +181,9 @@ def tensor_record(array: np.ndarray, tf_dtype: Any = None, via: str = "reader") 
     return record
 
 
-_DEBUG_ENTRY = re.compile(rb"(.*?) \((DT_[A-Z0-9_]+)\) \[([-0-9,]*)\](?:, (\d+) slices)?\n",
-                          re.DOTALL)
+_DEBUG_ENTRY = re.compile(
+    rb"(.*?) \((DT_[A-Z0-9_]+)\) \[([-0-9,]*)\](?:, (\d+) slices)?\n", re.DOTALL
+)
 
 
 def _raw_entries(reader: Any) -> list[dict]:
@@ -167,8 +199,11 @@ def _raw_entries(reader: Any) -> list[dict]:
             entries.append({"unparsed": text[pos:].decode("latin-1")})
             break
         key, dtype, shape, slices = match.groups()
-        entry: dict[str, Any] = {"key": key.decode("latin-1"), "dtype": dtype.decode(),
-                                 "shape": [int(d) for d in shape.split(b",") if d]}
+        entry: dict[str, Any] = {
+            "key": key.decode("latin-1"),
+            "dtype": dtype.decode(),
+            "shape": [int(d) for d in shape.split(b",") if d],
+        }
         if slices:
             entry["slices"] = int(slices)
         entries.append(entry)
@@ -194,9 +229,13 @@ def describe(prefix: str) -> dict[str, Any]:
         except tf.errors.OpError as exc:
             errors[name] = _error_text(exc)
     entries = _raw_entries(reader)
-    result: dict[str, Any] = {"prefix": prefix, "format": checkpoint_format(prefix),
-                              "variables": [[name, list(shape)] for name, shape in variables],
-                              "tensors": tensors, "raw_entries": entries}
+    result: dict[str, Any] = {
+        "prefix": prefix,
+        "format": checkpoint_format(prefix),
+        "variables": [[name, list(shape)] for name, shape in variables],
+        "tensors": tensors,
+        "raw_entries": entries,
+    }
     if result["format"] == "v2":
         result["raw_keys"] = [e["key"] for e in entries if "key" in e]
     if errors:
@@ -223,13 +262,13 @@ def saver_restore(prefix: str, names: list[str]) -> dict[str, dict[str, Any]]:
         var_list = {}
         for i, name in enumerate(names):
             init = _empty_like(dtypes[name], shapes[name])
-            var_list[name] = tf.compat.v1.Variable(tf.constant(init, dtype=dtypes[name]),
-                                                   name=f"restored_{i}")
+            var_list[name] = tf.compat.v1.Variable(
+                tf.constant(init, dtype=dtypes[name]), name=f"restored_{i}"
+            )
         saver = tf.compat.v1.train.Saver(var_list=var_list)
         saver.restore(sess, prefix)
         values = sess.run(var_list)
-    return {name: tensor_record(values[name], dtypes[name], via="saver_restore")
-            for name in names}
+    return {name: tensor_record(values[name], dtypes[name], via="saver_restore") for name in names}
 
 
 # --- make: reference checkpoints -----------------------------------------------------------
@@ -237,9 +276,14 @@ def saver_restore(prefix: str, names: list[str]) -> dict[str, dict[str, Any]]:
 V1 = None  # tf.compat.v1.train.SaverDef.V1, set by main()
 
 
-def _graph_save(prefix: Path, arrays: dict[str, tuple[np.ndarray, Any]], *,
-                devices: dict[str, str] | None = None, global_step: int | None = None,
-                **saver_kwargs: Any) -> str:
+def _graph_save(
+    prefix: Path,
+    arrays: dict[str, tuple[np.ndarray, Any]],
+    *,
+    devices: dict[str, str] | None = None,
+    global_step: int | None = None,
+    **saver_kwargs: Any,
+) -> str:
     """Save `arrays` ({checkpoint name: (value, tf dtype)}) as graph-mode variables with
     tf.compat.v1.train.Saver; initial values are fed so the .meta stays small."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -260,10 +304,12 @@ def _graph_save(prefix: Path, arrays: dict[str, tuple[np.ndarray, Any]], *,
 
 def _slice_init(full: np.ndarray) -> Any:
     """A get_variable initializer giving each partition its part of `full`."""
+
     def init(shape: Any, dtype: Any = None, partition_info: Any = None) -> Any:
         offset = partition_info.var_offset if partition_info is not None else [0] * len(full.shape)
         index = tuple(slice(o, o + n) for o, n in zip(offset, shape, strict=True))
         return tf.constant(full[index], dtype=dtype)
+
     return init
 
 
@@ -275,14 +321,23 @@ def _partitioned_save(prefix: Path, **saver_kwargs: Any) -> str:
     cols = rng.standard_normal((4, 6))
     b = np.arange(6, dtype=np.float32) - 2.5
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
-        tf.compat.v1.get_variable("part/w", shape=w.shape, dtype=tf.float32,
-                                  initializer=_slice_init(w),
-                                  partitioner=tf.compat.v1.fixed_size_partitioner(3))
-        tf.compat.v1.get_variable("part/cols", shape=cols.shape, dtype=tf.float64,
-                                  initializer=_slice_init(cols),
-                                  partitioner=lambda shape, dtype: [1, 2])
-        tf.compat.v1.get_variable("part/b", shape=b.shape, dtype=tf.float32,
-                                  initializer=_slice_init(b))
+        tf.compat.v1.get_variable(
+            "part/w",
+            shape=w.shape,
+            dtype=tf.float32,
+            initializer=_slice_init(w),
+            partitioner=tf.compat.v1.fixed_size_partitioner(3),
+        )
+        tf.compat.v1.get_variable(
+            "part/cols",
+            shape=cols.shape,
+            dtype=tf.float64,
+            initializer=_slice_init(cols),
+            partitioner=lambda shape, dtype: [1, 2],
+        )
+        tf.compat.v1.get_variable(
+            "part/b", shape=b.shape, dtype=tf.float32, initializer=_slice_init(b)
+        )
         sess.run(tf.compat.v1.global_variables_initializer())
         return tf.compat.v1.train.Saver(**saver_kwargs).save(sess, str(prefix))
 
@@ -307,11 +362,20 @@ def _dtype_arrays() -> dict[str, tuple[np.ndarray, Any]]:
     ints["int64"].flat[4:8] = [2**53 + 1, -(2**53 + 1), -(2**62) - 7, 2**63 - 2]
     ints["uint64"].flat[4:6] = [2**53 + 1, 2**64 - 2]
     complex64 = (_special_floats(rng, np.float32, 8) + 1j * rng.standard_normal(8)).astype(
-        np.complex64)
+        np.complex64
+    )
     complex128 = rng.standard_normal(5) - 1j * rng.standard_normal(5)
     complex128[0] = complex(np.nan, -0.0)
-    strings = np.array([b"a\x00b", "naïve ✓ 日本".encode(), b"", b"\xff\xfe\x00\x00",
-                        bytes(range(256)) + b"x" * 44], dtype=object)
+    strings = np.array(
+        [
+            b"a\x00b",
+            "naïve ✓ 日本".encode(),
+            b"",
+            b"\xff\xfe\x00\x00",
+            bytes(range(256)) + b"x" * 44,
+        ],
+        dtype=object,
+    )
     arrays: dict[str, tuple[np.ndarray, Any]] = {
         "dtypes/float16": (_special_floats(rng, np.float16, 10), tf.float16),
         "dtypes/float32": (_special_floats(rng, np.float32, 12).reshape(2, 6), tf.float32),
@@ -341,10 +405,15 @@ def _scoped_arrays() -> dict[str, tuple[np.ndarray, Any]]:
     def f32(*shape: int) -> tuple[np.ndarray, Any]:
         return rng.standard_normal(shape).astype(np.float32), tf.float32
 
-    return {"my/conv1/weights": f32(5, 5, 3, 16), "my/conv1/biases": f32(16),
-            "my/fc6/weights": f32(64, 10), "my/fc6/biases": f32(10),
-            "my/conv1/weights/Adam": f32(5, 5, 3, 16), "my/conv1/weights/Adam_1": f32(5, 5, 3, 16),
-            "Variable_3": (np.array(0.9, dtype=np.float32), tf.float32)}
+    return {
+        "my/conv1/weights": f32(5, 5, 3, 16),
+        "my/conv1/biases": f32(16),
+        "my/fc6/weights": f32(64, 10),
+        "my/fc6/biases": f32(10),
+        "my/conv1/weights/Adam": f32(5, 5, 3, 16),
+        "my/conv1/weights/Adam_1": f32(5, 5, 3, 16),
+        "Variable_3": (np.array(0.9, dtype=np.float32), tf.float32),
+    }
 
 
 def _sharded_arrays() -> tuple[dict[str, tuple[np.ndarray, Any]], dict[str, str]]:
@@ -389,8 +458,7 @@ def _v1_unsavable() -> dict[str, str]:
         for name in ("bfloat16", "uint32", "uint64"):
             value = np.zeros(2, dtype=tf.as_dtype(name).as_numpy_dtype)
             try:
-                _graph_save(Path(tmp) / name, {"v": (value, tf.as_dtype(name))},
-                            write_version=V1)
+                _graph_save(Path(tmp) / name, {"v": (value, tf.as_dtype(name))}, write_version=V1)
                 failures[name] = "saved (unexpectedly)"
             except (tf.errors.OpError, ValueError) as exc:
                 failures[name] = _error_text(exc)
@@ -404,15 +472,17 @@ def _object_based(prefix: Path) -> tuple[str, str]:
     rng = np.random.default_rng(13)
     model = tf.Module(name="net")
     model.conv_kernel = tf.Variable(rng.standard_normal((3, 3, 1, 4)).astype(np.float32))
-    model.dense = {"kernel": tf.Variable(rng.standard_normal((4, 3)).astype(np.float32)),
-                   "bias": tf.Variable(np.array([0.5, -0.25, 0.0], dtype=np.float32))}
+    model.dense = {
+        "kernel": tf.Variable(rng.standard_normal((4, 3)).astype(np.float32)),
+        "bias": tf.Variable(np.array([0.5, -0.25, 0.0], dtype=np.float32)),
+    }
     model.blocks = [tf.Variable(np.arange(3, dtype=np.int32))]
     head = keras.layers.Dense(2, name="head")
     head.build((None, 3))
-    head.set_weights([rng.standard_normal((3, 2)).astype(np.float32),
-                      np.array([0.1, -0.1], dtype=np.float32)])
-    checkpoint = tf.train.Checkpoint(model=model, head=head,
-                                     step=tf.Variable(42, dtype=tf.int64))
+    head.set_weights(
+        [rng.standard_normal((3, 2)).astype(np.float32), np.array([0.1, -0.1], dtype=np.float32)]
+    )
+    checkpoint = tf.train.Checkpoint(model=model, head=head, step=tf.Variable(42, dtype=tf.int64))
     return checkpoint.save(str(prefix)), f"keras {keras.__version__}"
 
 
@@ -432,15 +502,19 @@ def _entry(name: str, root: Path, prefix: str, writer: str, notes: list[str]) ->
     """The manifest entry: describe() plus files, data files and checkpoint state."""
     entry = {"name": name, "writer": writer, **describe(prefix)}
     directory = root / name
-    entry["files"] = [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size}
-                      for p in sorted(directory.rglob("*")) if p.is_file()]
+    entry["files"] = [
+        {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    ]
     entry["data_files"] = [f["path"] for f in entry["files"] if ".data-" in f["path"]]
     state = tf.train.get_checkpoint_state(str(directory))
     if state is not None:
         entry["checkpoint_state"] = {
             "model_checkpoint_path": state.model_checkpoint_path,
             "all_model_checkpoint_paths": list(state.all_model_checkpoint_paths),
-            "latest_checkpoint": tf.train.latest_checkpoint(str(directory))}
+            "latest_checkpoint": tf.train.latest_checkpoint(str(directory)),
+        }
     failed = [n for n in entry.get("errors", {}) if n not in entry["tensors"]]
     if failed:  # what the reader refuses, a Saver may still restore
         try:
@@ -463,57 +537,118 @@ def make(root: Path) -> dict[str, Any]:
     out = []
 
     prefix = _graph_save(root / "saver_v2_dtypes" / "model.ckpt", _dtype_arrays())
-    out.append(_entry("saver_v2_dtypes", root, prefix, saver_v2, [
-        "all 16 dtypes (incl. uint32/uint64/bfloat16/string) saved as tf.compat.v1.Variable "
-        "on CPU; none left out"]))
+    out.append(
+        _entry(
+            "saver_v2_dtypes",
+            root,
+            prefix,
+            saver_v2,
+            [
+                "all 16 dtypes (incl. uint32/uint64/bfloat16/string) saved as "
+                "tf.compat.v1.Variable on CPU; none left out"
+            ],
+        )
+    )
 
-    prefix = _graph_save(root / "saver_v2_scoped" / "model.ckpt", _scoped_arrays(),
-                         global_step=1000)
+    prefix = _graph_save(
+        root / "saver_v2_scoped" / "model.ckpt", _scoped_arrays(), global_step=1000
+    )
     out.append(_entry("saver_v2_scoped", root, prefix, saver_v2 + ", global_step=1000", []))
 
     prefix = _partitioned_save(root / "partitioned" / "model.ckpt")
-    out.append(_entry("partitioned", root, prefix, saver_v2 + ", partitioned variables", [
-        "part/w: fixed_size_partitioner(3) -> rows 0:4, 4:7, 7:10; part/cols: partitioner "
-        "returning [1, 2] -> columns 0:3, 3:6; part/b unpartitioned",
-        "raw_keys come from CheckpointReader.debug_string(), which skips the header entry "
-        "(key '') and the full-tensor entries of sliced tensors (key = plain name, "
-        "BundleEntryProto with slices); slice keys hold OrderedCode bytes (latin-1 here)"]))
+    out.append(
+        _entry(
+            "partitioned",
+            root,
+            prefix,
+            saver_v2 + ", partitioned variables",
+            [
+                "part/w: fixed_size_partitioner(3) -> rows 0:4, 4:7, 7:10; part/cols: partitioner "
+                "returning [1, 2] -> columns 0:3, 3:6; part/b unpartitioned",
+                "raw_keys come from CheckpointReader.debug_string(), which skips the header entry "
+                "(key '') and the full-tensor entries of sliced tensors (key = plain name, "
+                "BundleEntryProto with slices); slice keys hold OrderedCode bytes (latin-1 here)",
+            ],
+        )
+    )
 
     arrays, devices = _sharded_arrays()
-    prefix = _graph_save(root / "sharded" / "model.ckpt", arrays, devices=devices,
-                         sharded=True)
-    sharded = _entry("sharded", root, prefix, "tf.compat.v1.train.Saver(sharded=True), V2", [
-        "two logical CPU devices via tf.config.set_logical_device_configuration; "
-        "shard0/* on /cpu:0, shard1/* on /cpu:1"])
+    prefix = _graph_save(root / "sharded" / "model.ckpt", arrays, devices=devices, sharded=True)
+    sharded = _entry(
+        "sharded",
+        root,
+        prefix,
+        "tf.compat.v1.train.Saver(sharded=True), V2",
+        [
+            "two logical CPU devices via tf.config.set_logical_device_configuration; "
+            "shard0/* on /cpu:0, shard1/* on /cpu:1"
+        ],
+    )
     sharded["devices"] = devices
     out.append(sharded)
 
     prefix, keras_version = _object_based(root / "object_based" / "ckpt")
-    out.append(_entry("object_based", root, prefix, "tf.train.Checkpoint.save (eager)", [
-        "model is a tf.Module (conv_kernel, dense dict, blocks list); head is a "
-        f"{keras_version} Dense layer"]))
+    out.append(
+        _entry(
+            "object_based",
+            root,
+            prefix,
+            "tf.train.Checkpoint.save (eager)",
+            [
+                "model is a tf.Module (conv_kernel, dense dict, blocks list); head is a "
+                f"{keras_version} Dense layer"
+            ],
+        )
+    )
 
     prefix = _policy_sharded(root / "sharded_policy" / "ckpt")
-    out.append(_entry("sharded_policy", root, prefix,
-                      "tf.train.Checkpoint.write + MaxShardSizePolicy(max_shard_size=200)", [
-                          "the policy splits big tensors into slices across shards"]))
+    out.append(
+        _entry(
+            "sharded_policy",
+            root,
+            prefix,
+            "tf.train.Checkpoint.write + MaxShardSizePolicy(max_shard_size=200)",
+            ["the policy splits big tensors into slices across shards"],
+        )
+    )
 
     unsavable = _v1_unsavable()
     prefix = _graph_save(root / "saver_v1" / "model.ckpt", _v1_arrays(), write_version=V1)
-    out.append(_entry("saver_v1", root, prefix, "tf.compat.v1.train.Saver(write_version=V1)", [
-        *(f"V1 cannot save {k}: {v}" for k, v in unsavable.items()),
-        "float16/uint16/complex64/complex128 save, but CheckpointReader.get_tensor refuses "
-        "them (see errors); their tensors come from Saver.restore (via=saver_restore)"]))
+    out.append(
+        _entry(
+            "saver_v1",
+            root,
+            prefix,
+            "tf.compat.v1.train.Saver(write_version=V1)",
+            [
+                *(f"V1 cannot save {k}: {v}" for k, v in unsavable.items()),
+                "float16/uint16/complex64/complex128 save, but CheckpointReader.get_tensor refuses "
+                "them (see errors); their tensors come from Saver.restore (via=saver_restore)",
+            ],
+        )
+    )
 
     prefix = _partitioned_save(root / "saver_v1_partitioned" / "model.ckpt", write_version=V1)
-    out.append(_entry("saver_v1_partitioned", root, prefix,
-                      "tf.compat.v1.train.Saver(write_version=V1), partitioned variables", [
-                          "same variables as 'partitioned'; the V1 reader refuses the "
-                          "multi-slice tensors (see errors); their tensors come from "
-                          "Saver.restore into unpartitioned variables"]))
+    out.append(
+        _entry(
+            "saver_v1_partitioned",
+            root,
+            prefix,
+            "tf.compat.v1.train.Saver(write_version=V1), partitioned variables",
+            [
+                "same variables as 'partitioned'; the V1 reader refuses the "
+                "multi-slice tensors (see errors); their tensors come from "
+                "Saver.restore into unpartitioned variables"
+            ],
+        )
+    )
 
-    return {"checkpoints": out, "tensorflow": tf.__version__, "numpy": np.__version__,
-            "seconds": round(time.monotonic() - start, 2)}
+    return {
+        "checkpoints": out,
+        "tensorflow": tf.__version__,
+        "numpy": np.__version__,
+        "seconds": round(time.monotonic() - start, 2),
+    }
 
 
 # --- command line --------------------------------------------------------------------------
@@ -533,16 +668,23 @@ def _read(prefix: str) -> tuple[int, dict[str, Any]]:
 
 def _run(argv: list[str]) -> tuple[int, dict[str, Any]]:
     global V1, tf
-    if not argv or argv[0] not in ("make", "read", "restore") or len(argv) < 2 or (
-            argv[0] == "make" and len(argv) != 2):
-        return EXIT_USAGE, {"error": "usage: tf_oracle.py make DIR | read PREFIX... | "
-                                     "restore PREFIX NAME..."}
+    if (
+        not argv
+        or argv[0] not in ("make", "read", "restore")
+        or len(argv) < 2
+        or (argv[0] == "make" and len(argv) != 2)
+    ):
+        return EXIT_USAGE, {
+            "error": "usage: tf_oracle.py make DIR | read PREFIX... | restore PREFIX NAME..."
+        }
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         import tensorflow
     except Exception as exc:  # any import failure means: no usable TensorFlow
-        return EXIT_NO_TF, {"error": _error_text(exc),
-                            "skip": f"tensorflow is not importable: {_error_text(exc)}"}
+        return EXIT_NO_TF, {
+            "error": _error_text(exc),
+            "skip": f"tensorflow is not importable: {_error_text(exc)}",
+        }
     tf = tensorflow
     V1 = tf.compat.v1.train.SaverDef.V1
     tf.get_logger().setLevel("ERROR")
@@ -550,7 +692,8 @@ def _run(argv: list[str]) -> tuple[int, dict[str, Any]]:
     if command == "make":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+        )
     try:
         if command == "make":
             return EXIT_OK, make(Path(target))

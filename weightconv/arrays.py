@@ -36,8 +36,9 @@ def dense_out_in_to_in_out(weights: np.ndarray) -> np.ndarray:
     return weights.T
 
 
-def flatten_chw_to_hwc(weights: np.ndarray, chw: tuple[int, int, int],
-                       out: np.ndarray | None = None) -> np.ndarray:
+def flatten_chw_to_hwc(
+    weights: np.ndarray, chw: tuple[int, int, int], out: np.ndarray | None = None
+) -> np.ndarray:
     """Reorder the rows of an (in, out) dense kernel from C, H, W to H, W, C flattening.
 
     ``weights`` is (C*H*W, out) with rows in Caffe's C, H, W order; the result has
@@ -54,15 +55,21 @@ def flatten_hwc_to_chw(weights: np.ndarray, chw: tuple[int, int, int]) -> np.nda
     return _reorder_rows(weights, (h, w, c), (2, 0, 1), (c, h, w))
 
 
-def _reorder_rows(weights: np.ndarray, source: tuple[int, int, int],
-                  axes: tuple[int, int, int], target: tuple[int, int, int],
-                  out: np.ndarray | None = None) -> np.ndarray:
+def _reorder_rows(
+    weights: np.ndarray,
+    source: tuple[int, int, int],
+    axes: tuple[int, int, int],
+    target: tuple[int, int, int],
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     _expect_ndim(weights, 2, "dense weights")
     rows = source[0] * source[1] * source[2]
     if weights.shape[0] != rows:
-        c, h, w = (source if axes == (1, 2, 0) else target)
-        raise ShapeError(f"dense weights have {weights.shape[0]} inputs but the input blob is "
-                         f"{c}x{h}x{w} = {rows}")
+        c, h, w = source if axes == (1, 2, 0) else target
+        raise ShapeError(
+            f"dense weights have {weights.shape[0]} inputs but the input blob is "
+            f"{c}x{h}x{w} = {rows}"
+        )
     outputs = weights.shape[1]
     if out is None:
         result = np.empty((rows, outputs), dtype=weights.dtype)
@@ -87,11 +94,12 @@ def _reorder_rows(weights: np.ndarray, source: tuple[int, int, int],
             stop = min(outputs, start + _REORDER_BLOCK)
             for lo in range(0, source[0], per_tile):
                 hi = min(source[0], lo + per_tile)
-                tile = weights[lo * inner:hi * inner, start:stop]
+                tile = weights[lo * inner : hi * inner, start:stop]
                 where: list[slice] = [slice(None)] * 3 + [slice(start, stop)]
                 where[first_axis] = slice(lo, hi)
                 result_4d[tuple(where)] = tile.reshape(
-                    hi - lo, source[1], source[2], stop - start).transpose(*axes, 3)
+                    hi - lo, source[1], source[2], stop - start
+                ).transpose(*axes, 3)
             release_pages(weights[:, start:stop])
 
     if outputs >= 4 * _REORDER_BLOCK:
@@ -127,8 +135,7 @@ def conv_oihw_to_hwio_into(kernel: np.ndarray, into: np.ndarray | None = None) -
     out, per_group, kh, kw = kernel.shape
     flat = kernel.reshape(out, per_group * kh * kw).T
     target = None if into is None else into.reshape(kh * kw * per_group, out)
-    return flatten_chw_to_hwc(flat, (per_group, kh, kw), target).reshape(
-        kh, kw, per_group, out)
+    return flatten_chw_to_hwc(flat, (per_group, kh, kw), target).reshape(kh, kw, per_group, out)
 
 
 def contiguous_copy(matrix: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
@@ -148,8 +155,10 @@ def dense_to_fc_conv(weights: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarr
     _expect_ndim(weights, 2, "dense weights")
     h, w, c = hwc
     if h * w * c != weights.shape[0]:
-        raise ShapeError(f"dense weights {tuple(weights.shape)} have {weights.shape[0]} inputs, "
-                         f"not {h}x{w}x{c} = {h * w * c}")
+        raise ShapeError(
+            f"dense weights {tuple(weights.shape)} have {weights.shape[0]} inputs, "
+            f"not {h}x{w}x{c} = {h * w * c}"
+        )
     return weights.reshape(h, w, c, weights.shape[1])
 
 
@@ -164,8 +173,10 @@ def flip_input_channels(kernel: np.ndarray) -> np.ndarray:
     """Reverse the input channels of an HWIO kernel: BGR <-> RGB on a first layer; a view."""
     _expect_ndim(kernel, 4, "conv kernel")
     if kernel.shape[2] != 3:
-        raise ShapeError(f"swapping BGR/RGB needs a kernel with 3 input channels, got shape "
-                         f"{tuple(kernel.shape)}")
+        raise ShapeError(
+            f"swapping BGR/RGB needs a kernel with 3 input channels, got shape "
+            f"{tuple(kernel.shape)}"
+        )
     return kernel[:, :, ::-1, :]
 
 
@@ -174,8 +185,10 @@ def split_groups(tensor: np.ndarray, groups: int) -> list[np.ndarray]:
     separate convolutions: the output channels cut into equal consecutive parts; views."""
     axis = tensor.ndim - 1
     if groups < 1 or tensor.shape[axis] % groups:
-        raise ShapeError(f"cannot split {tensor.shape[axis]} output channels into {groups} "
-                         f"groups (shape {tuple(tensor.shape)})")
+        raise ShapeError(
+            f"cannot split {tensor.shape[axis]} output channels into {groups} "
+            f"groups (shape {tuple(tensor.shape)})"
+        )
     return np.split(tensor, groups, axis=axis)
 
 

@@ -63,12 +63,16 @@ def validate_caffe(params: CaffeLRN, where: str = "LRN") -> None:
     if region not in (ACROSS_CHANNELS, WITHIN_CHANNEL):
         raise UsageError(f"{where}: unknown norm_region {params.norm_region!r}")
     if region == WITHIN_CHANNEL:
-        raise UsageError(f"{where}: norm_region WITHIN_CHANNEL normalises over a spatial window; "
-                         f"TensorFlow's LRN works across channels only, so it has no "
-                         f"equivalent (use a pooling-based implementation)")
+        raise UsageError(
+            f"{where}: norm_region WITHIN_CHANNEL normalises over a spatial window; "
+            f"TensorFlow's LRN works across channels only, so it has no "
+            f"equivalent (use a pooling-based implementation)"
+        )
     if params.local_size < 1 or params.local_size % 2 == 0:
-        raise UsageError(f"{where}: local_size must be a positive odd number (Caffe requires "
-                         f"it), got {params.local_size}")
+        raise UsageError(
+            f"{where}: local_size must be a positive odd number (Caffe requires "
+            f"it), got {params.local_size}"
+        )
     _positive(where, "beta", params.beta, allow_zero=True)
     _positive(where, "alpha", params.alpha, allow_zero=True)
     _positive(where, "k", params.k)
@@ -90,8 +94,12 @@ def _positive(where: str, name: str, value: float, allow_zero: bool = False) -> 
 
 def caffe_to_tf(params: CaffeLRN, where: str = "LRN") -> TfLRN:
     validate_caffe(params, where)
-    return TfLRN(depth_radius=(params.local_size - 1) // 2,
-                 alpha=params.alpha / params.local_size, beta=params.beta, bias=params.k)
+    return TfLRN(
+        depth_radius=(params.local_size - 1) // 2,
+        alpha=params.alpha / params.local_size,
+        beta=params.beta,
+        bias=params.k,
+    )
 
 
 def tf_to_caffe(params: TfLRN, where: str = "LRN") -> CaffeLRN:
@@ -104,33 +112,45 @@ def suspicious(tf_params: TfLRN, source: CaffeLRN | None = None) -> list[str]:
     """Warnings for TF parameters that look copied from the AlexNet paper instead of
     translated from the source model (alpha 1e-4 with bias 2 against a Caffe k of 1)."""
     warnings = []
-    looks_like_paper = (math.isclose(tf_params.alpha, PAPER_ALPHA)
-                        and math.isclose(tf_params.bias, PAPER_BIAS))
+    looks_like_paper = math.isclose(tf_params.alpha, PAPER_ALPHA) and math.isclose(
+        tf_params.bias, PAPER_BIAS
+    )
     if source is not None:
         expected = caffe_to_tf(source)
         if not math.isclose(tf_params.alpha, expected.alpha, rel_tol=1e-6):
             warnings.append(
                 f"alpha {tf_params.alpha:g} is not the source's {source.alpha:g} / "
                 f"{source.local_size} = {expected.alpha:g}"
-                + (" (was it divided by local_size?)" if math.isclose(
-                    tf_params.alpha, source.alpha, rel_tol=1e-6) else ""))
+                + (
+                    " (was it divided by local_size?)"
+                    if math.isclose(tf_params.alpha, source.alpha, rel_tol=1e-6)
+                    else ""
+                )
+            )
         if not math.isclose(tf_params.bias, expected.bias, rel_tol=1e-6):
             warnings.append(f"bias {tf_params.bias:g} is not the source's k = {source.k:g}")
         if tf_params.depth_radius != expected.depth_radius:
-            warnings.append(f"depth_radius {tf_params.depth_radius} is not (local_size - 1) / 2 "
-                            f"= {expected.depth_radius}")
+            warnings.append(
+                f"depth_radius {tf_params.depth_radius} is not (local_size - 1) / 2 "
+                f"= {expected.depth_radius}"
+            )
     if looks_like_paper and (source is None or not math.isclose(source.k, PAPER_BIAS)):
-        warnings.append("alpha 1e-4 with bias 2 are the AlexNet paper's constants; Caffe's "
-                        "reference models use k = 1 and alpha 1e-4 / local_size in TF terms")
+        warnings.append(
+            "alpha 1e-4 with bias 2 are the AlexNet paper's constants; Caffe's "
+            "reference models use k = 1 and alpha 1e-4 / local_size in TF terms"
+        )
     return warnings
 
 
 def from_layer_params(params: dict[str, Any]) -> CaffeLRN:
     """A Caffe LRN layer's recorded params (`Layer.params`) as CaffeLRN."""
-    return CaffeLRN(local_size=int(params.get("local_size", 5)),
-                    alpha=float(params.get("alpha", 1.0)), beta=float(params.get("beta", 0.75)),
-                    k=float(params.get("k", 1.0)),
-                    norm_region=str(params.get("norm_region", ACROSS_CHANNELS)).lower())
+    return CaffeLRN(
+        local_size=int(params.get("local_size", 5)),
+        alpha=float(params.get("alpha", 1.0)),
+        beta=float(params.get("beta", 0.75)),
+        k=float(params.get("k", 1.0)),
+        norm_region=str(params.get("norm_region", ACROSS_CHANNELS)).lower(),
+    )
 
 
 def caffe_lrn(x: np.ndarray, params: CaffeLRN, channel_axis: int = 1) -> np.ndarray:
@@ -142,10 +162,10 @@ def caffe_lrn(x: np.ndarray, params: CaffeLRN, channel_axis: int = 1) -> np.ndar
     channels = moved.shape[-1]
     half = (params.local_size - 1) // 2
     squares = np.square(moved)
-    padded = np.concatenate([np.zeros((*moved.shape[:-1], half)), squares,
-                             np.zeros((*moved.shape[:-1], half))], axis=-1)
-    window = np.cumsum(np.concatenate([np.zeros((*moved.shape[:-1], 1)), padded], axis=-1),
-                       axis=-1)
-    sums = window[..., params.local_size:params.local_size + channels] - window[..., :channels]
+    padded = np.concatenate(
+        [np.zeros((*moved.shape[:-1], half)), squares, np.zeros((*moved.shape[:-1], half))], axis=-1
+    )
+    window = np.cumsum(np.concatenate([np.zeros((*moved.shape[:-1], 1)), padded], axis=-1), axis=-1)
+    sums = window[..., params.local_size : params.local_size + channels] - window[..., :channels]
     scale = params.k + params.alpha / params.local_size * sums
-    return np.moveaxis(moved * scale ** -params.beta, -1, channel_axis)
+    return np.moveaxis(moved * scale**-params.beta, -1, channel_axis)

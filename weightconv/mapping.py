@@ -69,18 +69,23 @@ class TensorRule:
     def apply(self, array: np.ndarray, name: str) -> np.ndarray:
         if self.reshape is not None:
             if int(np.prod(self.reshape)) != array.size:
-                raise ShapeError(f"{name}: cannot reshape {tuple(array.shape)} to "
-                                 f"{self.reshape} (map file)")
+                raise ShapeError(
+                    f"{name}: cannot reshape {tuple(array.shape)} to {self.reshape} (map file)"
+                )
             array = array.reshape(self.reshape)
         if self.transpose is not None:
             if sorted(self.transpose) != list(range(array.ndim)):
-                raise ShapeError(f"{name}: transpose {self.transpose} does not fit shape "
-                                 f"{tuple(array.shape)} (map file)")
+                raise ShapeError(
+                    f"{name}: transpose {self.transpose} does not fit shape "
+                    f"{tuple(array.shape)} (map file)"
+                )
             array = array.transpose(self.transpose)
         if self.flip_axis is not None:
             if not -array.ndim <= self.flip_axis < array.ndim:
-                raise ShapeError(f"{name}: flip_axis {self.flip_axis} does not fit shape "
-                                 f"{tuple(array.shape)} (map file)")
+                raise ShapeError(
+                    f"{name}: flip_axis {self.flip_axis} does not fit shape "
+                    f"{tuple(array.shape)} (map file)"
+                )
             array = np.flip(array, axis=self.flip_axis)
         return array
 
@@ -133,8 +138,9 @@ class MapFile:
             else:
                 data = json.loads(text)
         except (ValueError, TypeError) as exc:
-            raise UsageError(f"{target}: not valid {target.suffix.lstrip('.') or 'JSON'}: "
-                             f"{exc}") from None
+            raise UsageError(
+                f"{target}: not valid {target.suffix.lstrip('.') or 'JSON'}: {exc}"
+            ) from None
         return cls.from_dict(data, str(target))
 
     @classmethod
@@ -143,8 +149,9 @@ class MapFile:
             raise UsageError(f"{where}: expected a table with rename/skip/tensors")
         unknown = set(data) - {"rename", "skip", "tensors"}
         if unknown:
-            raise UsageError(f"{where}: unknown keys {sorted(unknown)} (known: rename, skip, "
-                             f"tensors)")
+            raise UsageError(
+                f"{where}: unknown keys {sorted(unknown)} (known: rename, skip, tensors)"
+            )
         renames = []
         for item in data.get("rename", []):
             if not isinstance(item, dict) or set(item) != {"from", "to"}:
@@ -157,13 +164,15 @@ class MapFile:
         tensors = {}
         for name, spec in data.get("tensors", {}).items():
             if not isinstance(spec, dict) or set(spec) - set(TRANSFORM_KEYS):
-                raise UsageError(f"{where}: tensor {name!r}: transforms must be among "
-                                 f"{', '.join(TRANSFORM_KEYS)}")
+                raise UsageError(
+                    f"{where}: tensor {name!r}: transforms must be among "
+                    f"{', '.join(TRANSFORM_KEYS)}"
+                )
             tensors[name] = TensorRule(
                 reshape=tuple(int(n) for n in spec["reshape"]) if "reshape" in spec else None,
-                transpose=tuple(int(n) for n in spec["transpose"])
-                if "transpose" in spec else None,
-                flip_axis=int(spec["flip_axis"]) if "flip_axis" in spec else None)
+                transpose=tuple(int(n) for n in spec["transpose"]) if "transpose" in spec else None,
+                flip_axis=int(spec["flip_axis"]) if "flip_axis" in spec else None,
+            )
         return cls(renames, skip, tensors, where)
 
     def rule_for(self, source_name: str) -> TensorRule | None:
@@ -197,8 +206,9 @@ class Mapping:
 
     def __post_init__(self) -> None:
         if self.names not in NAME_SCHEMES:
-            raise UsageError(f"unknown name scheme {self.names!r}; known: "
-                             f"{', '.join(NAME_SCHEMES)}")
+            raise UsageError(
+                f"unknown name scheme {self.names!r}; known: {', '.join(NAME_SCHEMES)}"
+            )
         for order in (self.input_channels, self.source_channels):
             if order is not None and order not in CHANNEL_ORDERS:
                 raise UsageError(f"channel order must be rgb or bgr, got {order!r}")
@@ -229,9 +239,16 @@ class Mapping:
         return dataclasses.replace(self, **changes)
 
     def is_identity(self) -> bool:
-        return (self.names == "keep" and not self.scope and not self.fc_as_conv
-                and not self.fc_as_dense and self.input_channels is None
-                and not self.split_groups and not self.merge_groups and self.map_file is None)
+        return (
+            self.names == "keep"
+            and not self.scope
+            and not self.fc_as_conv
+            and not self.fc_as_dense
+            and self.input_channels is None
+            and not self.split_groups
+            and not self.merge_groups
+            and self.map_file is None
+        )
 
     def apply(self, weights: WeightSet) -> WeightSet:
         """The mapped WeightSet, in canonical layout, its tensors computed on demand."""
@@ -244,13 +261,21 @@ class Mapping:
         for layer in mapped.layers:
             for role, tensor in layer.tensors.items():
                 origin = layer.origins[role]
-                rows.append({"from": origin.source, "from_shape": _listed(origin.source_shape),
-                             "to": layer.tensor_name(role), "to_shape": list(tensor.shape),
-                             "dtype": str(tensor.dtype), "transforms": list(origin.transforms)})
+                rows.append(
+                    {
+                        "from": origin.source,
+                        "from_shape": _listed(origin.source_shape),
+                        "to": layer.tensor_name(role),
+                        "to_shape": list(tensor.shape),
+                        "dtype": str(tensor.dtype),
+                        "transforms": list(origin.transforms),
+                    }
+                )
         return rows
 
 
 # The work -------------------------------------------------------------------------------------
+
 
 class _Cache:
     """The canonical form of the one source layer most recently asked for."""
@@ -305,9 +330,11 @@ class _Mapper:
         for source in self.weights.layers:
             if not source.tensors:
                 continue
-            if m.map_file and any(fnmatch.fnmatchcase(n, p) for p in m.map_file.skip
-                                  for n in [source.name, *map(source.tensor_name,
-                                                              source.tensors)]):
+            if m.map_file and any(
+                fnmatch.fnmatchcase(n, p)
+                for p in m.map_file.skip
+                for n in [source.name, *map(source.tensor_name, source.tensors)]
+            ):
                 skipped_by_file.append(source.name)
                 continue
             outs = self._plan_layer(source)
@@ -316,7 +343,8 @@ class _Mapper:
             if kind == Kind.CONV and not first_conv_done and "weights" in outs:
                 first_conv_done = True
                 flip = m.input_channels is not None and m.input_channels != (
-                    m.source_channels or self.weights.channel_order)
+                    m.source_channels or self.weights.channel_order
+                )
             for role, out in outs.items():
                 if flip and role == "weights":
                     self._flip(out)
@@ -324,8 +352,12 @@ class _Mapper:
                 tensor_name = source.tensor_name(role)
                 rule = m.map_file.rule_for(tensor_name) if m.map_file else None
                 if rule is not None:
-                    self._chain(out, lambda a, r=rule, n=tensor_name: r.apply(a, n),
-                                rule.shape(out.shape, tensor_name), rule.describe())
+                    self._chain(
+                        out,
+                        lambda a, r=rule, n=tensor_name: r.apply(a, n),
+                        rule.shape(out.shape, tensor_name),
+                        rule.describe(),
+                    )
             weights_out = outs.get("weights")
             self.previous = (kind, weights_out.shape if weights_out else None)
             self.previous_name = source.name
@@ -335,8 +367,12 @@ class _Mapper:
         if m.merge_groups:
             layers = self._merge(layers, owners)
         self._check_unique(layers)
-        result = WeightSet(layers=layers, source=self.weights.source,
-                           channel_order=order, notes=list(self.weights.notes))
+        result = WeightSet(
+            layers=layers,
+            source=self.weights.source,
+            channel_order=order,
+            notes=list(self.weights.notes),
+        )
         release_source = self.weights.release
 
         def release(layer: Layer) -> None:
@@ -358,13 +394,23 @@ class _Mapper:
         shapes = layout.canonical_shapes(source)
         steps = layout.canonicalization_steps(source)
         for role, (shape, dtype) in shapes.items():
-            outs[role] = _Out(source, role, _picker(self.cache, role), shape, dtype,
-                              list(steps) if role == "weights" else [])
+            outs[role] = _Out(
+                source,
+                role,
+                _picker(self.cache, role),
+                shape,
+                dtype,
+                list(steps) if role == "weights" else [],
+            )
         return outs
 
     @staticmethod
-    def _chain(out: _Out, transform: Callable[[np.ndarray], np.ndarray],
-               shape: tuple[int, ...], steps: list[str]) -> None:
+    def _chain(
+        out: _Out,
+        transform: Callable[[np.ndarray], np.ndarray],
+        shape: tuple[int, ...],
+        steps: list[str],
+    ) -> None:
         previous = out.array_of
         out.array_of = lambda layer: transform(previous(layer))
         out.shape = tuple(shape)
@@ -372,12 +418,20 @@ class _Mapper:
 
     def _flip(self, out: _Out) -> None:
         if len(out.shape) != 4 or out.shape[2] != 3:
-            raise ShapeError(f"{out.source.name}/weights: swapping BGR/RGB needs 3 input "
-                             f"channels, the kernel is {list(out.shape)}")
+            raise ShapeError(
+                f"{out.source.name}/weights: swapping BGR/RGB needs 3 input "
+                f"channels, the kernel is {list(out.shape)}"
+            )
         source_order = self.mapping.source_channels or self.weights.channel_order
-        self._chain(out, arrays.flip_input_channels, out.shape,
-                    [f"input channels {source_order.upper()} -> "  # type: ignore[union-attr]
-                     f"{self.mapping.input_channels.upper()}"])  # type: ignore[union-attr]
+        self._chain(
+            out,
+            arrays.flip_input_channels,
+            out.shape,
+            [
+                f"input channels {source_order.upper()} -> "  # type: ignore[union-attr]
+                f"{self.mapping.input_channels.upper()}"
+            ],
+        )  # type: ignore[union-attr]
 
     def _layout_rules(self, source: Layer, role: str, out: _Out, kind: str) -> None:
         m = self.mapping
@@ -385,28 +439,35 @@ class _Mapper:
             return
         if m.fc_as_conv and kind == Kind.DENSE and len(out.shape) == 2:
             hwc = self._fc_input(source, out.shape[0])
-            self._chain(out, lambda a, s=hwc: arrays.dense_to_fc_conv(a, s),
-                        (*hwc, out.shape[1]),
-                        [f"dense -> fc-as-conv {hwc[0]}x{hwc[1]}x{hwc[2]}"])
+            self._chain(
+                out,
+                lambda a, s=hwc: arrays.dense_to_fc_conv(a, s),
+                (*hwc, out.shape[1]),
+                [f"dense -> fc-as-conv {hwc[0]}x{hwc[1]}x{hwc[2]}"],
+            )
         elif m.fc_as_dense and len(out.shape) == 4:
             h, w, c, n = out.shape
-            self._chain(out, arrays.fc_conv_to_dense, (h * w * c, n),
-                        [f"fc-as-conv {h}x{w}x{c} -> dense"])
+            self._chain(
+                out, arrays.fc_conv_to_dense, (h * w * c, n), [f"fc-as-conv {h}x{w}x{c} -> dense"]
+            )
 
     def _fc_input(self, source: Layer, inputs: int) -> tuple[int, int, int]:
         given = self.mapping.fc_inputs.get(_leaf(source.name))
         if given is not None:
             if given[0] * given[1] * given[2] != inputs:
-                raise ShapeError(f"{source.name}/weights: --fc-input {'x'.join(map(str, given))} "
-                                 f"= {given[0] * given[1] * given[2]} does not match its "
-                                 f"{inputs} inputs")
+                raise ShapeError(
+                    f"{source.name}/weights: --fc-input {'x'.join(map(str, given))} "
+                    f"= {given[0] * given[1] * given[2]} does not match its "
+                    f"{inputs} inputs"
+                )
             return given
         shape = source.input_shape
         if shape is not None and len(shape) == 3:
             c, h, w = shape
             if c * h * w != inputs:
-                raise ShapeError(f"{source.name}/weights: {inputs} inputs, but its input blob "
-                                 f"is {c}x{h}x{w}")
+                raise ShapeError(
+                    f"{source.name}/weights: {inputs} inputs, but its input blob is {c}x{h}x{w}"
+                )
             return (h, w, c)
         if shape is not None:
             return (1, 1, inputs)
@@ -415,14 +476,19 @@ class _Mapper:
         previous_kind, previous_shape = self.previous
         if previous_kind == Kind.DENSE and previous_shape and previous_shape[-1] == inputs:
             return (1, 1, inputs)  # fed by the dense layer before it: fc7 after fc6
-        if previous_shape and len(previous_shape) == 4 and _leaf(
-                self.previous_name).startswith(self.mapping.fc_pattern.rstrip("*")) and (
-                previous_shape[-1] == inputs):
+        if (
+            previous_shape
+            and len(previous_shape) == 4
+            and _leaf(self.previous_name).startswith(self.mapping.fc_pattern.rstrip("*"))
+            and (previous_shape[-1] == inputs)
+        ):
             return (1, 1, inputs)  # fed by an fc layer already laid out as a 1x1-able conv
-        raise MappingError(f"{source.name}/weights: laying it out as a convolution needs the "
-                           f"height, width and channels of its input ({inputs} values); read "
-                           f"the caffemodel with its prototxt or pass --fc-input "
-                           f"{_leaf(source.name)}=H,W,C")
+        raise MappingError(
+            f"{source.name}/weights: laying it out as a convolution needs the "
+            f"height, width and channels of its input ({inputs} values); read "
+            f"the caffemodel with its prototxt or pass --fc-input "
+            f"{_leaf(source.name)}=H,W,C"
+        )
 
     # -- names --------------------------------------------------------------------------------
 
@@ -435,23 +501,31 @@ class _Mapper:
                 tensors = {}
                 for role, out in outs.items():
                     if len(out.shape) == 0 or out.shape[-1] % groups:
-                        raise ShapeError(f"{source.tensor_name(role)}: {list(out.shape)} does "
-                                         f"not split into {groups} groups")
-                    piece = _Out(out.source, role, out.array_of, out.shape, out.dtype,
-                                 list(out.transforms))
-                    self._chain(piece, lambda a, i=index, g=groups: arrays.split_groups(a, g)[i],
-                                (*out.shape[:-1], out.shape[-1] // groups),
-                                [f"group {index} of {groups}"])
+                        raise ShapeError(
+                            f"{source.tensor_name(role)}: {list(out.shape)} does "
+                            f"not split into {groups} groups"
+                        )
+                    piece = _Out(
+                        out.source, role, out.array_of, out.shape, out.dtype, list(out.transforms)
+                    )
+                    self._chain(
+                        piece,
+                        lambda a, i=index, g=groups: arrays.split_groups(a, g)[i],
+                        (*out.shape[:-1], out.shape[-1] // groups),
+                        [f"group {index} of {groups}"],
+                    )
                     tensors[role] = piece
                 name = f"{_leaf(source.name) if m.names != 'keep' else source.name}_group{index}"
-                parts.append(self._layer(source, name, tensors, kind, {**source.params,
-                                                                        "group": 1}))
+                parts.append(
+                    self._layer(source, name, tensors, kind, {**source.params, "group": 1})
+                )
             return parts
         name = source.name if m.names == "keep" else _leaf(source.name)
         return [self._layer(source, name, outs, kind, dict(source.params))]
 
-    def _layer(self, source: Layer, name: str, outs: dict[str, _Out], kind: str,
-               params: dict[str, Any]) -> Layer:
+    def _layer(
+        self, source: Layer, name: str, outs: dict[str, _Out], kind: str, params: dict[str, Any]
+    ) -> Layer:
         m = self.mapping
         tensors: dict[str, Any] = {}
         stored: dict[str, str] = {}
@@ -474,24 +548,36 @@ class _Mapper:
                 full = m.map_file.rename(full)
             tensors[role] = LazyTensor(out.shape, out.dtype, _loader(out))
             stored[role] = full
-            origin[role] = TensorOrigin(source.tensor_name(role),
-                                        tuple(int(n) for n in source.tensors[role].shape),
-                                        tuple(out.transforms))
+            origin[role] = TensorOrigin(
+                source.tensor_name(role),
+                tuple(int(n) for n in source.tensors[role].shape),
+                tuple(out.transforms),
+            )
         layer_name = m.scope + layer_path
         if m.map_file:
             layer_name = m.map_file.rename(layer_name)
             # A rename of the full tensor names moves the layer too, so that writers which
             # key by layer (.npy, Keras) use the new name.
             prefixes = {split_tensor_name(full)[0] for full in stored.values()}
-            if len(prefixes) == 1 and all(split_tensor_name(full)[1] != "value"
-                                          for full in stored.values()):
+            if len(prefixes) == 1 and all(
+                split_tensor_name(full)[1] != "value" for full in stored.values()
+            ):
                 layer_name = prefixes.pop()
-        new = Layer(name=layer_name, kind=kind, tensors=tensors,
-                    params=params, origins=origin, source_type=source.source_type,
-                    layout=CANONICAL, input_shape=source.input_shape, bottoms=source.bottoms,
-                    tops=source.tops)
-        new.stored_names = {role: full for role, full in stored.items()
-                            if full != join_tensor_name(new.name, role)}
+        new = Layer(
+            name=layer_name,
+            kind=kind,
+            tensors=tensors,
+            params=params,
+            origins=origin,
+            source_type=source.source_type,
+            layout=CANONICAL,
+            input_shape=source.input_shape,
+            bottoms=source.bottoms,
+            tops=source.tops,
+        )
+        new.stored_names = {
+            role: full for role, full in stored.items() if full != join_tensor_name(new.name, role)
+        }
         return new
 
     def _merge(self, layers: list[Layer], owners: dict[int, Layer]) -> list[Layer]:
@@ -507,13 +593,11 @@ class _Mapper:
             run = [layers[index]]
             while index + len(run) < len(layers):
                 follower = _GROUP_PART.match(layers[index + len(run)].name)
-                if not follower or follower["base"] != base or int(
-                        follower["index"]) != len(run):
+                if not follower or follower["base"] != base or int(follower["index"]) != len(run):
                     break
                 run.append(layers[index + len(run)])
             if len(run) == 1:
-                raise MappingError(f"{run[0].name}: a single group part; nothing to merge it "
-                                   f"with")
+                raise MappingError(f"{run[0].name}: a single group part; nothing to merge it with")
             roles = list(run[0].tensors)
             if any(list(part.tensors) != roles for part in run):
                 raise MappingError(f"{base}: its group parts hold different tensors")
@@ -523,19 +607,28 @@ class _Mapper:
                 parts = [part.tensors[role] for part in run]
                 shapes = {tuple(p.shape[:-1]) for p in parts}
                 if len(shapes) != 1:
-                    raise ShapeError(f"{base}/{role}: group parts have shapes "
-                                     f"{[list(p.shape) for p in parts]}")
+                    raise ShapeError(
+                        f"{base}/{role}: group parts have shapes {[list(p.shape) for p in parts]}"
+                    )
                 shape = (*parts[0].shape[:-1], sum(p.shape[-1] for p in parts))
-                tensors[role] = LazyTensor(shape, parts[0].dtype,
-                                           lambda ps=parts: arrays.merge_groups(
-                                               [np.asarray(p) for p in ps]))
+                tensors[role] = LazyTensor(
+                    shape,
+                    parts[0].dtype,
+                    lambda ps=parts: arrays.merge_groups([np.asarray(p) for p in ps]),
+                )
                 origin[role] = TensorOrigin(
                     ", ".join(part.tensor_name(role) for part in run),
                     tuple(tuple(int(n) for n in p.shape) for p in parts),
-                    (f"merge {len(run)} groups",))
-            layer = Layer(name=f"{run[0].name.rpartition('_group')[0]}", kind=Kind.CONV,
-                          tensors=tensors, params={**run[0].params, "group": len(run)},
-                          origins=origin, layout=CANONICAL)
+                    (f"merge {len(run)} groups",),
+                )
+            layer = Layer(
+                name=f"{run[0].name.rpartition('_group')[0]}",
+                kind=Kind.CONV,
+                tensors=tensors,
+                params={**run[0].params, "group": len(run)},
+                origins=origin,
+                layout=CANONICAL,
+            )
             owners[id(layer)] = owners.get(id(run[-1]), run[-1])
             merged.append(layer)
             index += len(run)
@@ -547,18 +640,22 @@ class _Mapper:
             for role in layer.tensors:
                 full = layer.tensor_name(role)
                 if full in seen:
-                    raise MappingError(f"two tensors map to {full!r} ({seen[full]} and "
-                                       f"{layer.origins[role].source}); the mapping "
-                                       f"is ambiguous")
+                    raise MappingError(
+                        f"two tensors map to {full!r} ({seen[full]} and "
+                        f"{layer.origins[role].source}); the mapping "
+                        f"is ambiguous"
+                    )
                 seen[full] = layer.origins[role].source
 
     def _check_channel_orders(self) -> str:
         m = self.mapping
         source = m.source_channels or self.weights.channel_order
         if source is None:
-            raise MappingError("the source's channel order is not recorded in it; say which it "
-                               "is with --source-channels rgb|bgr before asking for "
-                               f"--input-channels {m.input_channels}")
+            raise MappingError(
+                "the source's channel order is not recorded in it; say which it "
+                "is with --source-channels rgb|bgr before asking for "
+                f"--input-channels {m.input_channels}"
+            )
         return m.input_channels or source
 
 

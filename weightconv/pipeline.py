@@ -52,8 +52,13 @@ __all__ = [
 ]
 
 
-def load(path: str | os.PathLike[str], *, format: str | None = None,
-         options: MappingType[str, Any] | Options | None = None, **named: Any) -> WeightSet:
+def load(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    options: MappingType[str, Any] | Options | None = None,
+    **named: Any,
+) -> WeightSet:
     """Read any supported weight file into a WeightSet (layers in the layout the file has).
 
     Reader options go in `options` or as keywords; one the format's reader does not take is
@@ -68,9 +73,16 @@ def load(path: str | os.PathLike[str], *, format: str | None = None,
     return fmt.read(path, _merged(options, named, f"the {fmt.name} reader"))
 
 
-def save(weights: WeightSet, path: str | os.PathLike[str], *, format: str | None = None,
-         force: bool = False, progress: ProgressCallback | Progress | None = None,
-         options: MappingType[str, Any] | Options | None = None, **named: Any) -> WriteResult:
+def save(
+    weights: WeightSet,
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    force: bool = False,
+    progress: ProgressCallback | Progress | None = None,
+    options: MappingType[str, Any] | Options | None = None,
+    **named: Any,
+) -> WriteResult:
     """Write a WeightSet; the format follows from the suffix unless `format` is given.
 
     Refuses to overwrite unless `force`; creates a missing folder as TensorFlow's Saver does;
@@ -91,14 +103,21 @@ def save(weights: WeightSet, path: str | os.PathLike[str], *, format: str | None
     return result
 
 
-def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
-            src_format: str | None = None, dst_format: str | None = None,
-            read_options: MappingType[str, Any] | Options | None = None,
-            write_options: MappingType[str, Any] | Options | None = None,
-            mapping: Mapping | None = None, only: Sequence[str] = (),
-            skip: Sequence[str] = (), force: bool = False,
-            progress: ProgressCallback | Progress | None = None,
-            **named: Any) -> ConversionReport:
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    src_format: str | None = None,
+    dst_format: str | None = None,
+    read_options: MappingType[str, Any] | Options | None = None,
+    write_options: MappingType[str, Any] | Options | None = None,
+    mapping: Mapping | None = None,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    force: bool = False,
+    progress: ProgressCallback | Progress | None = None,
+    **named: Any,
+) -> ConversionReport:
     """Read `src`, select, map and write it to `dst`: what every conversion verb does.
 
     Keyword options not named here go to the reader or the writer, whichever takes them
@@ -127,19 +146,39 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     if created:
         notes.append(f"created folder {created}")
     return ConversionReport(
-        input=FileRef(os.fspath(src), source.name), output=FileRef(os.fspath(dst), target.name),
-        layers=result.layers, tensors=result.tensors, parameters=result.parameters,
-        bytes=result.bytes, files=result.files, transforms=steps,
-        skipped=left_out + result.skipped, channel_order=weights.channel_order,
-        options={"read": reading.changed(), "write": writing.changed(),
-                 "mapping": plan.changed(), "only": list(only), "skip": list(skip),
-                 "force": force},
-        detail=result.detail, notes=notes)
+        input=FileRef(os.fspath(src), source.name),
+        output=FileRef(os.fspath(dst), target.name),
+        layers=result.layers,
+        tensors=result.tensors,
+        parameters=result.parameters,
+        bytes=result.bytes,
+        files=result.files,
+        transforms=steps,
+        skipped=left_out + result.skipped,
+        channel_order=weights.channel_order,
+        options={
+            "read": reading.changed(),
+            "write": writing.changed(),
+            "mapping": plan.changed(),
+            "only": list(only),
+            "skip": list(skip),
+            "force": force,
+        },
+        detail=result.detail,
+        notes=notes,
+    )
 
 
-def inspect(path: str | os.PathLike[str], *, format: str | None = None,
-            options: MappingType[str, Any] | Options | None = None, only: Sequence[str] = (),
-            skip: Sequence[str] = (), canonical: bool = False, **named: Any) -> Inventory:
+def inspect(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    options: MappingType[str, Any] | Options | None = None,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    canonical: bool = False,
+    **named: Any,
+) -> Inventory:
     """List every tensor a file holds (shape, dtype, size, where the file keeps it), as stored
     or, with `canonical`, as a conversion would write it. Nothing else is read.
 
@@ -149,8 +188,9 @@ def inspect(path: str | os.PathLike[str], *, format: str | None = None,
         [t.name for t in inventory.tensors]
     """
     fmt = formats.detect(path, format)
-    weights, _ = select(fmt.read(path, _merged(options, named, f"the {fmt.name} reader")),
-                        only, skip)
+    weights, _ = select(
+        fmt.read(path, _merged(options, named, f"the {fmt.name} reader")), only, skip
+    )
     return inventory_of(weights, FileRef(os.fspath(path), fmt.name), fmt.title, canonical)
 
 
@@ -168,11 +208,19 @@ class DiffSide:
     mapping: Mapping | None = None
 
 
-def diff(a: str | os.PathLike[str], b: str | os.PathLike[str], *,
-         mapping: Mapping | None = None, read_options: MappingType[str, Any] | None = None,
-         a_side: DiffSide | None = None, b_side: DiffSide | None = None,
-         only: Sequence[str] = (), skip: Sequence[str] = (), atol: float = 0.0,
-         rtol: float = 0.0) -> DiffReport:
+def diff(
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
+    *,
+    mapping: Mapping | None = None,
+    read_options: MappingType[str, Any] | None = None,
+    a_side: DiffSide | None = None,
+    b_side: DiffSide | None = None,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    atol: float = 0.0,
+    rtol: float = 0.0,
+) -> DiffReport:
     """Compare two weight files of any formats tensor by tensor, each in the canonical layout.
 
     Each side is read with the shared `read_options` its reader takes (``prototxt`` goes to
@@ -189,13 +237,15 @@ def diff(a: str | os.PathLike[str], b: str | os.PathLike[str], *,
     """
     sides_given = (a_side or DiffSide(), b_side or DiffSide())
     shared = dict(read_options or {})
-    fmts = [formats.detect(path, side.format)
-            for path, side in zip((a, b), sides_given, strict=True)]
+    fmts = [
+        formats.detect(path, side.format) for path, side in zip((a, b), sides_given, strict=True)
+    ]
     taken = {name for fmt in fmts for name in fmt.read_options.names()}
     unused = sorted(set(shared) - taken)
     if unused:
-        raise UsageError(f"read option {unused[0]!r} applies to neither {fmts[0].name} nor "
-                         f"{fmts[1].name}")
+        raise UsageError(
+            f"read option {unused[0]!r} applies to neither {fmts[0].name} nor {fmts[1].name}"
+        )
     loaded: list[WeightSet] = []
     unmatched = set(skip)
     for path, side, fmt in zip((a, b), sides_given, fmts, strict=True):
@@ -208,8 +258,7 @@ def diff(a: str | os.PathLike[str], b: str | os.PathLike[str], *,
         weights, _ = weights.select(only, skip)
         loaded.append(weights)
     if unmatched:
-        raise UsageError(f"skip={sorted(unmatched)[0]}: matches no layer or tensor of {a} "
-                         f"or {b}")
+        raise UsageError(f"skip={sorted(unmatched)[0]}: matches no layer or tensor of {a} or {b}")
     notes: list[str] = []
     mapped = []
     order_a = loaded[0].channel_order
@@ -218,34 +267,48 @@ def diff(a: str | os.PathLike[str], b: str | os.PathLike[str], *,
         order = weights.channel_order
         if index == 1 and order_a and order and order != order_a:
             plan = plan.replace(input_channels=order_a, source_channels=order)
-            notes.append(f"b's first convolution compared in a's channel order "
-                         f"({order.upper()} -> {order_a.upper()})")
+            notes.append(
+                f"b's first convolution compared in a's channel order "
+                f"({order.upper()} -> {order_a.upper()})"
+            )
         mapped.append(plan.apply(weights))
         if order is None:
-            notes.append(f"{'ab'[index]}: the file does not record its channel order; compared "
-                         f"as stored")
+            notes.append(
+                f"{'ab'[index]}: the file does not record its channel order; compared as stored"
+            )
     rows = compare_tensors(mapped[0], mapped[1], atol, rtol)
-    return DiffReport(a=FileRef(os.fspath(a), fmts[0].name), b=FileRef(os.fspath(b),
-                      fmts[1].name), atol=atol, rtol=rtol, tensors=rows, notes=notes)
+    return DiffReport(
+        a=FileRef(os.fspath(a), fmts[0].name),
+        b=FileRef(os.fspath(b), fmts[1].name),
+        atol=atol,
+        rtol=rtol,
+        tensors=rows,
+        notes=notes,
+    )
 
 
 # -- the steps, shared by the verbs ----------------------------------------------------------
 
 
-def select(weights: WeightSet, only: Sequence[str], skip: Sequence[str]
-           ) -> tuple[WeightSet, list[str]]:
+def select(
+    weights: WeightSet, only: Sequence[str], skip: Sequence[str]
+) -> tuple[WeightSet, list[str]]:
     """`weights` with `only`/`skip` applied; a pattern that matches nothing is refused."""
     if not only and not skip:
         return weights, []
     where = weights.source.path if weights.source else "the input"
     for pattern in skip:
         if not weights.select((), [pattern])[1]:
-            raise UsageError(f"skip={pattern}: no layer or tensor of {where} matches it "
-                             f"(layers: {', '.join(weights.names()[:12])})")
+            raise UsageError(
+                f"skip={pattern}: no layer or tensor of {where} matches it "
+                f"(layers: {', '.join(weights.names()[:12])})"
+            )
     selected, left_out = weights.select(only, skip)
     if only and not selected.weighted_layers():
-        raise UsageError(f"only={' '.join(only)} matches no layer of {where} (layers: "
-                         f"{', '.join(weights.names()[:12])})")
+        raise UsageError(
+            f"only={' '.join(only)} matches no layer of {where} (layers: "
+            f"{', '.join(weights.names()[:12])})"
+        )
     return selected, left_out
 
 
@@ -254,8 +317,9 @@ def transform_steps(weights: WeightSet) -> list[dict[str, Any]]:
     steps: dict[str, list[str]] = {}
     for layer in weights.weighted_layers():
         if layer.origins:
-            names = dict.fromkeys(step for origin in layer.origins.values()
-                                  for step in origin.transforms)
+            names = dict.fromkeys(
+                step for origin in layer.origins.values() for step in origin.transforms
+            )
         else:
             names = dict.fromkeys(canonicalization_steps(layer))
         for step in names:
@@ -263,8 +327,11 @@ def transform_steps(weights: WeightSet) -> list[dict[str, Any]]:
     return [{"step": step, "layers": layers} for step, layers in steps.items()]
 
 
-def default_output(src: str | os.PathLike[str], target: str,
-                   write_options: MappingType[str, Any] | Options | None = None) -> Path:
+def default_output(
+    src: str | os.PathLike[str],
+    target: str,
+    write_options: MappingType[str, Any] | Options | None = None,
+) -> Path:
     """The output a short verb writes when none is named: the input's name with the target
     format's suffix (``alexnet.caffemodel`` -> ``alexnet.npy``)."""
     fmt = formats.get(target)
@@ -272,37 +339,47 @@ def default_output(src: str | os.PathLike[str], target: str,
     known = sorted({s for f in formats.FORMATS for s in f.suffixes}, key=len, reverse=True)
     for suffix in known:
         if base.lower().endswith(suffix):
-            base = base[:-len(suffix)]
+            base = base[: -len(suffix)]
             break
     return Path(base + fmt.default_suffix(fmt.writer_options(write_options)))
 
 
-def _route(source: Format, target: Format, read_options: Any, write_options: Any,
-           named: dict[str, Any]) -> tuple[Options, Options]:
+def _route(
+    source: Format, target: Format, read_options: Any, write_options: Any, named: dict[str, Any]
+) -> tuple[Options, Options]:
     reading = dict(_as_mapping(read_options))
     writing = dict(_as_mapping(write_options))
-    read_names, write_names = set(source.read_options.names()), set(
-        target.writer_options().names())
+    read_names, write_names = set(source.read_options.names()), set(target.writer_options().names())
     for name, value in named.items():
         if name in read_names and name in write_names:
-            raise UsageError(f"option {name!r} is taken by both the {source.name} reader and "
-                             f"the {target.name} writer; pass it in read_options or "
-                             f"write_options")
+            raise UsageError(
+                f"option {name!r} is taken by both the {source.name} reader and "
+                f"the {target.name} writer; pass it in read_options or "
+                f"write_options"
+            )
         if name in read_names:
             reading[name] = value
         elif name in write_names:
             writing[name] = value
         else:
-            mapping_hint = (" (a mapping option: pass mapping=Mapping(...))"
-                            if name in Mapping.option_names() else "")
+            mapping_hint = (
+                " (a mapping option: pass mapping=Mapping(...))"
+                if name in Mapping.option_names()
+                else ""
+            )
             raise UsageError(
                 f"option {name!r} is taken by neither the {source.name} reader "
                 f"({describe_names(sorted(read_names))}) nor the {target.name} writer "
-                f"({describe_names(sorted(write_names))}){mapping_hint}")
-    return (source.reader_options(reading if not isinstance(read_options, Options)
-                                  or named else read_options),
-            target.writer_options(writing if not isinstance(write_options, Options)
-                                  or named else write_options))
+                f"({describe_names(sorted(write_names))}){mapping_hint}"
+            )
+    return (
+        source.reader_options(
+            reading if not isinstance(read_options, Options) or named else read_options
+        ),
+        target.writer_options(
+            writing if not isinstance(write_options, Options) or named else write_options
+        ),
+    )
 
 
 def _as_mapping(options: Any) -> MappingType[str, Any]:
@@ -321,15 +398,22 @@ def _merged(options: Any, named: dict[str, Any], where: str) -> Any:
     return {**(options or {}), **named}
 
 
-def _write(target: Format, weights: WeightSet, path: str | os.PathLike[str], options: Options,
-           force: bool, progress: ProgressCallback | Progress | None) -> WriteResult:
+def _write(
+    target: Format,
+    weights: WeightSet,
+    path: str | os.PathLike[str],
+    options: Options,
+    force: bool,
+    progress: ProgressCallback | Progress | None,
+) -> WriteResult:
     with _progress(progress, weights.nbytes) as bar:
         return target.write(weights, path, options, force=force, progress=bar)
 
 
 @contextlib.contextmanager
-def _progress(progress: ProgressCallback | Progress | None, total: int
-              ) -> Iterator[Progress | None]:
+def _progress(
+    progress: ProgressCallback | Progress | None, total: int
+) -> Iterator[Progress | None]:
     if progress is None or isinstance(progress, Progress):
         yield progress
         return
@@ -373,4 +457,3 @@ def _output_folder(path: str | os.PathLike[str]) -> Iterator[str | None]:
             with contextlib.suppress(OSError):
                 created.rmdir()
         raise
-

@@ -51,12 +51,25 @@ class ConversionReport:
     verb: str = "convert"
 
     def to_dict(self) -> dict[str, Any]:
-        return _document(self.verb, True, {
-            "input": self.input.to_dict(), "output": self.output.to_dict(),
-            "layers": self.layers, "tensors": self.tensors, "parameters": self.parameters,
-            "bytes": self.bytes, "files": self.files, "transforms": self.transforms,
-            "skipped": self.skipped, "channel_order": self.channel_order,
-            "options": self.options, "detail": self.detail, "notes": self.notes})
+        return _document(
+            self.verb,
+            True,
+            {
+                "input": self.input.to_dict(),
+                "output": self.output.to_dict(),
+                "layers": self.layers,
+                "tensors": self.tensors,
+                "parameters": self.parameters,
+                "bytes": self.bytes,
+                "files": self.files,
+                "transforms": self.transforms,
+                "skipped": self.skipped,
+                "channel_order": self.channel_order,
+                "options": self.options,
+                "detail": self.detail,
+                "notes": self.notes,
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -75,9 +88,17 @@ class TensorEntry:
     status: str = "weights"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "layer": self.layer, "role": self.role, "kind": self.kind,
-                "shape": list(self.shape), "dtype": self.dtype, "parameters": self.parameters,
-                "bytes": self.bytes, "status": self.status}
+        return {
+            "name": self.name,
+            "layer": self.layer,
+            "role": self.role,
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "parameters": self.parameters,
+            "bytes": self.bytes,
+            "status": self.status,
+        }
 
 
 @dataclass
@@ -96,48 +117,93 @@ class Inventory:
     @property
     def totals(self) -> dict[str, int]:
         carried = [t for t in self.tensors if t.status == "weights"]
-        return {"layers": len({t.layer for t in carried}), "tensors": len(self.tensors),
-                "weights": len(carried), "set_aside": len(self.tensors) - len(carried),
-                "parameters": sum(t.parameters for t in self.tensors),
-                "bytes": sum(t.bytes for t in self.tensors)}
+        return {
+            "layers": len({t.layer for t in carried}),
+            "tensors": len(self.tensors),
+            "weights": len(carried),
+            "set_aside": len(self.tensors) - len(carried),
+            "parameters": sum(t.parameters for t in self.tensors),
+            "bytes": sum(t.bytes for t in self.tensors),
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return _document("inspect", True, {
-            "input": self.input.to_dict(), "title": self.title, "detail": self.detail,
-            "layout": self.layout, "channel_order": self.channel_order,
-            "tensors": [t.to_dict() for t in self.tensors], "layers": self.layers,
-            "totals": self.totals, "notes": self.notes})
+        return _document(
+            "inspect",
+            True,
+            {
+                "input": self.input.to_dict(),
+                "title": self.title,
+                "detail": self.detail,
+                "layout": self.layout,
+                "channel_order": self.channel_order,
+                "tensors": [t.to_dict() for t in self.tensors],
+                "layers": self.layers,
+                "totals": self.totals,
+                "notes": self.notes,
+            },
+        )
 
 
 def inventory_of(weights: WeightSet, ref: FileRef, title: str, canonical: bool) -> Inventory:
     layers = list(canonical_layers(weights)) if canonical else weights.weighted_layers()
-    rows = [TensorEntry(name=layer.location(role), layer=layer.name, role=role,
-                        kind=layer.kind, shape=tuple(int(n) for n in tensor.shape),
-                        dtype=str(np.dtype(tensor.dtype).newbyteorder("=")),
-                        parameters=int(tensor.size), bytes=int(tensor.nbytes))
-            for layer in layers for role, tensor in layer.tensors.items()]
+    rows = [
+        TensorEntry(
+            name=layer.location(role),
+            layer=layer.name,
+            role=role,
+            kind=layer.kind,
+            shape=tuple(int(n) for n in tensor.shape),
+            dtype=str(np.dtype(tensor.dtype).newbyteorder("=")),
+            parameters=int(tensor.size),
+            bytes=int(tensor.nbytes),
+        )
+        for layer in layers
+        for role, tensor in layer.tensors.items()
+    ]
     for aside in weights.set_aside:
         count = 1
         for n in aside.shape:
             count *= n
-        rows.append(TensorEntry(name=aside.name, layer="", role="", kind="",
-                                shape=aside.shape, dtype=aside.dtype, parameters=count,
-                                bytes=aside.nbytes, status=aside.reason))
+        rows.append(
+            TensorEntry(
+                name=aside.name,
+                layer="",
+                role="",
+                kind="",
+                shape=aside.shape,
+                dtype=aside.dtype,
+                parameters=count,
+                bytes=aside.nbytes,
+                status=aside.reason,
+            )
+        )
     layouts = {layer.layout for layer in weights.weighted_layers()}
-    layout = "canonical" if canonical else (
-        layouts.pop() if len(layouts) == 1 else "mixed" if layouts else "none")
-    return Inventory(input=ref, title=title,
-                     detail=dict(weights.source.detail) if weights.source else {},
-                     layout=layout, channel_order=weights.channel_order, tensors=rows,
-                     layers=[_layer_summary(layer) for layer in weights.layers],
-                     notes=list(weights.notes))
+    layout = (
+        "canonical"
+        if canonical
+        else (layouts.pop() if len(layouts) == 1 else "mixed" if layouts else "none")
+    )
+    return Inventory(
+        input=ref,
+        title=title,
+        detail=dict(weights.source.detail) if weights.source else {},
+        layout=layout,
+        channel_order=weights.channel_order,
+        tensors=rows,
+        layers=[_layer_summary(layer) for layer in weights.layers],
+        notes=list(weights.notes),
+    )
 
 
 def _layer_summary(layer: Layer) -> dict[str, Any]:
-    return {"name": layer.name, "kind": layer.kind, "type": layer.source_type,
-            "params": dict(layer.params),
-            "input_shape": list(layer.input_shape) if layer.input_shape else None,
-            "tensors": list(layer.tensors)}
+    return {
+        "name": layer.name,
+        "kind": layer.kind,
+        "type": layer.source_type,
+        "params": dict(layer.params),
+        "input_shape": list(layer.input_shape) if layer.input_shape else None,
+        "tensors": list(layer.tensors),
+    }
 
 
 DIFF_STATUSES = ("equal", "close", "differs", "shape mismatch", "only in a", "only in b")
@@ -157,8 +223,9 @@ class DiffReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        return {status: sum(row["status"] == status for row in self.tensors)
-                for status in DIFF_STATUSES}
+        return {
+            status: sum(row["status"] == status for row in self.tensors) for status in DIFF_STATUSES
+        }
 
     @property
     def equal(self) -> bool:
@@ -166,25 +233,37 @@ class DiffReport:
         return all(row["status"] in ("equal", "close") for row in self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
-        return _document("diff", self.equal, {
-            "inputs": [self.a.to_dict(), self.b.to_dict()], "atol": self.atol,
-            "rtol": self.rtol, "tensors": self.tensors, "counts": self.counts,
-            "notes": self.notes})
+        return _document(
+            "diff",
+            self.equal,
+            {
+                "inputs": [self.a.to_dict(), self.b.to_dict()],
+                "atol": self.atol,
+                "rtol": self.rtol,
+                "tensors": self.tensors,
+                "counts": self.counts,
+                "notes": self.notes,
+            },
+        )
 
 
-def compare_tensors(a: WeightSet, b: WeightSet, atol: float, rtol: float
-                    ) -> list[dict[str, Any]]:
+def compare_tensors(a: WeightSet, b: WeightSet, atol: float, rtol: float) -> list[dict[str, Any]]:
     """Rows for every tensor of either side, keyed by layer and canonical role, so that a
     Keras ``conv1/kernel`` meets a ``conv1/weights``."""
     left = _by_name(a)
     right = _by_name(b)
-    return [_compare(name, left.get(name), right.get(name), atol, rtol)
-            for name in [*left, *(n for n in right if n not in left)]]
+    return [
+        _compare(name, left.get(name), right.get(name), atol, rtol)
+        for name in [*left, *(n for n in right if n not in left)]
+    ]
 
 
 def _by_name(weights: WeightSet) -> dict[str, Any]:
-    return {join_tensor_name(layer.name, role): tensor
-            for layer in weights.layers for role, tensor in layer.tensors.items()}
+    return {
+        join_tensor_name(layer.name, role): tensor
+        for layer in weights.layers
+        for role, tensor in layer.tensors.items()
+    }
 
 
 _BLOCK = 1 << 22  # values compared at a time, which bounds the memory
@@ -195,8 +274,9 @@ def _compare(name: str, a: Any, b: Any, atol: float, rtol: float) -> dict[str, A
     if a is None or b is None:
         row["status"] = "only in b" if a is None else "only in a"
         return row
-    row.update(shape_a=list(a.shape), shape_b=list(b.shape), dtype_a=str(a.dtype),
-               dtype_b=str(b.dtype))
+    row.update(
+        shape_a=list(a.shape), shape_b=list(b.shape), dtype_a=str(a.dtype), dtype_b=str(b.dtype)
+    )
     if tuple(a.shape) != tuple(b.shape):
         row["status"] = "shape mismatch"
         return row
@@ -212,8 +292,8 @@ def _compare(name: str, a: Any, b: Any, atol: float, rtol: float) -> dict[str, A
     complex_values = left.dtype.kind == "c" or right.dtype.kind == "c"
     wide = np.complex128 if complex_values else np.float64
     for start in range(0, flat_a.size, _BLOCK):
-        x = flat_a[start:start + _BLOCK]
-        y = flat_b[start:start + _BLOCK]
+        x = flat_a[start : start + _BLOCK]
+        y = flat_b[start : start + _BLOCK]
         if bitwise and not np.array_equal(x.view(np.uint8), y.view(np.uint8)):
             bitwise = False
         xf, yf = x.astype(wide), y.astype(wide)
@@ -226,6 +306,9 @@ def _compare(name: str, a: Any, b: Any, atol: float, rtol: float) -> dict[str, A
             rel = np.where((scale == 0) & (delta > 0), np.inf, rel)
             max_rel = max(max_rel, float(rel.max()))
             within = within and bool(np.all(delta <= atol + rtol * scale))
-    row.update(max_abs=max_abs, max_rel=max_rel,
-               status="equal" if bitwise or max_abs == 0 else "close" if within else "differs")
+    row.update(
+        max_abs=max_abs,
+        max_rel=max_rel,
+        status="equal" if bitwise or max_abs == 0 else "close" if within else "differs",
+    )
     return row

@@ -85,7 +85,7 @@ def chunks(array: np.ndarray, limit: int) -> Iterator[np.ndarray]:
     if row_bytes <= limit:
         step = max(1, limit // max(row_bytes, 1))
         for start in range(0, array.shape[0], step):
-            yield array[start:start + step]
+            yield array[start : start + step]
     else:
         for row in array:
             yield from chunks(row, limit)

@@ -16,8 +16,14 @@ class Progress:
             bar.advance(chunk_bytes)
     """
 
-    def __init__(self, total: int, label: str = "", enabled: bool | None = None,
-                 stream: TextIO | None = None, delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        total: int,
+        label: str = "",
+        enabled: bool | None = None,
+        stream: TextIO | None = None,
+        delay: float = 0.5,
+    ) -> None:
         self.total = max(int(total), 1)
         self.label = label
         self.stream = stream or sys.stderr
@@ -43,8 +49,10 @@ class Progress:
         width = 30
         filled = int(fraction * width)
         bar = "#" * filled + "-" * (width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}% "
-                          f"{self.done / 1e6:,.0f}/{self.total / 1e6:,.0f} MB")
+        self.stream.write(
+            f"\r{self.label} [{bar}] {fraction * 100:5.1f}% "
+            f"{self.done / 1e6:,.0f}/{self.total / 1e6:,.0f} MB"
+        )
         self.stream.flush()
         self._drawn = True
 

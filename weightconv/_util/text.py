@@ -9,7 +9,7 @@ def parse_size(text: str) -> int:
     cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
     unit = cleaned[-1:] if cleaned[-1:] in ("K", "M", "G") else ""
     try:
-        value = int(float(cleaned[:len(cleaned) - len(unit)]) * units[unit])
+        value = int(float(cleaned[: len(cleaned) - len(unit)]) * units[unit])
     except ValueError:
         value = 0
     if value < 1:

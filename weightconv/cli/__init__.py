@@ -30,17 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = common.Parser(
         prog="weightconv",
         description="Convert neural-network weights between Caffe, .npy, TensorFlow "
-                    "checkpoints and Keras HDF5: exact, or refused.",
+        "checkpoints and Keras HDF5: exact, or refused.",
         epilog=common.examples(
             "weightconv caffe2npy bvlc_alexnet.caffemodel --prototxt deploy.prototxt",
             "weightconv npy2ckpt bvlc_alexnet.npy -o ckpt/alexnet.ckpt",
-            "weightconv inspect ckpt/alexnet.ckpt --json")
+            "weightconv inspect ckpt/alexnet.ckpt --json",
+        )
         + "\n\nexit codes: 0 ok, 1 a check failed, 2 bad input or usage, 3 internal error",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"weightconv {__version__}")
     common.global_switches(parser, top=True)
-    verbs = parser.add_subparsers(title="commands", metavar="COMMAND", dest="verb",
-                                  parser_class=common.Parser)
+    verbs = parser.add_subparsers(
+        title="commands", metavar="COMMAND", dest="verb", parser_class=common.Parser
+    )
     convert.add(verbs)
     inspect.add(verbs)
     diff.add(verbs)
@@ -76,16 +79,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line unless --debug
         if args.debug:
             raise
-        _report_error(args, f"internal error: {type(exc).__name__}: {exc} "
-                            f"(rerun with --debug for the traceback)", EXIT_INTERNAL)
+        _report_error(
+            args,
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            EXIT_INTERNAL,
+        )
         return EXIT_INTERNAL
 
 
 def _report_error(args: argparse.Namespace, message: str, code: int) -> None:
     if getattr(args, "json", False):
-        print(json.dumps({"schema_version": SCHEMA_VERSION, "ok": False,
-                          "verb": getattr(args, "verb", None), "error": message,
-                          "exit_code": code}))
+        print(
+            json.dumps(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "ok": False,
+                    "verb": getattr(args, "verb", None),
+                    "error": message,
+                    "exit_code": code,
+                }
+            )
+        )
     print(f"weightconv: error: {message}", file=sys.stderr)
 
 

@@ -18,8 +18,15 @@ from weightconv.formats.base import Options, OptionSpec
 from weightconv.mapping import CHANNEL_ORDERS, NAME_SCHEMES, MapFile, Mapping
 
 #: Library option names that are spelled differently on the command line.
-_FLAG_OF = {"force": "--force", "src_format": "--from", "dst_format": "--to",
-            "map_file": "--map", "fc_inputs": "--fc-input", "only": "--only", "skip": "--skip"}
+_FLAG_OF = {
+    "force": "--force",
+    "src_format": "--from",
+    "dst_format": "--to",
+    "map_file": "--map",
+    "fc_inputs": "--fc-input",
+    "only": "--only",
+    "skip": "--skip",
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,8 +34,9 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message}", file=sys.stderr)
-        print(f"hint: see `{self.prog} --help` for the usage, options and examples",
-              file=sys.stderr)
+        print(
+            f"hint: see `{self.prog} --help` for the usage, options and examples", file=sys.stderr
+        )
         raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -54,12 +62,22 @@ fc_input = arg_type(parse_fc_input)
 def global_switches(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """--json, --quiet and --debug, taken before or after the verb."""
     default = False if top else argparse.SUPPRESS
-    parser.add_argument("--json", action="store_true", default=default,
-                        help="print one machine-readable JSON document on stdout")
-    parser.add_argument("-q", "--quiet", action="store_true", default=default,
-                        help="no progress bar and no notes on stderr")
-    parser.add_argument("--debug", action="store_true", default=default,
-                        help="show the traceback of an error")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default,
+        help="print one machine-readable JSON document on stdout",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="no progress bar and no notes on stderr",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show the traceback of an error"
+    )
 
 
 def examples(*lines: str) -> str:
@@ -82,8 +100,9 @@ def _option_specs(kind: str) -> dict[str, tuple[OptionSpec, list[Format]]]:
     return table
 
 
-def add_format_options(parser: argparse.ArgumentParser, kind: str,
-                       only_formats: Sequence[str] | None = None) -> None:
+def add_format_options(
+    parser: argparse.ArgumentParser, kind: str, only_formats: Sequence[str] | None = None
+) -> None:
     """Each reader's or writer's options as flags, grouped by format; a flag not given stays
     out of the namespace, so that what was given can be routed (or refused)."""
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -93,15 +112,27 @@ def add_format_options(parser: argparse.ArgumentParser, kind: str,
             continue
         title = f"{'/'.join(names)} {'input' if kind == 'read' else 'output'} options"
         group = groups.setdefault(title, parser.add_argument_group(title))
-        help_text = spec.help + ("" if spec.default in (None, False, "") or spec.is_switch
-                                 else f" (default {spec.default})")
+        help_text = spec.help + (
+            ""
+            if spec.default in (None, False, "") or spec.is_switch
+            else f" (default {spec.default})"
+        )
         dest = f"{kind}:{spec.name}"
         if spec.is_switch:
-            group.add_argument(flag, dest=dest, action="store_false" if spec.default else
-                               "store_true", default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(
+                flag,
+                dest=dest,
+                action="store_false" if spec.default else "store_true",
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
             continue
-        kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS,
-                                  "help": help_text, "metavar": spec.metavar}
+        kwargs: dict[str, Any] = {
+            "dest": dest,
+            "default": argparse.SUPPRESS,
+            "help": help_text,
+            "metavar": spec.metavar,
+        }
         if spec.choices:
             kwargs["choices"] = spec.choices
             kwargs.pop("metavar")
@@ -114,12 +145,14 @@ def add_format_options(parser: argparse.ArgumentParser, kind: str,
 
 def given_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     prefix = f"{kind}:"
-    return {key[len(prefix):]: value for key, value in vars(args).items()
-            if key.startswith(prefix)}
+    return {
+        key[len(prefix) :]: value for key, value in vars(args).items() if key.startswith(prefix)
+    }
 
 
-def options_for(fmt: Format, options_class: type[Options] | None, given: dict[str, Any],
-                kind: str) -> dict[str, Any]:
+def options_for(
+    fmt: Format, options_class: type[Options] | None, given: dict[str, Any], kind: str
+) -> dict[str, Any]:
     """The given flags that `fmt`'s reader or writer takes; any other is refused."""
     takes = set(options_class.names()) if options_class is not None else set()
     for name in given:
@@ -127,8 +160,10 @@ def options_for(fmt: Format, options_class: type[Options] | None, given: dict[st
             flag = _flag_of(name)
             owners = [f.name for f in _option_specs(kind)[flag][1]]
             side = "input" if kind == "read" else "output"
-            raise UsageError(f"{flag} applies to {'/'.join(owners)} {side}, not to "
-                             f"{fmt.name} {side} ({fmt.title})")
+            raise UsageError(
+                f"{flag} applies to {'/'.join(owners)} {side}, not to "
+                f"{fmt.name} {side} ({fmt.title})"
+            )
     return given
 
 
@@ -147,8 +182,7 @@ def translate(message: str) -> str:
     pattern = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
     message = re.sub(rf"\b({pattern})=True\b", lambda m: _mapping_flag(m.group(1)), message)
     message = re.sub(rf"\boption '({pattern})'", lambda m: _mapping_flag(m.group(1)), message)
-    message = re.sub(rf"\b({pattern})=(?=\S)", lambda m: _mapping_flag(m.group(1)) + " ",
-                     message)
+    message = re.sub(rf"\b({pattern})=(?=\S)", lambda m: _mapping_flag(m.group(1)) + " ", message)
     return message
 
 
@@ -163,62 +197,128 @@ def _mapping_flag(name: str) -> str:
 
 def add_selection(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("selection")
-    group.add_argument("--only", metavar="GLOB", action="append", default=[],
-                       help="keep only layers (or tensors) whose name matches; repeatable")
-    group.add_argument("--skip", metavar="GLOB", action="append", default=[],
-                       help="leave out layers (or tensors) whose name matches, e.g. fc8; "
-                            "repeatable; one that matches nothing is an error")
+    group.add_argument(
+        "--only",
+        metavar="GLOB",
+        action="append",
+        default=[],
+        help="keep only layers (or tensors) whose name matches; repeatable",
+    )
+    group.add_argument(
+        "--skip",
+        metavar="GLOB",
+        action="append",
+        default=[],
+        help="leave out layers (or tensors) whose name matches, e.g. fc8; "
+        "repeatable; one that matches nothing is an error",
+    )
 
 
 def add_mapping(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("mapping")
-    group.add_argument("--names", choices=NAME_SCHEMES, default="keep",
-                       help="output tensor names: keep the source's (default), tf1 "
-                            "(conv1/weights), slim (NET/conv1/conv1_1/weights), keras "
-                            "(conv1/kernel) or caffe (conv1/weights, scopes dropped)")
-    group.add_argument("--net", metavar="NAME", default="",
-                       help="the net scope of slim names, e.g. vgg_16 or alexnet_v2")
-    group.add_argument("--scope", metavar="SCOPE", default="",
-                       help="put every output tensor under this scope, e.g. my/")
-    group.add_argument("--fc-as-conv", action="store_true",
-                       help="fully-connected layers (matching --fc-pattern) as slim's "
-                            "convolutions: fc6 (25088, 4096) -> (7, 7, 512, 4096)")
-    group.add_argument("--fc-as-dense", action="store_true",
-                       help="fc-as-conv kernels (matching --fc-pattern) back to dense kernels")
-    group.add_argument("--fc-pattern", metavar="GLOB", default="fc*",
-                       help="the layers --fc-as-conv/--fc-as-dense apply to (default fc*)")
-    group.add_argument("--fc-input", metavar="NAME=H,W,C", action="append", default=[],
-                       type=fc_input,
-                       help="the input size of a fully-connected layer when the source does "
-                            "not record it, e.g. fc6=7,7,512")
-    group.add_argument("--input-channels", choices=CHANNEL_ORDERS, default=None,
-                       help="channel order the output's first convolution should expect; "
-                            "its input channels are swapped if the source's differs")
-    group.add_argument("--source-channels", choices=CHANNEL_ORDERS, default=None,
-                       help="the source's channel order when the file does not record it "
-                            "(Caffe models are BGR)")
-    group.add_argument("--split-groups", action="store_true",
-                       help="grouped convolutions as one kernel per group (conv2_group0, ...)")
-    group.add_argument("--merge-groups", action="store_true",
-                       help="merge NAME_group0, NAME_group1, ... back into one grouped kernel")
-    group.add_argument("--map", dest="map_file", metavar="FILE", type=Path,
-                       help="JSON or TOML map file: regex renames, skips, per-tensor "
-                            "reshape/transpose/flip_axis")
+    group.add_argument(
+        "--names",
+        choices=NAME_SCHEMES,
+        default="keep",
+        help="output tensor names: keep the source's (default), tf1 "
+        "(conv1/weights), slim (NET/conv1/conv1_1/weights), keras "
+        "(conv1/kernel) or caffe (conv1/weights, scopes dropped)",
+    )
+    group.add_argument(
+        "--net",
+        metavar="NAME",
+        default="",
+        help="the net scope of slim names, e.g. vgg_16 or alexnet_v2",
+    )
+    group.add_argument(
+        "--scope",
+        metavar="SCOPE",
+        default="",
+        help="put every output tensor under this scope, e.g. my/",
+    )
+    group.add_argument(
+        "--fc-as-conv",
+        action="store_true",
+        help="fully-connected layers (matching --fc-pattern) as slim's "
+        "convolutions: fc6 (25088, 4096) -> (7, 7, 512, 4096)",
+    )
+    group.add_argument(
+        "--fc-as-dense",
+        action="store_true",
+        help="fc-as-conv kernels (matching --fc-pattern) back to dense kernels",
+    )
+    group.add_argument(
+        "--fc-pattern",
+        metavar="GLOB",
+        default="fc*",
+        help="the layers --fc-as-conv/--fc-as-dense apply to (default fc*)",
+    )
+    group.add_argument(
+        "--fc-input",
+        metavar="NAME=H,W,C",
+        action="append",
+        default=[],
+        type=fc_input,
+        help="the input size of a fully-connected layer when the source does "
+        "not record it, e.g. fc6=7,7,512",
+    )
+    group.add_argument(
+        "--input-channels",
+        choices=CHANNEL_ORDERS,
+        default=None,
+        help="channel order the output's first convolution should expect; "
+        "its input channels are swapped if the source's differs",
+    )
+    group.add_argument(
+        "--source-channels",
+        choices=CHANNEL_ORDERS,
+        default=None,
+        help="the source's channel order when the file does not record it (Caffe models are BGR)",
+    )
+    group.add_argument(
+        "--split-groups",
+        action="store_true",
+        help="grouped convolutions as one kernel per group (conv2_group0, ...)",
+    )
+    group.add_argument(
+        "--merge-groups",
+        action="store_true",
+        help="merge NAME_group0, NAME_group1, ... back into one grouped kernel",
+    )
+    group.add_argument(
+        "--map",
+        dest="map_file",
+        metavar="FILE",
+        type=Path,
+        help="JSON or TOML map file: regex renames, skips, per-tensor reshape/transpose/flip_axis",
+    )
 
 
 def mapping_of(args: argparse.Namespace) -> Mapping:
-    return Mapping(names=args.names, net=args.net, scope=args.scope,
-                   fc_as_conv=args.fc_as_conv, fc_as_dense=args.fc_as_dense,
-                   fc_pattern=args.fc_pattern, fc_inputs=dict(args.fc_input),
-                   input_channels=args.input_channels, source_channels=args.source_channels,
-                   split_groups=args.split_groups, merge_groups=args.merge_groups,
-                   map_file=MapFile.load(args.map_file) if args.map_file else None)
+    return Mapping(
+        names=args.names,
+        net=args.net,
+        scope=args.scope,
+        fc_as_conv=args.fc_as_conv,
+        fc_as_dense=args.fc_as_dense,
+        fc_pattern=args.fc_pattern,
+        fc_inputs=dict(args.fc_input),
+        input_channels=args.input_channels,
+        source_channels=args.source_channels,
+        split_groups=args.split_groups,
+        merge_groups=args.merge_groups,
+        map_file=MapFile.load(args.map_file) if args.map_file else None,
+    )
 
 
 def add_input_format(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from", dest="src_format", metavar="FORMAT",
-                        choices=[f.name for f in formats.FORMATS],
-                        help="input format (default: detected from the content)")
+    parser.add_argument(
+        "--from",
+        dest="src_format",
+        metavar="FORMAT",
+        choices=[f.name for f in formats.FORMATS],
+        help="input format (default: detected from the content)",
+    )
 
 
 def mb(count: int | None) -> str:

@@ -19,17 +19,21 @@ positive_int = common.positive_int
 
 
 def add(verbs: Any) -> None:
-    p = verbs.add_parser("lrn", formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog=common.examples(
-                             "weightconv lrn --local-size 5 --alpha 1e-4 --beta 0.75",
-                             "weightconv lrn --depth-radius 2 --alpha 2e-5 --bias 1",
-                             "weightconv lrn deploy.prototxt --json"),
-                         help="translate LRN parameters between Caffe and TensorFlow",
-                         description="Translate LRN parameters: Caffe (--local-size, --alpha, "
-                                     "--beta, --k) to tf.nn.local_response_normalization "
-                                     "(depth_radius, alpha/local_size, beta, bias) or, with "
-                                     "--depth-radius/--bias, back; or list every LRN layer of "
-                                     "a prototxt or caffemodel in both forms.")
+    p = verbs.add_parser(
+        "lrn",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=common.examples(
+            "weightconv lrn --local-size 5 --alpha 1e-4 --beta 0.75",
+            "weightconv lrn --depth-radius 2 --alpha 2e-5 --bias 1",
+            "weightconv lrn deploy.prototxt --json",
+        ),
+        help="translate LRN parameters between Caffe and TensorFlow",
+        description="Translate LRN parameters: Caffe (--local-size, --alpha, "
+        "--beta, --k) to tf.nn.local_response_normalization "
+        "(depth_radius, alpha/local_size, beta, bias) or, with "
+        "--depth-radius/--bias, back; or list every LRN layer of "
+        "a prototxt or caffemodel in both forms.",
+    )
     p.add_argument("file", type=Path, nargs="?", help="a .prototxt or .caffemodel")
     p.add_argument("--local-size", type=int, help="Caffe local_size (odd)")
     p.add_argument("--depth-radius", type=int, help="TensorFlow depth_radius")
@@ -41,80 +45,137 @@ def add(verbs: Any) -> None:
     p.set_defaults(handler=_lrn)
 
     checking = argparse.ArgumentParser(add_help=False)
-    checking.add_argument("--image", dest="images", metavar="FILE", type=Path, action="append",
-                          default=[], help="an image to classify (repeatable; a folder adds "
-                                           "its images); default: built-in synthetic inputs")
-    checking.add_argument("--count", type=positive_int, default=8,
-                          help="how many synthetic inputs without --image (default 8)")
+    checking.add_argument(
+        "--image",
+        dest="images",
+        metavar="FILE",
+        type=Path,
+        action="append",
+        default=[],
+        help="an image to classify (repeatable; a folder adds "
+        "its images); default: built-in synthetic inputs",
+    )
+    checking.add_argument(
+        "--count",
+        type=positive_int,
+        default=8,
+        help="how many synthetic inputs without --image (default 8)",
+    )
     checking.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
-    checking.add_argument("--mean", metavar="B,G,R", type=_floats3,
-                          help="per-channel mean to subtract, BGR (default: ImageNet's)")
-    checking.add_argument("--mean-file", metavar="MEAN.npy", type=Path,
-                          help="mean image (3,H,W) BGR .npy, e.g. ilsvrc_2012_mean.npy")
-    checking.add_argument("--mean-mode", choices=("channel", "image"), default="channel",
-                          help="subtract the mean file's per-channel average (default, as "
-                               "Caffe's example does) or the resized image")
-    checking.add_argument("--size", metavar="H,W", type=_size2, default=None,
-                          help="net input size (default: from the prototxt, else 227,227)")
-    checking.add_argument("--scale", type=float, default=255.0,
-                          help="pixel scale after reading in [0, 1] (default 255)")
-    checking.add_argument("--variant", choices=("alexnet", "caffenet"),
-                          help="LRN/pool order when no prototxt says it")
-    checking.add_argument("--channels", choices=CHANNEL_ORDERS,
-                          help="channel order the weights expect (default: recorded, else bgr)")
+    checking.add_argument(
+        "--mean",
+        metavar="B,G,R",
+        type=_floats3,
+        help="per-channel mean to subtract, BGR (default: ImageNet's)",
+    )
+    checking.add_argument(
+        "--mean-file",
+        metavar="MEAN.npy",
+        type=Path,
+        help="mean image (3,H,W) BGR .npy, e.g. ilsvrc_2012_mean.npy",
+    )
+    checking.add_argument(
+        "--mean-mode",
+        choices=("channel", "image"),
+        default="channel",
+        help="subtract the mean file's per-channel average (default, as "
+        "Caffe's example does) or the resized image",
+    )
+    checking.add_argument(
+        "--size",
+        metavar="H,W",
+        type=_size2,
+        default=None,
+        help="net input size (default: from the prototxt, else 227,227)",
+    )
+    checking.add_argument(
+        "--scale",
+        type=float,
+        default=255.0,
+        help="pixel scale after reading in [0, 1] (default 255)",
+    )
+    checking.add_argument(
+        "--variant", choices=("alexnet", "caffenet"), help="LRN/pool order when no prototxt says it"
+    )
+    checking.add_argument(
+        "--channels",
+        choices=CHANNEL_ORDERS,
+        help="channel order the weights expect (default: recorded, else bgr)",
+    )
     checking.add_argument("--top", type=positive_int, default=5, help="classes per image")
 
-    p = verbs.add_parser("verify", parents=[checking],
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog=common.examples(
-                             "weightconv verify alexnet.npy --against bvlc_alexnet.caffemodel "
-                             "--prototxt deploy.prototxt",
-                             "weightconv verify alexnet.ckpt --card caffenet_cat.json",
-                             "weightconv verify alexnet.weights.h5 --against "
-                             "bvlc_alexnet.caffemodel --prototxt deploy.prototxt --image cat.jpg"),
-                         help="check converted weights against their source model or a card",
-                         description="Run WEIGHTS (any format) in the built-in AlexNet graph "
-                                     "(TensorFlow) and compare its predictions with the source "
-                                     "caffemodel run by OpenCV's Caffe importer (--against) or "
-                                     "with a reference card (--card). Exit 0 when top-1/top-5 "
-                                     "agree and probabilities are within --prob-tol, 1 when "
-                                     "not.")
+    p = verbs.add_parser(
+        "verify",
+        parents=[checking],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=common.examples(
+            "weightconv verify alexnet.npy --against bvlc_alexnet.caffemodel "
+            "--prototxt deploy.prototxt",
+            "weightconv verify alexnet.ckpt --card caffenet_cat.json",
+            "weightconv verify alexnet.weights.h5 --against "
+            "bvlc_alexnet.caffemodel --prototxt deploy.prototxt --image cat.jpg",
+        ),
+        help="check converted weights against their source model or a card",
+        description="Run WEIGHTS (any format) in the built-in AlexNet graph "
+        "(TensorFlow) and compare its predictions with the source "
+        "caffemodel run by OpenCV's Caffe importer (--against) or "
+        "with a reference card (--card). Exit 0 when top-1/top-5 "
+        "agree and probabilities are within --prob-tol, 1 when "
+        "not.",
+    )
     p.add_argument("weights", type=Path)
-    p.add_argument("--against", metavar="MODEL", type=Path,
-                   help="the source .caffemodel (needs --prototxt)")
+    p.add_argument(
+        "--against", metavar="MODEL", type=Path, help="the source .caffemodel (needs --prototxt)"
+    )
     p.add_argument("--card", metavar="CARD.json", type=Path, help="a reference card")
-    p.add_argument("--prototxt", metavar="P", type=Path,
-                   help="deploy prototxt: the source's net, also the graph's layer settings")
-    p.add_argument("--from", dest="src_format", metavar="FORMAT",
-                   help="format of WEIGHTS (default: detected)")
+    p.add_argument(
+        "--prototxt",
+        metavar="P",
+        type=Path,
+        help="deploy prototxt: the source's net, also the graph's layer settings",
+    )
+    p.add_argument(
+        "--from", dest="src_format", metavar="FORMAT", help="format of WEIGHTS (default: detected)"
+    )
     p.add_argument("--trust-pickle", action="store_true", help="as for conversions")
-    p.add_argument("--prob-tol", type=float, default=None,
-                   help="max |difference| of probabilities (default 1e-4; a card may set it)")
-    p.add_argument("--logit-tol", type=float, default=None,
-                   help="also require max |Δlogit| / logit scale below this")
+    p.add_argument(
+        "--prob-tol",
+        type=float,
+        default=None,
+        help="max |difference| of probabilities (default 1e-4; a card may set it)",
+    )
+    p.add_argument(
+        "--logit-tol",
+        type=float,
+        default=None,
+        help="also require max |Δlogit| / logit scale below this",
+    )
     common.global_switches(p, top=False)
     p.set_defaults(handler=_verify)
 
-    p = verbs.add_parser("reference", parents=[checking],
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog=common.examples(
-                             "weightconv reference bvlc_alexnet.caffemodel --prototxt "
-                             "deploy.prototxt -o alexnet_card.json",
-                             "weightconv reference bvlc_alexnet.caffemodel --prototxt "
-                             "deploy.prototxt --image photos/ -o card.json"),
-                         help="write a reference card of a model's predictions",
-                         description="Run MODEL (a .caffemodel through OpenCV's Caffe importer, "
-                                     "any other weight file through the built-in graph) on the "
-                                     "images and write its top classes and probabilities, the "
-                                     "preprocessing and the model's identity as JSON, for "
-                                     "`verify --card`.")
+    p = verbs.add_parser(
+        "reference",
+        parents=[checking],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=common.examples(
+            "weightconv reference bvlc_alexnet.caffemodel --prototxt "
+            "deploy.prototxt -o alexnet_card.json",
+            "weightconv reference bvlc_alexnet.caffemodel --prototxt "
+            "deploy.prototxt --image photos/ -o card.json",
+        ),
+        help="write a reference card of a model's predictions",
+        description="Run MODEL (a .caffemodel through OpenCV's Caffe importer, "
+        "any other weight file through the built-in graph) on the "
+        "images and write its top classes and probabilities, the "
+        "preprocessing and the model's identity as JSON, for "
+        "`verify --card`.",
+    )
     p.add_argument("model", type=Path)
     p.add_argument("--prototxt", metavar="P", type=Path, help="deploy prototxt")
     p.add_argument("-o", "--output", metavar="CARD.json", type=Path, required=True)
     p.add_argument("-f", "--force", action="store_true", help="overwrite the card if it exists")
     common.global_switches(p, top=False)
     p.set_defaults(handler=_reference)
-
 
 
 def _lrn(args: argparse.Namespace) -> int:
@@ -133,19 +194,40 @@ def _lrn(args: argparse.Namespace) -> int:
         if not rows:
             raise UsageError(f"{args.file}: has no LRN layers")
     elif args.local_size is not None:
-        caffe = lrn.CaffeLRN(local_size=args.local_size, alpha=_given(args.alpha, "--alpha"),
-                             beta=args.beta, k=1.0 if args.k is None else args.k)
-        rows.append({"layer": None, "caffe": caffe.as_dict(),
-                     "tensorflow": lrn.caffe_to_tf(caffe, "--local-size").as_dict()})
+        caffe = lrn.CaffeLRN(
+            local_size=args.local_size,
+            alpha=_given(args.alpha, "--alpha"),
+            beta=args.beta,
+            k=1.0 if args.k is None else args.k,
+        )
+        rows.append(
+            {
+                "layer": None,
+                "caffe": caffe.as_dict(),
+                "tensorflow": lrn.caffe_to_tf(caffe, "--local-size").as_dict(),
+            }
+        )
     elif args.depth_radius is not None:
-        tf = lrn.TfLRN(depth_radius=args.depth_radius, alpha=_given(args.alpha, "--alpha"),
-                       beta=args.beta, bias=1.0 if args.bias is None else args.bias)
+        tf = lrn.TfLRN(
+            depth_radius=args.depth_radius,
+            alpha=_given(args.alpha, "--alpha"),
+            beta=args.beta,
+            bias=1.0 if args.bias is None else args.bias,
+        )
         caffe = lrn.tf_to_caffe(tf, "--depth-radius")
-        rows.append({"layer": None, "caffe": caffe.as_dict(), "tensorflow": tf.as_dict(),
-                     "warnings": lrn.suspicious(tf)})
+        rows.append(
+            {
+                "layer": None,
+                "caffe": caffe.as_dict(),
+                "tensorflow": tf.as_dict(),
+                "warnings": lrn.suspicious(tf),
+            }
+        )
     else:
-        raise UsageError("lrn needs a prototxt/caffemodel, or --local-size (Caffe -> TF), or "
-                         "--depth-radius (TF -> Caffe)")
+        raise UsageError(
+            "lrn needs a prototxt/caffemodel, or --local-size (Caffe -> TF), or "
+            "--depth-radius (TF -> Caffe)"
+        )
     failed = [row for row in rows if "error" in row]
     if args.json:
         print(json.dumps({"ok": not failed, "layers": rows}, indent=2))
@@ -153,15 +235,19 @@ def _lrn(args: argparse.Namespace) -> int:
         for row in rows:
             c = row["caffe"]
             label = f"{row['layer']}: " if row["layer"] else ""
-            caffe_text = (f"Caffe local_size={c['local_size']} alpha={c['alpha']:g} "
-                          f"beta={c['beta']:g} k={c['k']:g}")
+            caffe_text = (
+                f"Caffe local_size={c['local_size']} alpha={c['alpha']:g} "
+                f"beta={c['beta']:g} k={c['k']:g}"
+            )
             if "error" in row:
                 print(f"{label}{caffe_text} -> no TensorFlow equivalent: {row['error']}")
                 continue
             t = row["tensorflow"]
-            print(f"{label}{caffe_text} <-> tf.nn.local_response_normalization("
-                  f"depth_radius={t['depth_radius']}, alpha={t['alpha']:g}, beta={t['beta']:g}, "
-                  f"bias={t['bias']:g})")
+            print(
+                f"{label}{caffe_text} <-> tf.nn.local_response_normalization("
+                f"depth_radius={t['depth_radius']}, alpha={t['alpha']:g}, beta={t['beta']:g}, "
+                f"bias={t['bias']:g})"
+            )
             for warning in row.get("warnings", []):
                 print(f"  warning: {warning}", file=sys.stderr)
     return EXIT_BAD_INPUT if failed else EXIT_OK
@@ -178,8 +264,11 @@ def _lrn_layers(path: Path) -> list[tuple[str, dict[str, Any]]]:
         from weightconv.formats.caffe.net import net_def_from_message, parse_prototxt
 
         message, _ = parse_prototxt(path)
-        return [(layer.name, layer.params) for layer in net_def_from_message(message).layers
-                if layer.type == "LRN"]
+        return [
+            (layer.name, layer.params)
+            for layer in net_def_from_message(message).layers
+            if layer.type == "LRN"
+        ]
     weights = formats.detect(path).read(path)
     return [(layer.name, layer.params) for layer in weights.layers if layer.kind == "lrn"]
 
@@ -188,8 +277,9 @@ def _floats3(text: str) -> tuple[float, float, float]:
     try:
         b, g, r = (float(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected B,G,R such as 104,117,123, got {text!r}"
-                                         ) from None
+        raise argparse.ArgumentTypeError(
+            f"expected B,G,R such as 104,117,123, got {text!r}"
+        ) from None
     return b, g, r
 
 
@@ -212,18 +302,26 @@ def _preprocessing(args: argparse.Namespace) -> Any:
         from weightconv.nets.alexnet import net_input_size
 
         size = net_input_size(net_def_from_message(parse_prototxt(args.prototxt)[0]))
-    return Preprocessing(size=tuple(size or (227, 227)), scale=args.scale,
-                         mean_bgr=args.mean or IMAGENET_MEAN_BGR,
-                         mean_file=str(args.mean_file) if args.mean_file else None,
-                         mean_mode=args.mean_mode)
+    return Preprocessing(
+        size=tuple(size or (227, 227)),
+        scale=args.scale,
+        mean_bgr=args.mean or IMAGENET_MEAN_BGR,
+        mean_file=str(args.mean_file) if args.mean_file else None,
+        mean_mode=args.mean_mode,
+    )
 
 
 def _image_files(paths: list[Path]) -> list[Path] | None:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir()
-                                if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")))
+            files.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")
+                )
+            )
         else:
             files.append(path)
     return files or None
@@ -233,22 +331,35 @@ def _verify(args: argparse.Namespace) -> int:
     from weightconv.verify.core import Tolerance, verify
 
     if (args.against is None) == (args.card is None):
-        raise UsageError("verify needs exactly one reference: --against MODEL.caffemodel "
-                         "--prototxt DEPLOY, or --card CARD.json")
+        raise UsageError(
+            "verify needs exactly one reference: --against MODEL.caffemodel "
+            "--prototxt DEPLOY, or --card CARD.json"
+        )
     tolerance = None
     if args.prob_tol is not None or args.logit_tol is not None:
-        tolerance = Tolerance(prob=1e-4 if args.prob_tol is None else args.prob_tol,
-                              logit=args.logit_tol)
+        tolerance = Tolerance(
+            prob=1e-4 if args.prob_tol is None else args.prob_tol, logit=args.logit_tol
+        )
     options: dict[str, Any] = {}
     if args.src_format:
         options["format"] = args.src_format
     if args.trust_pickle:
         options["trust_pickle"] = True
-    result = verify(args.weights, against=args.against, prototxt=args.prototxt, card=args.card,
-                    images=_image_files(args.images), count=args.count, seed=args.seed,
-                    preprocessing=_preprocessing(args), tolerance=tolerance,
-                    variant=args.variant, channel_order=args.channels, top=args.top,
-                    **options)
+    result = verify(
+        args.weights,
+        against=args.against,
+        prototxt=args.prototxt,
+        card=args.card,
+        images=_image_files(args.images),
+        count=args.count,
+        seed=args.seed,
+        preprocessing=_preprocessing(args),
+        tolerance=tolerance,
+        variant=args.variant,
+        channel_order=args.channels,
+        top=args.top,
+        **options,
+    )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=json_default))
     else:
@@ -259,14 +370,28 @@ def _verify(args: argparse.Namespace) -> int:
 def _reference(args: argparse.Namespace) -> int:
     from weightconv.verify.core import write_card
 
-    card = write_card(args.model, args.output, prototxt=args.prototxt,
-                      images=_image_files(args.images), preprocessing=_preprocessing(args),
-                      count=args.count, seed=args.seed, top=args.top, variant=args.variant,
-                      channel_order=args.channels, force=args.force)
+    card = write_card(
+        args.model,
+        args.output,
+        prototxt=args.prototxt,
+        images=_image_files(args.images),
+        preprocessing=_preprocessing(args),
+        count=args.count,
+        seed=args.seed,
+        top=args.top,
+        variant=args.variant,
+        channel_order=args.channels,
+        force=args.force,
+    )
     if args.json:
-        print(json.dumps({"ok": True, "card": str(args.output), **card}, indent=2,
-                         default=json_default))
+        print(
+            json.dumps(
+                {"ok": True, "card": str(args.output), **card}, indent=2, default=json_default
+            )
+        )
     else:
-        print(f"wrote {args.output}: {len(card.get('images', []))} images, top-{args.top} "
-              f"of {card.get('model', {}).get('name') or args.model}")
+        print(
+            f"wrote {args.output}: {len(card.get('images', []))} images, top-{args.top} "
+            f"of {card.get('model', {}).get('name') or args.model}"
+        )
     return EXIT_OK

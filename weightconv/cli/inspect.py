@@ -21,38 +21,46 @@ from weightconv.reports import SCHEMA_VERSION, Inventory
 
 def add(verbs: Any) -> None:
     p = verbs.add_parser(
-        "inspect", help="list every tensor in a weight file, or show one",
+        "inspect",
+        help="list every tensor in a weight file, or show one",
         description="List every tensor a file holds (shape, dtype, size, where the file keeps "
-                    "it), training state included and marked; --tensor shows one tensor's "
-                    "statistics (and --values all of it).",
-        epilog=common.examples("weightconv inspect model.ckpt",
-                               "weightconv inspect vgg16.caffemodel --prototxt deploy.prototxt "
-                               "--canonical --json",
-                               "weightconv inspect bvlc_alexnet.npy --tensor conv1/weights"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "it), training state included and marked; --tensor shows one tensor's "
+        "statistics (and --values all of it).",
+        epilog=common.examples(
+            "weightconv inspect model.ckpt",
+            "weightconv inspect vgg16.caffemodel --prototxt deploy.prototxt --canonical --json",
+            "weightconv inspect bvlc_alexnet.npy --tensor conv1/weights",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("file", type=Path)
     p.add_argument("--tensor", metavar="NAME", help="show one tensor (layer/role or its name)")
     p.add_argument("--values", action="store_true", help="with --tensor: print every value")
-    p.add_argument("--canonical", action="store_true",
-                   help="show tensors in TensorFlow layout, as a conversion writes them")
+    p.add_argument(
+        "--canonical",
+        action="store_true",
+        help="show tensors in TensorFlow layout, as a conversion writes them",
+    )
     common.global_switches(p, top=False)
     common.add_input_format(p)
     common.add_selection(p)
     common.add_format_options(p, "read")
     p.set_defaults(handler=_inspect)
 
-    p = verbs.add_parser("formats", help="list the supported formats",
-                         description="The formats this installation reads and writes.",
-                         epilog=common.examples("weightconv formats", "weightconv formats --json"),
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = verbs.add_parser(
+        "formats",
+        help="list the supported formats",
+        description="The formats this installation reads and writes.",
+        epilog=common.examples("weightconv formats", "weightconv formats --json"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common.global_switches(p, top=False)
     p.set_defaults(handler=_formats)
 
 
 def _inspect(args: argparse.Namespace) -> int:
     fmt = formats.detect(args.file, args.src_format)
-    reading = common.options_for(fmt, fmt.read_options, common.given_options(args, "read"),
-                                 "read")
+    reading = common.options_for(fmt, fmt.read_options, common.given_options(args, "read"), "read")
     if args.tensor:
         args.src_format = fmt.name
         weights, _ = pipeline.select(fmt.read(args.file, reading), args.only, args.skip)
@@ -60,8 +68,14 @@ def _inspect(args: argparse.Namespace) -> int:
         return _show_tensor(args, layers)
     if args.values:
         raise UsageError("--values needs --tensor NAME")
-    inventory = pipeline.inspect(args.file, format=fmt.name, options=reading, only=args.only,
-                                 skip=args.skip, canonical=args.canonical)
+    inventory = pipeline.inspect(
+        args.file,
+        format=fmt.name,
+        options=reading,
+        only=args.only,
+        skip=args.skip,
+        canonical=args.canonical,
+    )
     if args.json:
         print(json.dumps(inventory.to_dict(), indent=2, default=json_default))
     else:
@@ -71,22 +85,30 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _render(inventory: Inventory, quiet: bool) -> None:
     detail = ", ".join(f"{k} {v}" for k, v in inventory.detail.items() if v not in (None, ""))
-    print(f"{inventory.input.path}: {inventory.title}{' (' + detail + ')' if detail else ''}; "
-          f"layout {inventory.layout}")
+    print(
+        f"{inventory.input.path}: {inventory.title}{' (' + detail + ')' if detail else ''}; "
+        f"layout {inventory.layout}"
+    )
     rows = inventory.tensors
     width = max([len(r.name) for r in rows] + [6])
     marked = any(r.status != "weights" for r in rows)
-    print(f"{'tensor':<{width}}  {'shape':<22} {'dtype':<8} {'parameters':>12} {'bytes':>12}"
-          + ("  status" if marked else ""))
+    print(
+        f"{'tensor':<{width}}  {'shape':<22} {'dtype':<8} {'parameters':>12} {'bytes':>12}"
+        + ("  status" if marked else "")
+    )
     for r in rows:
         shape = "x".join(map(str, r.shape)) or "scalar"
         status = f"  {r.status}" if marked and r.status != "weights" else ""
-        print(f"{r.name:<{width}}  {shape:<22} {r.dtype:<8} {r.parameters:>12,} "
-              f"{r.bytes:>12,}{status}")
+        print(
+            f"{r.name:<{width}}  {shape:<22} {r.dtype:<8} {r.parameters:>12,} "
+            f"{r.bytes:>12,}{status}"
+        )
     totals = inventory.totals
     aside = f" ({totals['set_aside']} set aside)" if totals["set_aside"] else ""
-    print(f"{totals['tensors']} tensors{aside} in {totals['layers']} layers, "
-          f"{totals['parameters']:,} parameters, {common.mb(totals['bytes'])}")
+    print(
+        f"{totals['tensors']} tensors{aside} in {totals['layers']} layers, "
+        f"{totals['parameters']:,} parameters, {common.mb(totals['bytes'])}"
+    )
     if not quiet:
         for note in inventory.notes:
             print(f"note: {common.translate(note)}", file=sys.stderr)
@@ -109,34 +131,54 @@ def _show_tensor(args: argparse.Namespace, layers: list[Layer]) -> int:
             candidates.append(name)
             only_tensor_of_layer = args.tensor == layer.name and len(layer.tensors) == 1
             if args.tensor in (name, layer.tensor_name(role), f"{layer.name}/{role}") or (
-                    only_tensor_of_layer):
+                only_tensor_of_layer
+            ):
                 found = (name, array)
     if found is None:
         roles = [c for c in candidates if c.startswith(args.tensor + "/")]
-        hint = f"; it has {', '.join(roles)}" if roles else (
-            f"; tensors: {', '.join(candidates[:12])}{' ...' if len(candidates) > 12 else ''}")
+        hint = (
+            f"; it has {', '.join(roles)}"
+            if roles
+            else (
+                f"; tensors: {', '.join(candidates[:12])}{' ...' if len(candidates) > 12 else ''}"
+            )
+        )
         raise UsageError(f"{args.file}: no tensor {args.tensor!r}{hint}")
     name, array = found
     values = np.asarray(array)
-    stats: dict[str, Any] = {"name": name, "shape": list(values.shape),
-                             "dtype": str(values.dtype.newbyteorder("=")),
-                             "parameters": int(values.size)}
+    stats: dict[str, Any] = {
+        "name": name,
+        "shape": list(values.shape),
+        "dtype": str(values.dtype.newbyteorder("=")),
+        "parameters": int(values.size),
+    }
     if values.size and np.issubdtype(values.dtype, np.number):
         as_float = values.astype(np.float64)
         finite = as_float[np.isfinite(as_float)]
-        stats.update(min=float(finite.min()) if finite.size else None,
-                     max=float(finite.max()) if finite.size else None,
-                     mean=float(finite.mean()) if finite.size else None,
-                     std=float(finite.std()) if finite.size else None,
-                     zeros=int(np.count_nonzero(values == 0)),
-                     nan=int(np.count_nonzero(np.isnan(as_float))),
-                     inf=int(np.count_nonzero(np.isinf(as_float))))
+        stats.update(
+            min=float(finite.min()) if finite.size else None,
+            max=float(finite.max()) if finite.size else None,
+            mean=float(finite.mean()) if finite.size else None,
+            std=float(finite.std()) if finite.size else None,
+            zeros=int(np.count_nonzero(values == 0)),
+            nan=int(np.count_nonzero(np.isnan(as_float))),
+            inf=int(np.count_nonzero(np.isinf(as_float))),
+        )
     if args.json:
         if args.values:
             stats["values"] = values.tolist()
-        print(json.dumps({"schema_version": SCHEMA_VERSION, "ok": True, "verb": "inspect",
-                          "input": {"path": str(args.file), "format": args.src_format},
-                          "tensor": stats}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "ok": True,
+                    "verb": "inspect",
+                    "input": {"path": str(args.file), "format": args.src_format},
+                    "tensor": stats,
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
     for key, value in stats.items():
         print(f"{key:>10}: {value}")
@@ -146,14 +188,26 @@ def _show_tensor(args: argparse.Namespace, layers: list[Layer]) -> int:
 
 
 def _formats(args: argparse.Namespace) -> int:
-    rows = [{"name": f.name, "title": f.title, "suffixes": list(f.suffixes), "read": True,
-             "write": f.can_write, "verb": f.verb,
-             "read_options": f.read_options.names(),
-             "write_options": f.write_options.names() if f.write_options else []}
-            for f in formats.FORMATS]
+    rows = [
+        {
+            "name": f.name,
+            "title": f.title,
+            "suffixes": list(f.suffixes),
+            "read": True,
+            "write": f.can_write,
+            "verb": f.verb,
+            "read_options": f.read_options.names(),
+            "write_options": f.write_options.names() if f.write_options else [],
+        }
+        for f in formats.FORMATS
+    ]
     if args.json:
-        print(json.dumps({"schema_version": SCHEMA_VERSION, "ok": True, "verb": "formats",
-                          "formats": rows}, indent=2))
+        print(
+            json.dumps(
+                {"schema_version": SCHEMA_VERSION, "ok": True, "verb": "formats", "formats": rows},
+                indent=2,
+            )
+        )
         return EXIT_OK
     name_width = max(len(r["name"]) for r in rows) + 1
     suffix_width = max(len(" ".join(r["suffixes"])) for r in rows) + 1
@@ -161,8 +215,10 @@ def _formats(args: argparse.Namespace) -> int:
     print(f"{'name':<{name_width}}{'write':<6}{'suffixes':<{suffix_width}}description")
     for r in rows:
         title = textwrap.wrap(r["title"], width=max(100 - indent, 30))
-        print(f"{r['name']:<{name_width}}{'yes' if r['write'] else 'no':<6}"
-              f"{' '.join(r['suffixes']):<{suffix_width}}{title[0]}")
+        print(
+            f"{r['name']:<{name_width}}{'yes' if r['write'] else 'no':<6}"
+            f"{' '.join(r['suffixes']):<{suffix_width}}{title[0]}"
+        )
         for line in title[1:]:
             print(" " * indent + line)
     return EXIT_OK

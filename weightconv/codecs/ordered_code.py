@@ -50,12 +50,11 @@ def decode_num_increasing(data: bytes, pos: int) -> tuple[int, int]:
         raise FormatError(f"ordered code: truncated unsigned number at byte {pos}")
     n = data[pos]
     if n > 8:
-        raise FormatError(f"ordered code: unsigned number of {n} bytes at byte {pos} "
-                          f"(at most 8)")
+        raise FormatError(f"ordered code: unsigned number of {n} bytes at byte {pos} (at most 8)")
     end = pos + 1 + n
     if end > len(data):
         raise FormatError(f"ordered code: truncated unsigned number at byte {pos}")
-    return int.from_bytes(data[pos + 1:end], "big"), end
+    return int.from_bytes(data[pos + 1 : end], "big"), end
 
 
 # --- strings -------------------------------------------------------------------------------
@@ -76,7 +75,7 @@ def decode_string(data: bytes, pos: int) -> tuple[bytes, int]:
             raise FormatError(f"ordered code: unterminated string at byte {pos}")
         j = match.start()
         parts.append(data[i:j])
-        pair = data[j:j + 2]
+        pair = data[j : j + 2]
         if pair == _TERMINATOR:
             return b"".join(parts), j + 2
         if pair == b"\x00\xff":
@@ -124,8 +123,10 @@ def decode_signed_num_increasing(data: bytes, pos: int) -> tuple[int, int]:
             raise FormatError(f"ordered code: truncated signed number at byte {pos}")
         n += _leading_ones(data[pos + 1] ^ flip)
         if n > _MAX_SIGNED_LENGTH:
-            raise FormatError(f"ordered code: signed number at byte {pos} claims more than "
-                              f"{_MAX_SIGNED_LENGTH} bytes")
+            raise FormatError(
+                f"ordered code: signed number at byte {pos} claims more than "
+                f"{_MAX_SIGNED_LENGTH} bytes"
+            )
     end = pos + n
     if end > len(data):
         raise FormatError(f"ordered code: truncated signed number at byte {pos}")
@@ -146,8 +147,11 @@ def encode_slice_key(name: str, extents: Sequence[tuple[int, int]]) -> bytes:
 
     Each extent is (start, length); (0, -1) means the whole dimension.
     """
-    parts = [encode_num_increasing(0), encode_string(name.encode("utf-8")),
-             encode_num_increasing(len(extents))]
+    parts = [
+        encode_num_increasing(0),
+        encode_string(name.encode("utf-8")),
+        encode_num_increasing(len(extents)),
+    ]
     for start, length in extents:
         if length < FULL_EXTENT or start < 0 or (length == FULL_EXTENT and start != 0):
             raise ValueError(f"invalid slice extent ({start}, {length}) for {name!r}")
@@ -185,8 +189,9 @@ def decode_slice_key(key: bytes) -> tuple[str, list[tuple[int, int]]]:
         if length == FULL_EXTENT:
             extents.append((0, FULL_EXTENT))
         elif length < 0 or start < 0:
-            raise FormatError(f"slice key for {name!r} has invalid extent ({start}, {length}) "
-                              f"in dimension {dim}")
+            raise FormatError(
+                f"slice key for {name!r} has invalid extent ({start}, {length}) in dimension {dim}"
+            )
         else:
             extents.append((start, length))
     if pos != len(key):

@@ -27,15 +27,20 @@ MIN_BYTES = 64 * 1024
 _OPS = pickletools.code2op
 _BINBYTES, _BINBYTES8, _BINSTRING, _BYTEARRAY8 = b"B", b"\x8e", b"T", b"\x96"
 _SHORT_BINBYTES, _SHORT_BINSTRING, _FRAME, _STOP = b"C", b"U", b"\x95", b"."
-_LENGTHS = {_BINBYTES: ("<I", 4), _BINBYTES8: ("<Q", 8), _BINSTRING: ("<i", 4),
-            _BYTEARRAY8: ("<Q", 8)}  # protocol 5 writes an array's buffer in-band as this
+_LENGTHS = {
+    _BINBYTES: ("<I", 4),
+    _BINBYTES8: ("<Q", 8),
+    _BINSTRING: ("<i", 4),
+    _BYTEARRAY8: ("<Q", 8),
+}  # protocol 5 writes an array's buffer in-band as this
 
 
 class MappedPickle:
     """A read-only file object over a pickle in `buffer`, large payloads swapped for tokens."""
 
-    def __init__(self, buffer: Any, segments: list[tuple[int, int] | bytes],
-                 views: dict[bytes, memoryview]) -> None:
+    def __init__(
+        self, buffer: Any, segments: list[tuple[int, int] | bytes], views: dict[bytes, memoryview]
+    ) -> None:
         self._buffer = memoryview(buffer)
         self._segments = segments
         self.views = views
@@ -53,7 +58,7 @@ class MappedPickle:
         pos = kept = start
         frame_end = -1
         while pos < size:
-            code = bytes(data[pos:pos + 1])
+            code = bytes(data[pos : pos + 1])
             op = _OPS.get(code.decode("latin1"))
             if op is None:
                 return None
@@ -68,7 +73,7 @@ class MappedPickle:
                     return None
                 if length >= MIN_BYTES:
                     token = b"\0weightconv-view:" + nonce + b":%d" % len(views)
-                    views[token] = data[payload:payload + length]
+                    views[token] = data[payload : payload + length]
                     segments.append((kept, pos))
                     short = _SHORT_BINSTRING if code == _BINSTRING else _SHORT_BINBYTES
                     segments.append(short + bytes([len(token)]) + token)
@@ -92,24 +97,25 @@ class MappedPickle:
         out = bytearray()
         while (n < 0 or len(out) < n) and self._index < len(self._segments):
             piece = self._piece()
-            want = len(piece) - self._offset if n < 0 else min(n - len(out),
-                                                                len(piece) - self._offset)
-            out += piece[self._offset:self._offset + want]
+            want = (
+                len(piece) - self._offset if n < 0 else min(n - len(out), len(piece) - self._offset)
+            )
+            out += piece[self._offset : self._offset + want]
             self._advance(want)
         return bytes(out)
 
     def readinto(self, target: Any) -> int:
         data = self.read(len(memoryview(target)))
-        memoryview(target)[:len(data)] = data
+        memoryview(target)[: len(data)] = data
         return len(data)
 
     def readline(self) -> bytes:
         out = bytearray()
         while self._index < len(self._segments):
             piece = self._piece()
-            end = bytes(piece[self._offset:self._offset + (1 << 16)]).find(b"\n")
+            end = bytes(piece[self._offset : self._offset + (1 << 16)]).find(b"\n")
             take = min(len(piece) - self._offset, 1 << 16) if end < 0 else end + 1
-            out += piece[self._offset:self._offset + take]
+            out += piece[self._offset : self._offset + take]
             self._advance(take)
             if end >= 0:
                 break
@@ -119,7 +125,7 @@ class MappedPickle:
         segment = self._segments[self._index]
         if isinstance(segment, bytes):
             return segment
-        return self._buffer[segment[0]:segment[1]]
+        return self._buffer[segment[0] : segment[1]]
 
     def _advance(self, count: int) -> None:
         self._offset += count
@@ -139,15 +145,17 @@ def _argument_end(op: Any, data: memoryview, pos: int, size: int) -> int | None:
     if n == pickletools.UP_TO_NEWLINE:
         lines = 2 if arg.name == "stringnl_noescape_pair" else 1
         for _ in range(lines):
-            newline = bytes(data[pos:min(size, pos + (1 << 16))]).find(b"\n")
+            newline = bytes(data[pos : min(size, pos + (1 << 16))]).find(b"\n")
             if newline < 0:
                 return None
             pos += newline + 1
         return pos
-    widths = {pickletools.TAKEN_FROM_ARGUMENT1: ("<B", 1),
-              pickletools.TAKEN_FROM_ARGUMENT4: ("<i", 4),
-              pickletools.TAKEN_FROM_ARGUMENT4U: ("<I", 4),
-              pickletools.TAKEN_FROM_ARGUMENT8U: ("<Q", 8)}
+    widths = {
+        pickletools.TAKEN_FROM_ARGUMENT1: ("<B", 1),
+        pickletools.TAKEN_FROM_ARGUMENT4: ("<i", 4),
+        pickletools.TAKEN_FROM_ARGUMENT4U: ("<I", 4),
+        pickletools.TAKEN_FROM_ARGUMENT8U: ("<Q", 8),
+    }
     if n not in widths:
         return None
     fmt, width = widths[n]

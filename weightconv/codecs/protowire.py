@@ -43,8 +43,9 @@ def read_varint(buf: memoryview | bytes, pos: int, end: int) -> tuple[int, int]:
             raise WireError("varint longer than 10 bytes")
 
 
-def iter_fields(buf: memoryview | bytes, start: int = 0,
-                end: int | None = None) -> Iterator[tuple[int, int, int, int]]:
+def iter_fields(
+    buf: memoryview | bytes, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, int, int, int]]:
     """Yield (field number, wire type, value start, value end) for each field in buf[start:end].
 
     For VARINT fields the value is the decoded integer in place of start, and end
@@ -52,7 +53,8 @@ def iter_fields(buf: memoryview | bytes, start: int = 0,
     is the payload. Groups are skipped whole.
     """
     for number, wire_type, _field_start, value_start, value_end in iter_field_spans(
-            buf, start, end):
+        buf, start, end
+    ):
         if wire_type == VARINT:
             value, _ = read_varint(buf, value_start, value_end)
             yield number, wire_type, value, value_end
@@ -60,8 +62,9 @@ def iter_fields(buf: memoryview | bytes, start: int = 0,
             yield number, wire_type, value_start, value_end
 
 
-def iter_field_spans(buf: memoryview | bytes, start: int = 0,
-                     end: int | None = None) -> Iterator[tuple[int, int, int, int, int]]:
+def iter_field_spans(
+    buf: memoryview | bytes, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, int, int, int, int]]:
     """Yield (number, wire type, field start, value start, value end) for each field.
 
     [field start, value end) is the whole encoded field, key included, so fields
@@ -83,8 +86,10 @@ def iter_field_spans(buf: memoryview | bytes, start: int = 0,
             length, value_start = read_varint(buf, pos, stop)
             pos = value_start + length
             if pos > stop:
-                raise WireError(f"field {number} claims {length} bytes but only "
-                                f"{stop - value_start} remain (truncated file?)")
+                raise WireError(
+                    f"field {number} claims {length} bytes but only "
+                    f"{stop - value_start} remain (truncated file?)"
+                )
         elif wire_type == FIXED32:
             value_start, pos = pos, pos + 4
         elif wire_type == FIXED64:
@@ -142,10 +147,12 @@ def packed_array(buf: memoryview | bytes, start: int, end: int, dtype: str) -> n
     """A read-only little-endian view of a packed fixed-width field; no copy."""
     item = np.dtype(dtype).itemsize
     if (end - start) % item:
-        raise WireError(f"packed field of {end - start} bytes is not a whole number of "
-                        f"{item}-byte values")
-    return np.frombuffer(buf, dtype=np.dtype(dtype).newbyteorder("<"),
-                         count=(end - start) // item, offset=start)
+        raise WireError(
+            f"packed field of {end - start} bytes is not a whole number of {item}-byte values"
+        )
+    return np.frombuffer(
+        buf, dtype=np.dtype(dtype).newbyteorder("<"), count=(end - start) // item, offset=start
+    )
 
 
 def fixed_value(buf: memoryview | bytes, start: int, fmt: str) -> float | int:

@@ -33,13 +33,15 @@ from weightconv.errors import UnsafeInputError
 #: Type strings a pickled weight dtype may have: a kind letter and an optional size.
 _DTYPE_SPEC = re.compile(r"[?a-zA-Z][0-9]{0,3}")
 _WEIGHT_KINDS = frozenset("biufcOSU")
-_TEXT_CODECS = frozenset({"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1",
-                          "utf-8", "utf8", "ascii"})
+_TEXT_CODECS = frozenset(
+    {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1", "utf-8", "utf8", "ascii"}
+)
 #: Deeper nesting than this is not a weight dict.
 _MAX_DEPTH = 64
 #: Token -> mapped bytes, for payloads `pickle_views` left in the file during a `load`.
 _VIEWS: contextvars.ContextVar[Mapping[bytes, memoryview] | None] = contextvars.ContextVar(
-    "weightconv_pickle_views", default=None)
+    "weightconv_pickle_views", default=None
+)
 
 
 class _Refused(Exception):
@@ -116,7 +118,7 @@ class _DtypeStub:
 def _with_byteorder(dtype: np.dtype, state: tuple[Any, ...]) -> np.dtype:
     # Items 2.. up to elsize are subarray, names and fields (fewer in older versions);
     # any of them set means a structured dtype.
-    structure = state[2:{5: 3, 6: 4}.get(len(state), 5)]
+    structure = state[2 : {5: 3, 6: 4}.get(len(state), 5)]
     if any(item is not None for item in structure):
         raise pickle.UnpicklingError("structured dtypes are not weight dtypes")
     order = state[1]
@@ -135,7 +137,8 @@ def _dtype_of(value: Any) -> np.dtype:
 
 def _shape_of(value: Any) -> tuple[int, ...]:
     if not isinstance(value, tuple) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value
+    ):
         raise pickle.UnpicklingError(f"bad array shape {value!r:.60}")
     return value
 
@@ -181,7 +184,8 @@ class _ArrayStub:
         if len(raw) != count * dtype.itemsize:
             raise pickle.UnpicklingError(
                 f"array data holds {len(raw)} bytes, shape {shape} of {dtype} needs "
-                f"{count * dtype.itemsize}")
+                f"{count * dtype.itemsize}"
+            )
         flat = np.frombuffer(raw, dtype=dtype, count=count)
         self.array = flat.reshape(shape, order="F" if self.fortran else "C")
 
@@ -211,14 +215,18 @@ def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any = "C") -> _Array
         raise pickle.UnpicklingError("protocol-5 array data does not match its shape")
     stub = _ArrayStub()
     stub.array = np.frombuffer(raw, dtype=resolved).reshape(
-        shape, order="F" if order == "F" else "C")
+        shape, order="F" if order == "F" else "C"
+    )
     return stub
 
 
 def _codecs_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
     # Python 3 writes bytes into protocol 0-2 pickles as _codecs.encode(text, "latin1").
-    if not isinstance(text, str) or not isinstance(encoding, str) \
-            or encoding.lower() not in _TEXT_CODECS:
+    if (
+        not isinstance(text, str)
+        or not isinstance(encoding, str)
+        or encoding.lower() not in _TEXT_CODECS
+    ):
         raise _Refused(f"call _codecs.encode with encoding {encoding!r:.40}")
     return text.encode(encoding, "strict")
 
@@ -231,7 +239,8 @@ def _empty_bytes(*args: Any) -> bytes:
 
 
 _ALLOWED: dict[tuple[str, str], _Global] = {
-    (module, name): _Global(f"{module}.{name}", call) for module, name, call in [
+    (module, name): _Global(f"{module}.{name}", call)
+    for module, name, call in [
         ("numpy.core.multiarray", "_reconstruct", _reconstruct),
         ("numpy._core.multiarray", "_reconstruct", _reconstruct),
         ("numpy.core.multiarray", "scalar", _scalar),
@@ -279,7 +288,8 @@ def load(file: IO[bytes], *, name: str, views: Mapping[bytes, memoryview] | None
         raise UnsafeInputError(
             f"{name}: refusing to {refused.what} from the pickle: a weight dict holds only "
             f"dicts, lists, strings, numbers and arrays; pass --trust-pickle only if you "
-            f"trust this file") from None
+            f"trust this file"
+        ) from None
     finally:
         _VIEWS.reset(reset)
     return _Resolver().resolve(loaded, 0)

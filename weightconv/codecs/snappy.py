@@ -45,8 +45,9 @@ def decompress(data: bytes | memoryview, limit: int = DEFAULT_LIMIT) -> bytes:
     if size > limit:
         raise FormatError(f"snappy: declared length {size} exceeds the limit of {limit} bytes")
     if size * _MIN_BYTES_PER_ELEMENT > (end - ip) * _MAX_OUT_PER_ELEMENT:
-        raise FormatError(f"snappy: declared length {size} is more than {end - ip} "
-                          f"compressed bytes can expand to")
+        raise FormatError(
+            f"snappy: declared length {size} is more than {end - ip} compressed bytes can expand to"
+        )
 
     out = bytearray(size)
     op = 0
@@ -60,15 +61,16 @@ def decompress(data: bytes | memoryview, limit: int = DEFAULT_LIMIT) -> bytes:
                 extra = length - 59
                 if ip + extra > end:
                     raise FormatError(f"snappy: truncated literal length at byte {ip - 1}")
-                length = int.from_bytes(src[ip:ip + extra], "little")
+                length = int.from_bytes(src[ip : ip + extra], "little")
                 ip += extra
             length += 1
             if length > end - ip:
-                raise FormatError(f"snappy: literal of {length} bytes at byte {ip} runs past "
-                                  f"the end of the input")
+                raise FormatError(
+                    f"snappy: literal of {length} bytes at byte {ip} runs past the end of the input"
+                )
             if length > size - op:
                 raise FormatError(f"snappy: output exceeds the declared length {size}")
-            out[op:op + length] = src[ip:ip + length]
+            out[op : op + length] = src[ip : ip + length]
             ip += length
             op += length
             continue
@@ -84,23 +86,25 @@ def decompress(data: bytes | memoryview, limit: int = DEFAULT_LIMIT) -> bytes:
             if ip + width > end:
                 raise FormatError(f"snappy: truncated copy at byte {ip - 1}")
             length = 1 + (tag >> 2)
-            offset = int.from_bytes(src[ip:ip + width], "little")
+            offset = int.from_bytes(src[ip : ip + width], "little")
             ip += width
         if offset == 0:
             raise FormatError(f"snappy: copy with offset 0 at byte {ip}")
         if offset > op:
-            raise FormatError(f"snappy: copy offset {offset} points before the start of the "
-                              f"output (at output byte {op})")
+            raise FormatError(
+                f"snappy: copy offset {offset} points before the start of the "
+                f"output (at output byte {op})"
+            )
         if length > size - op:
             raise FormatError(f"snappy: output exceeds the declared length {size}")
         start = op - offset
         if offset >= length:
-            out[op:op + length] = out[start:start + length]
+            out[op : op + length] = out[start : start + length]
         else:
             # The source overlaps the destination: the last `offset` bytes repeat.
             pattern = out[start:op]
             repeats, rest = divmod(length, offset)
-            out[op:op + length] = pattern * repeats + pattern[:rest]
+            out[op : op + length] = pattern * repeats + pattern[:rest]
         op += length
 
     if op != size:

@@ -80,8 +80,9 @@ def iter_block(block: memoryview, what: str) -> Iterator[tuple[bytes, memoryview
         raise FormatError(f"{what}: block of {size} bytes is too short")
     (num_restarts,) = struct.unpack_from("<I", block, size - 4)
     if num_restarts == 0 or 4 + 4 * num_restarts > size:
-        raise FormatError(f"{what}: corrupt block (restart count {num_restarts} does not fit "
-                          f"in {size} bytes)")
+        raise FormatError(
+            f"{what}: corrupt block (restart count {num_restarts} does not fit in {size} bytes)"
+        )
     end = size - 4 - 4 * num_restarts
     pos = 0
     key = b""
@@ -91,17 +92,23 @@ def iter_block(block: memoryview, what: str) -> Iterator[tuple[bytes, memoryview
         length, pos = _varint(block, pos, end, what)
         if shared > len(key) or pos + unshared + length > end:
             raise FormatError(f"{what}: corrupt entry at byte {pos} of the block")
-        key = key[:shared] + bytes(block[pos:pos + unshared])
+        key = key[:shared] + bytes(block[pos : pos + unshared])
         pos += unshared
-        yield key, block[pos:pos + length]
+        yield key, block[pos : pos + length]
         pos += length
 
 
 class TableReader:
     """A table read through a memory map; blocks are checked against their CRC32C."""
 
-    def __init__(self, path: str | os.PathLike[str], *, label: str | None = None,
-                 verify_checksums: bool = True, mapped: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        label: str | None = None,
+        verify_checksums: bool = True,
+        mapped: bool = True,
+    ) -> None:
         self.path = os.fspath(path)
         self.label = label or self.path
         self.verify_checksums = verify_checksums
@@ -109,18 +116,22 @@ class TableReader:
         with open_input(path) as handle:
             size = os.fstat(handle.fileno()).st_size
             if size < FOOTER_SIZE:
-                raise FormatError(f"{self.label}: {size} bytes is too short for a table "
-                                  f"(a {FOOTER_SIZE}-byte footer at least)")
+                raise FormatError(
+                    f"{self.label}: {size} bytes is too short for a table "
+                    f"(a {FOOTER_SIZE}-byte footer at least)"
+                )
             if mapped:
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
                 self.buffer = memoryview(self._map)
             else:
                 self.buffer = memoryview(handle.read())
         self.size = size
-        footer = self.buffer[size - FOOTER_SIZE:]
+        footer = self.buffer[size - FOOTER_SIZE :]
         if bytes(footer[-8:]) != MAGIC_BYTES:
-            raise FormatError(f"{self.label}: not a LevelDB-format table (the last 8 bytes are "
-                              f"{bytes(footer[-8:]).hex()}, expected {MAGIC_BYTES.hex()})")
+            raise FormatError(
+                f"{self.label}: not a LevelDB-format table (the last 8 bytes are "
+                f"{bytes(footer[-8:]).hex()}, expected {MAGIC_BYTES.hex()})"
+            )
         what = f"{self.label}: footer"
         self.metaindex, pos = decode_handle(footer, 0, 40, what)
         self.index, _ = decode_handle(footer, pos, 40, what)
@@ -146,17 +157,18 @@ class TableReader:
         what = f"{self.label}: {kind} block at offset {handle.offset} ({handle.size} bytes)"
         end = handle.offset + handle.size
         if end + TRAILER_SIZE > self.size - FOOTER_SIZE:
-            raise FormatError(f"{what}: extends past the end of the file "
-                              f"({self.size} bytes)")
-        contents = self.buffer[handle.offset:end]
+            raise FormatError(f"{what}: extends past the end of the file ({self.size} bytes)")
+        contents = self.buffer[handle.offset : end]
         compression = self.buffer[end]
         if self.verify_checksums:
             (stored,) = struct.unpack_from("<I", self.buffer, end + 1)
             actual = crc32c.extend(crc32c.value(contents), bytes([compression]))
             if crc32c.unmask(stored) != actual:
-                raise FormatError(f"{what}: block checksum mismatch (stored "
-                                  f"{crc32c.unmask(stored):#010x}, computed {actual:#010x}); "
-                                  f"the file is corrupt")
+                raise FormatError(
+                    f"{what}: block checksum mismatch (stored "
+                    f"{crc32c.unmask(stored):#010x}, computed {actual:#010x}); "
+                    f"the file is corrupt"
+                )
         if compression == NO_COMPRESSION:
             return contents
         if compression == SNAPPY_COMPRESSION:
@@ -202,6 +214,7 @@ class TableReader:
 
 
 # Writing ---------------------------------------------------------------------------------
+
 
 def _shortest_separator(start: bytes, limit: bytes) -> bytes:
     """A short key k with start <= k < limit (LevelDB's bytewise FindShortestSeparator)."""
@@ -287,8 +300,9 @@ class TableWriter:
         if self.last_key is not None and key <= self.last_key:
             raise ValueError(f"table keys must increase: {self.last_key!r} then {key!r}")
         if self.pending is not None:
-            self.index.add(_shortest_separator(self.last_key or b"", key),
-                           encode_handle(self.pending))
+            self.index.add(
+                _shortest_separator(self.last_key or b"", key), encode_handle(self.pending)
+            )
             self.pending = None
         self.data.add(key, value)
         self.last_key = key

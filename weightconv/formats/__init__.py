@@ -72,8 +72,10 @@ class Format:
     def writer_options(self, given: Any = None) -> Options:
         """The writer's options from a mapping (or an instance); unknown names are refused."""
         if self.write_options is None:
-            raise UsageError(f"writing {self.title} is not supported (writable: "
-                             f"{', '.join(f.name for f in FORMATS if f.can_write)})")
+            raise UsageError(
+                f"writing {self.title} is not supported (writable: "
+                f"{', '.join(f.name for f in FORMATS if f.can_write)})"
+            )
         return self.write_options.build(given, where=f"the {self.name} writer")
 
     def default_suffix(self, options: Options | None = None) -> str:
@@ -92,11 +94,19 @@ class Format:
         opts = self.reader_options(options)
         return self.implementation().read(path, **_fields(opts))
 
-    def write(self, weights: WeightSet, path: str | os.PathLike[str], options: Any = None, *,
-              force: bool = False, progress: Progress | None = None) -> WriteResult:
+    def write(
+        self,
+        weights: WeightSet,
+        path: str | os.PathLike[str],
+        options: Any = None,
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> WriteResult:
         opts = self.writer_options(options)
-        return self.implementation().write(weights, path, force=force, progress=progress,
-                                           **_fields(opts))
+        return self.implementation().write(
+            weights, path, force=force, progress=progress, **_fields(opts)
+        )
 
     def signature_problems(self) -> list[str]:
         """Where the module's read/write keywords and the declared options differ."""
@@ -111,8 +121,10 @@ class Format:
                 problems.append(f"{self.module}.{function} takes **kwargs")
             keywords = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
             if keywords != set(options.names()) | extra:
-                problems.append(f"{self.module}.{function} takes {sorted(keywords)}, the row "
-                                f"declares {sorted(set(options.names()) | extra)}")
+                problems.append(
+                    f"{self.module}.{function} takes {sorted(keywords)}, the row "
+                    f"declares {sorted(set(options.names()) | extra)}"
+                )
         return problems
 
 
@@ -121,18 +133,51 @@ def _fields(options: Options) -> dict[str, Any]:
 
 
 FORMATS: list[Format] = [
-    Format("npy", "NumPy .npy weight dict", (".npy",), "weightconv.formats.npy", "npy",
-           NpyReadOptions, NpyWriteOptions),
-    Format("caffe-h5", "Caffe HDF5 snapshot", (".caffemodel.h5",),
-           "weightconv.formats.caffe.hdf5", "caffe", CaffeReadOptions),
-    Format("caffemodel", "Caffe .caffemodel (V0, V1, V2)", (".caffemodel", ".binaryproto"),
-           "weightconv.formats.caffe.reader", "caffe", CaffeReadOptions),
-    Format("ckpt", "TensorFlow checkpoint (V2 TensorBundle; V1 read-only)", (".ckpt", ".index"),
-           "weightconv.formats.ckpt.bundle", "ckpt", CkptReadOptions, CkptWriteOptions,
-           by_location=True),
-    Format("keras-h5", "Keras HDF5 weights (.weights.h5, legacy .h5, .keras)",
-           (".weights.h5", ".h5", ".hdf5", ".keras"), "weightconv.formats.keras_h5.core", "h5",
-           NoOptions, KerasWriteOptions, output_suffix=".weights.h5"),
+    Format(
+        "npy",
+        "NumPy .npy weight dict",
+        (".npy",),
+        "weightconv.formats.npy",
+        "npy",
+        NpyReadOptions,
+        NpyWriteOptions,
+    ),
+    Format(
+        "caffe-h5",
+        "Caffe HDF5 snapshot",
+        (".caffemodel.h5",),
+        "weightconv.formats.caffe.hdf5",
+        "caffe",
+        CaffeReadOptions,
+    ),
+    Format(
+        "caffemodel",
+        "Caffe .caffemodel (V0, V1, V2)",
+        (".caffemodel", ".binaryproto"),
+        "weightconv.formats.caffe.reader",
+        "caffe",
+        CaffeReadOptions,
+    ),
+    Format(
+        "ckpt",
+        "TensorFlow checkpoint (V2 TensorBundle; V1 read-only)",
+        (".ckpt", ".index"),
+        "weightconv.formats.ckpt.bundle",
+        "ckpt",
+        CkptReadOptions,
+        CkptWriteOptions,
+        by_location=True,
+    ),
+    Format(
+        "keras-h5",
+        "Keras HDF5 weights (.weights.h5, legacy .h5, .keras)",
+        (".weights.h5", ".h5", ".hdf5", ".keras"),
+        "weightconv.formats.keras_h5.core",
+        "h5",
+        NoOptions,
+        KerasWriteOptions,
+        output_suffix=".weights.h5",
+    ),
 ]
 
 
@@ -191,12 +236,15 @@ def detect(path: str | os.PathLike[str], name: str | None = None) -> Format:
         if any(lowered.endswith(suffix) for suffix in fmt.suffixes):
             return fmt
     if lowered.endswith((".prototxt", ".pbtxt")):
-        raise FormatError(f"{target}: a prototxt holds a net definition, not weights; "
-                          f"pass it with --prototxt beside the .caffemodel")
+        raise FormatError(
+            f"{target}: a prototxt holds a net definition, not weights; "
+            f"pass it with --prototxt beside the .caffemodel"
+        )
     if not head:
         raise FormatError(f"{target}: file is empty")
-    raise FormatError(f"{target}: not a recognised weight file "
-                      f"(known: {', '.join(f.title for f in FORMATS)})")
+    raise FormatError(
+        f"{target}: not a recognised weight file (known: {', '.join(f.title for f in FORMATS)})"
+    )
 
 
 def for_output(path: str | os.PathLike[str], name: str | None = None) -> Format:
@@ -210,7 +258,6 @@ def for_output(path: str | os.PathLike[str], name: str | None = None) -> Format:
     if CHECKPOINT_STEP.search(lowered):
         return get("ckpt")
     writable = ", ".join(f"{f.name} ({'/'.join(f.suffixes)})" for f in FORMATS if f.can_write)
-    raise UsageError(f"{path}: cannot tell the output format from the name; use --to "
-                     f"(writable: {writable})")
-
-
+    raise UsageError(
+        f"{path}: cannot tell the output format from the name; use --to (writable: {writable})"
+    )

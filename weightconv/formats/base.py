@@ -32,14 +32,27 @@ from weightconv.errors import UsageError
 T = TypeVar("T", bound="Options")
 
 
-def option(default: Any, *, help: str, flag: str | None = None, metavar: str | None = None,
-           choices: Sequence[Any] | None = None,
-           parse: Callable[[str], Any] | None = None) -> Any:
+def option(
+    default: Any,
+    *,
+    help: str,
+    flag: str | None = None,
+    metavar: str | None = None,
+    choices: Sequence[Any] | None = None,
+    parse: Callable[[str], Any] | None = None,
+) -> Any:
     """Declare one option field: `flag` is its CLI spelling (default ``--name-with-dashes``),
     `parse` turns the flag's text into a value (default: the annotation's type)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar,
-                                            "choices": tuple(choices) if choices else None,
-                                            "parse": parse})
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "flag": flag,
+            "metavar": metavar,
+            "choices": tuple(choices) if choices else None,
+            "parse": parse,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -73,12 +86,18 @@ class Options:
         specs = []
         for f in dataclasses.fields(cls):
             meta = f.metadata
-            specs.append(OptionSpec(
-                name=f.name, annotation=hints[f.name], default=f.default,
-                help=meta.get("help", ""),
-                flag=meta.get("flag") or "--" + f.name.replace("_", "-"),
-                metavar=meta.get("metavar"), choices=meta.get("choices"),
-                parse=meta.get("parse")))
+            specs.append(
+                OptionSpec(
+                    name=f.name,
+                    annotation=hints[f.name],
+                    default=f.default,
+                    help=meta.get("help", ""),
+                    flag=meta.get("flag") or "--" + f.name.replace("_", "-"),
+                    metavar=meta.get("metavar"),
+                    choices=meta.get("choices"),
+                    parse=meta.get("parse"),
+                )
+            )
         return specs
 
     @classmethod
@@ -99,16 +118,20 @@ class Options:
         known = {spec.name: spec for spec in cls.specs()}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise UsageError(f"{where} takes no option {unknown[0]!r}; "
-                             f"{describe_names(cls.names())}")
+            raise UsageError(
+                f"{where} takes no option {unknown[0]!r}; {describe_names(cls.names())}"
+            )
         for name, value in values.items():
             check_value(known[name], value, where)
         return cls(**values)
 
     def changed(self) -> dict[str, Any]:
         """The options whose value differs from the default, by name."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != f.default}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -126,11 +149,15 @@ def describe_names(names: Sequence[str]) -> str:
 def check_value(spec: OptionSpec, value: Any, where: str) -> None:
     """Refuse a value that does not fit the option's declared type or choices."""
     if spec.choices is not None and value is not None and value not in spec.choices:
-        raise UsageError(f"{where}: option {spec.name} must be one of "
-                         f"{', '.join(map(str, spec.choices))}, got {value!r}")
+        raise UsageError(
+            f"{where}: option {spec.name} must be one of "
+            f"{', '.join(map(str, spec.choices))}, got {value!r}"
+        )
     if not _fits(value, spec.annotation):
-        raise UsageError(f"{where}: option {spec.name} must be {_type_text(spec.annotation)}, "
-                         f"got {type(value).__name__} {value!r}")
+        raise UsageError(
+            f"{where}: option {spec.name} must be {_type_text(spec.annotation)}, "
+            f"got {type(value).__name__} {value!r}"
+        )
 
 
 def _fits(value: Any, annotation: Any) -> bool:
@@ -153,7 +180,8 @@ def _fits(value: Any, annotation: Any) -> bool:
     if origin is dict:
         key, item = typing.get_args(annotation)
         return isinstance(value, dict) and all(
-            _fits(k, key) and _fits(v, item) for k, v in value.items())
+            _fits(k, key) and _fits(v, item) for k, v in value.items()
+        )
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
@@ -177,7 +205,8 @@ def _type_text(annotation: Any) -> str:
         return "one of " + ", ".join(map(repr, typing.get_args(annotation)))
     if origin is tuple:
         return "a tuple of " + ", ".join(
-            _type_text(a) for a in typing.get_args(annotation) if a is not Ellipsis)
+            _type_text(a) for a in typing.get_args(annotation) if a is not Ellipsis
+        )
     if annotation is Path:
         return "a path"
     return getattr(annotation, "__name__", str(annotation))
@@ -208,6 +237,13 @@ class WriteResult:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "tensors": self.tensors, "parameters": self.parameters,
-                "bytes": self.bytes, "files": list(self.files), "skipped": list(self.skipped),
-                "notes": list(self.notes), "detail": plain(self.detail)}
+        return {
+            "layers": self.layers,
+            "tensors": self.tensors,
+            "parameters": self.parameters,
+            "bytes": self.bytes,
+            "files": list(self.files),
+            "skipped": list(self.skipped),
+            "notes": list(self.notes),
+            "detail": plain(self.detail),
+        }

@@ -50,26 +50,39 @@ CHUNK_BYTES = 16 << 20
 BINBYTES_LIMIT = (1 << 32) - 1
 
 
-
 @dataclass(frozen=True)
 class NpyReadOptions(Options):
-    trust_pickle: bool = option(False, help="let the pickle load any Python object: this runs "
-                                            "code, so only for files you trust")
+    trust_pickle: bool = option(
+        False,
+        help="let the pickle load any Python object: this runs code, so only for files you trust",
+    )
 
 
 @dataclass(frozen=True)
 class NpyWriteOptions(Options):
     flavour: Literal["list", "dict", "flat"] | None = option(
-        None, choices=FLAVOURS,
+        None,
+        choices=FLAVOURS,
         help="list: {layer: [W, b]}; dict: {layer: {'weights': W, 'biases': b}}; flat: "
-             "{tensor name: array}. Default: flat when the input was read flat, else list")
+        "{tensor name: array}. Default: flat when the input was read flat, else list",
+    )
 
 
 _POSITIONAL_ROLES = ("weights", "biases")
 _NUMERIC_KINDS = "biufc"
-_UNPICKLING_ERRORS = (EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError,
-                      IndexError, AttributeError, ImportError, OverflowError, MemoryError,
-                      RecursionError)
+_UNPICKLING_ERRORS = (
+    EOFError,
+    pickle.UnpicklingError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    ImportError,
+    OverflowError,
+    MemoryError,
+    RecursionError,
+)
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -78,6 +91,7 @@ def sniff(head: bytes, path: Path) -> bool:
 
 
 # Reading ---------------------------------------------------------------------------------
+
 
 def read(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> WeightSet:
     """Read a pickled weight dict saved with ``np.save``; layers keep the dict's order.
@@ -91,33 +105,40 @@ def read(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> WeightS
         first = handle.peek(2)[:2]
         protocol = first[1] if first[:1] == pickle.PROTO and len(first) == 2 else None
         mapped = None if trust_pickle else _mapped_pickle(handle)
-        wrapper = _unpickle(mapped or handle, name, trust_pickle,
-                            mapped.views if mapped else None)
+        wrapper = _unpickle(mapped or handle, name, trust_pickle, mapped.views if mapped else None)
     content = _weight_dict(wrapper, name)
     layers, flavour = _layers(content, name)
-    return WeightSet(layers=layers, source=Provenance(
-        path=name, format="npy", detail={"flavour": flavour, "pickle_protocol": protocol}))
+    return WeightSet(
+        layers=layers,
+        source=Provenance(
+            path=name, format="npy", detail={"flavour": flavour, "pickle_protocol": protocol}
+        ),
+    )
 
 
 def _read_header(handle: IO[bytes], name: str) -> None:
     try:
         version = npformat.read_magic(handle)
     except ValueError:
-        raise FormatError(f"{name}: not a .npy file (it does not start with the NumPy "
-                          f"magic string)") from None
+        raise FormatError(
+            f"{name}: not a .npy file (it does not start with the NumPy magic string)"
+        ) from None
     try:
         if version == (1, 0):
             shape, _, dtype = npformat.read_array_header_1_0(handle)
         elif version == (2, 0):
             shape, _, dtype = npformat.read_array_header_2_0(handle)
         else:
-            raise FormatError(f"{name}: .npy format version {version[0]}.{version[1]} is "
-                              f"not supported for weight dicts (1.0 and 2.0 are)")
+            raise FormatError(
+                f"{name}: .npy format version {version[0]}.{version[1]} is "
+                f"not supported for weight dicts (1.0 and 2.0 are)"
+            )
     except ValueError as exc:
         raise FormatError(f"{name}: corrupt or truncated .npy header: {_one_line(exc)}") from None
     if dtype != np.dtype(object) or shape != ():
-        raise FormatError(f"{name}: holds one {dtype.name} array of shape {shape}, "
-                          f"not a weight dict")
+        raise FormatError(
+            f"{name}: holds one {dtype.name} array of shape {shape}, not a weight dict"
+        )
 
 
 def _mapped_pickle(handle: IO[bytes]) -> pickle_views.MappedPickle | None:
@@ -131,8 +152,9 @@ def _mapped_pickle(handle: IO[bytes]) -> pickle_views.MappedPickle | None:
     return pickle_views.MappedPickle.scan(mapping, start)
 
 
-def _unpickle(handle: Any, name: str, trust_pickle: bool,
-              views: dict[bytes, memoryview] | None = None) -> Any:
+def _unpickle(
+    handle: Any, name: str, trust_pickle: bool, views: dict[bytes, memoryview] | None = None
+) -> Any:
     try:
         if trust_pickle:
             return pickle.Unpickler(handle, encoding="latin1").load()
@@ -140,18 +162,20 @@ def _unpickle(handle: Any, name: str, trust_pickle: bool,
     except WeightconvError:
         raise
     except _UNPICKLING_ERRORS as exc:
-        raise FormatError(f"{name}: truncated or corrupt pickle after the .npy header: "
-                          f"{_one_line(exc)}") from None
+        raise FormatError(
+            f"{name}: truncated or corrupt pickle after the .npy header: {_one_line(exc)}"
+        ) from None
 
 
 def _weight_dict(wrapper: Any, name: str) -> dict[Any, Any]:
     if not (isinstance(wrapper, np.ndarray) and wrapper.dtype == object and wrapper.shape == ()):
-        raise FormatError(f"{name}: the pickle holds {_describe(wrapper)}, not the 0-d "
-                          f"object array the .npy header declares")
+        raise FormatError(
+            f"{name}: the pickle holds {_describe(wrapper)}, not the 0-d "
+            f"object array the .npy header declares"
+        )
     content = wrapper[()]
     if not isinstance(content, dict):
-        raise FormatError(f"{name}: holds a pickled {type(content).__name__}, not a weight "
-                          f"dict")
+        raise FormatError(f"{name}: holds a pickled {type(content).__name__}, not a weight dict")
     return content
 
 
@@ -178,12 +202,21 @@ def _layers(content: dict[Any, Any], name: str) -> tuple[list[Layer], str]:
                 role = _text(raw_role, name, f"a role name in entry {key!r}")
                 _add(tensors_by_layer, key, role, item, name)
         else:
-            raise FormatError(f"{name}: entry {key!r} holds {_describe(value)}; a weight dict "
-                              f"maps layer names to arrays, lists of arrays or dicts of arrays")
+            raise FormatError(
+                f"{name}: entry {key!r} holds {_describe(value)}; a weight dict "
+                f"maps layer names to arrays, lists of arrays or dicts of arrays"
+            )
     flavour = flavours.pop() if len(flavours) == 1 else "mixed" if flavours else "empty"
-    layers = [Layer(name=layer_name, kind=_guess_kind(tensors), tensors=tensors,
-                    source_type="npy", layout=CANONICAL)
-              for layer_name, tensors in tensors_by_layer.items()]
+    layers = [
+        Layer(
+            name=layer_name,
+            kind=_guess_kind(tensors),
+            tensors=tensors,
+            source_type="npy",
+            layout=CANONICAL,
+        )
+        for layer_name, tensors in tensors_by_layer.items()
+    ]
     return layers, flavour
 
 
@@ -191,8 +224,9 @@ def _positional_role(index: int) -> str:
     return _POSITIONAL_ROLES[index] if index < len(_POSITIONAL_ROLES) else f"blob{index}"
 
 
-def _add(tensors_by_layer: dict[str, dict[str, np.ndarray]], layer: str, role: str,
-         value: Any, name: str) -> None:
+def _add(
+    tensors_by_layer: dict[str, dict[str, np.ndarray]], layer: str, role: str, value: Any, name: str
+) -> None:
     where = f"{layer}/{role}"
     if not isinstance(value, np.ndarray | np.generic):
         raise FormatError(f"{name}: tensor {where!r} is {_describe(value)}, not an array")
@@ -244,12 +278,17 @@ _SETITEM, _SETITEMS, _NEWFALSE = b"s", b"u", b"\x89"
 _STATE_VERSION_1 = b"K\x01"
 # _reconstruct(ndarray, (0,), b"b"), spelled as NumPy 1.x spelled it (all files in the
 # wild do, and NumPy 2 still loads it).
-_NEW_ARRAY = (b"cnumpy.core.multiarray\n_reconstruct\n" b"cnumpy\nndarray\n"
-              b"K\x00\x85" b"C\x01b" b"\x87R")
+_NEW_ARRAY = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R"
 
 
-def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str | None = None,
-          force: bool = False, progress: Progress | None = None) -> WriteResult:
+def write(
+    weights: WeightSet,
+    path: str | os.PathLike[str],
+    *,
+    flavour: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> WriteResult:
     """Write `weights` in the canonical layout as an ``np.save``-compatible weight dict.
 
     ``flavour="list"`` writes ``{layer: [W, b]}`` where a layer holds just weights
@@ -267,11 +306,21 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str | No
     skipped: list[str] = []
     with atomic_output(path, force) as handle:
         npformat.write_array_header_1_0(
-            handle, {"descr": "|O", "fortran_order": False, "shape": ()})
+            handle, {"descr": "|O", "fortran_order": False, "shape": ()}
+        )
         # PROTO 4 without framing: the wrapping 0-d object array, its state up to the dict.
-        handle.write(pickle.PROTO + b"\x04" + _NEW_ARRAY + _MARK + _STATE_VERSION_1
-                     + _fragment(()) + _dtype_fragment("|O") + _NEWFALSE
-                     + _EMPTY_LIST + _EMPTY_DICT)
+        handle.write(
+            pickle.PROTO
+            + b"\x04"
+            + _NEW_ARRAY
+            + _MARK
+            + _STATE_VERSION_1
+            + _fragment(())
+            + _dtype_fragment("|O")
+            + _NEWFALSE
+            + _EMPTY_LIST
+            + _EMPTY_DICT
+        )
         for layer, direct in _layers_to_write(weights):
             if flavour == "flat":
                 for role in layer.tensors:
@@ -290,8 +339,9 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str | No
                 counts["parameters"] += layer.parameter_count
                 continue
             if layer.name in names:
-                raise MappingError(f"{path}: two layers are named {layer.name!r}; a weight "
-                                   f"dict needs unique names")
+                raise MappingError(
+                    f"{path}: two layers are named {layer.name!r}; a weight dict needs unique names"
+                )
             names.add(layer.name)
             handle.write(_fragment(layer.name))
             if flavour == "list" and set(layer.tensors) in ({"weights"}, {"weights", "biases"}):
@@ -312,8 +362,9 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, flavour: str | No
             counts["parameters"] += layer.parameter_count
         handle.write(_APPEND + _TUPLE + _BUILD + _STOP)
         size = handle.tell()
-    return WriteResult(**counts, bytes=size, files=[os.fspath(path)], skipped=skipped,
-                       detail={"flavour": flavour})
+    return WriteResult(
+        **counts, bytes=size, files=[os.fspath(path)], skipped=skipped, detail={"flavour": flavour}
+    )
 
 
 def _layers_to_write(weights: WeightSet) -> Iterator[tuple[Layer, DirectWeights | None]]:
@@ -329,8 +380,14 @@ def _layers_to_write(weights: WeightSet) -> Iterator[tuple[Layer, DirectWeights 
             weights.release(layer)
 
 
-def _write_tensor(handle: IO[bytes], path: str | os.PathLike[str], layer: Layer, role: str,
-                  progress: Progress | None, direct: DirectWeights | None = None) -> None:
+def _write_tensor(
+    handle: IO[bytes],
+    path: str | os.PathLike[str],
+    layer: Layer,
+    role: str,
+    progress: Progress | None,
+    direct: DirectWeights | None = None,
+) -> None:
     """One ndarray pickled as NumPy pickles it, its bytes streamed in chunks (or, for
     `direct` weights, converted in place into the mapped output file)."""
     if direct is not None and role == "weights":
@@ -340,13 +397,21 @@ def _write_tensor(handle: IO[bytes], path: str | os.PathLike[str], layer: Layer,
     if array.dtype.name == "bfloat16":  # no NumPy dtype: np.load could not read it back
         array = array.astype(np.float32)  # exact: every bfloat16 is a float32
     if array.dtype.kind not in _NUMERIC_KINDS or array.dtype.hasobject:
-        raise FormatError(f"{path}: tensor {layer.name}/{role} has dtype {array.dtype}; only "
-                          f"numeric tensors can be written to a .npy weight dict")
+        raise FormatError(
+            f"{path}: tensor {layer.name}/{role} has dtype {array.dtype}; only "
+            f"numeric tensors can be written to a .npy weight dict"
+        )
     dtype = array.dtype.newbyteorder("<")
     nbytes = array.size * dtype.itemsize
-    handle.write(_NEW_ARRAY + _MARK + _STATE_VERSION_1
-                 + _fragment(tuple(int(n) for n in array.shape)) + _dtype_fragment(dtype.str)
-                 + _NEWFALSE + _bytes_opcode(nbytes))
+    handle.write(
+        _NEW_ARRAY
+        + _MARK
+        + _STATE_VERSION_1
+        + _fragment(tuple(int(n) for n in array.shape))
+        + _dtype_fragment(dtype.str)
+        + _NEWFALSE
+        + _bytes_opcode(nbytes)
+    )
     written = 0
     for chunk in chunks(array, CHUNK_BYTES):
         data = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8)
@@ -369,8 +434,15 @@ def _write_direct(handle: IO[bytes], direct: DirectWeights, progress: Progress |
     dtype = np.dtype(source_dtype).newbyteorder("<")
     count = int(np.prod(shape, dtype=np.int64))
     nbytes = count * dtype.itemsize
-    handle.write(_NEW_ARRAY + _MARK + _STATE_VERSION_1 + _fragment(tuple(shape))
-                 + _dtype_fragment(dtype.str) + _NEWFALSE + _bytes_opcode(nbytes))
+    handle.write(
+        _NEW_ARRAY
+        + _MARK
+        + _STATE_VERSION_1
+        + _fragment(tuple(shape))
+        + _dtype_fragment(dtype.str)
+        + _NEWFALSE
+        + _bytes_opcode(nbytes)
+    )
     if nbytes:
         handle.flush()
         start = handle.tell()
@@ -379,8 +451,9 @@ def _write_direct(handle: IO[bytes], direct: DirectWeights, progress: Progress |
         mapping = mmap.mmap(handle.fileno(), start + nbytes - base, offset=base)
         populate_for_writing(mapping)
         try:
-            fill(np.frombuffer(mapping, dtype=dtype, count=count,
-                               offset=start - base).reshape(shape))
+            fill(
+                np.frombuffer(mapping, dtype=dtype, count=count, offset=start - base).reshape(shape)
+            )
         finally:
             mapping.close()
         handle.seek(start + nbytes)

@@ -52,8 +52,9 @@ def to_canonical(layer: Layer) -> Layer:
     return replace(layer, tensors=tensors, layout=CANONICAL)
 
 
-def _caffe_dense_to_canonical(layer: Layer, weights: np.ndarray,
-                              into: np.ndarray | None = None) -> np.ndarray:
+def _caffe_dense_to_canonical(
+    layer: Layer, weights: np.ndarray, into: np.ndarray | None = None
+) -> np.ndarray:
     in_out = weights if layer.params.get("transpose") else dense_out_in_to_in_out(weights)
     shape = layer.input_shape
     if shape is None:
@@ -77,8 +78,10 @@ def _caffe_dense_to_canonical(layer: Layer, weights: np.ndarray,
 
 def canonical_shapes(layer: Layer) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
     """Shape and dtype of each tensor `to_canonical` would give, without converting."""
-    shapes = {role: (tuple(int(n) for n in t.shape), np.dtype(t.dtype))
-              for role, t in layer.tensors.items()}
+    shapes = {
+        role: (tuple(int(n) for n in t.shape), np.dtype(t.dtype))
+        for role, t in layer.tensors.items()
+    }
     if layer.layout == CANONICAL:
         return shapes
     if layer.kind == Kind.BATCHNORM:
@@ -93,8 +96,9 @@ def canonical_shapes(layer: Layer) -> dict[str, tuple[tuple[int, ...], np.dtype[
     return shapes
 
 
-def direct_weights(layer: Layer) -> tuple[tuple[int, ...], np.dtype[Any],
-                                          Callable[[np.ndarray], None]] | None:
+def direct_weights(
+    layer: Layer,
+) -> tuple[tuple[int, ...], np.dtype[Any], Callable[[np.ndarray], None]] | None:
     """For a Caffe-layout conv or dense layer, the canonical weights' shape and dtype and a
     function writing them into a C-contiguous array of that shape (a writer's mapped output
     file): the conversion without an intermediate copy. None for any other layer, whose

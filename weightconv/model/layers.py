@@ -115,8 +115,9 @@ class Layer:
         return sum(int(t.nbytes) for t in self.tensors.values())
 
     def __repr__(self) -> str:
-        shapes = ", ".join(f"{role} {'x'.join(map(str, t.shape)) or 'scalar'}"
-                           for role, t in self.tensors.items())
+        shapes = ", ".join(
+            f"{role} {'x'.join(map(str, t.shape)) or 'scalar'}" for role, t in self.tensors.items()
+        )
         return f"Layer({self.name!r}, {self.kind}, {self.layout}{', ' + shapes if shapes else ''})"
 
 
@@ -166,8 +167,10 @@ class WeightSet:
     def __repr__(self) -> str:
         where = f" from {self.source.path} ({self.source.format})" if self.source else ""
         names = ", ".join(self.names()[:6]) + (", ..." if len(self.layers) > 6 else "")
-        return (f"WeightSet({len(self.layers)} layers [{names}], {self.parameter_count:,} "
-                f"parameters{where})")
+        return (
+            f"WeightSet({len(self.layers)} layers [{names}], {self.parameter_count:,} "
+            f"parameters{where})"
+        )
 
     def __getitem__(self, name: str) -> Layer:
         for layer in self.layers:
@@ -211,23 +214,29 @@ class WeightSet:
     def nbytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)
 
-    def select(self, only: Sequence[str] = (), skip: Sequence[str] = ()
-               ) -> tuple[WeightSet, list[str]]:
+    def select(
+        self, only: Sequence[str] = (), skip: Sequence[str] = ()
+    ) -> tuple[WeightSet, list[str]]:
         """The layers whose name (or any tensor's full name) matches a glob in `only` (all
         when empty) and none in `skip`; returns the new set and the names left out. A
         pattern also matches everything under it as a scope: ``fc8`` matches ``fc8/weights``.
         """
+
         def matches(layer: Layer, patterns: Sequence[str]) -> bool:
             names = [layer.name, *(layer.tensor_name(role) for role in layer.tensors)]
-            return any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(n, p.rstrip("/") + "/*")
-                       for p in patterns for n in names)
+            return any(
+                fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(n, p.rstrip("/") + "/*")
+                for p in patterns
+                for n in names
+            )
 
         kept, dropped = [], []
         for layer in self.layers:
             wanted = (not only or matches(layer, only)) and not matches(layer, skip)
             (kept if wanted else dropped).append(layer)
         return replace(self, layers=kept, notes=list(self.notes)), [
-            layer.name for layer in dropped if layer.tensors]
+            layer.name for layer in dropped if layer.tensors
+        ]
 
     def release_lazy_tensors(self, layer: Layer) -> None:
         """A `release` hook for readers that hand out LazyTensors."""

@@ -18,9 +18,13 @@ class LazyTensor:
 
     __slots__ = ("_loader", "_releaser", "dtype", "shape")
 
-    def __init__(self, shape: Sequence[int], dtype: np.dtype[Any] | type | str,
-                 loader: Callable[[], np.ndarray],
-                 releaser: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        dtype: np.dtype[Any] | type | str,
+        loader: Callable[[], np.ndarray],
+        releaser: Callable[[], None] | None = None,
+    ) -> None:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self._loader = loader

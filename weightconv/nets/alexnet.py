@@ -66,8 +66,7 @@ BVLC_INPUT_SIZE = (227, 227)
 _GROUP_PART = re.compile(r"^(?P<base>.+)_group(?P<index>\d+)$")
 _WEIGHT_ROLES = ("weights", "kernel")
 _BIAS_ROLES = ("biases", "bias")
-_DATA_TYPES = {"Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData",
-               "WindowData"}
+_DATA_TYPES = {"Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData"}
 
 
 @dataclass(frozen=True)
@@ -101,35 +100,64 @@ class Architecture:
     source: str = "BVLC AlexNet defaults"
 
     @classmethod
-    def bvlc(cls, variant: str = "alexnet", *, lrn: CaffeLRN = BVLC_LRN,
-             input_size: tuple[int, int] = BVLC_INPUT_SIZE) -> Architecture:
+    def bvlc(
+        cls,
+        variant: str = "alexnet",
+        *,
+        lrn: CaffeLRN = BVLC_LRN,
+        input_size: tuple[int, int] = BVLC_INPUT_SIZE,
+    ) -> Architecture:
         """BVLC AlexNet ("alexnet") or CaffeNet ("caffenet") as their deploy nets define them.
 
-            >>> [s.name for s in Architecture.bvlc("caffenet").steps][:5]
-            ['conv1', 'relu1', 'pool1', 'norm1', 'conv2']
+        >>> [s.name for s in Architecture.bvlc("caffenet").steps][:5]
+        ['conv1', 'relu1', 'pool1', 'norm1', 'conv2']
         """
         _check_variant(variant)
 
-        def conv(index: int, kernel: int, stride: int = 1, pad: int = 0,
-                 group: int = 1) -> list[Step]:
-            return [Step("conv", f"conv{index}", (kernel, kernel), (stride, stride), (pad, pad),
-                         group=group), Step("relu", f"relu{index}")]
+        def conv(
+            index: int, kernel: int, stride: int = 1, pad: int = 0, group: int = 1
+        ) -> list[Step]:
+            return [
+                Step(
+                    "conv",
+                    f"conv{index}",
+                    (kernel, kernel),
+                    (stride, stride),
+                    (pad, pad),
+                    group=group,
+                ),
+                Step("relu", f"relu{index}"),
+            ]
 
         def pool_and_norm(index: int) -> list[Step]:
             norm = Step("lrn", f"norm{index}", lrn=lrn)
             pool = Step("pool", f"pool{index}", (3, 3), (2, 2))
             return [norm, pool] if variant == "alexnet" else [pool, norm]
 
-        steps = [*conv(1, 11, stride=4), *pool_and_norm(1), *conv(2, 5, pad=2, group=2),
-                 *pool_and_norm(2), *conv(3, 3, pad=1), *conv(4, 3, pad=1, group=2),
-                 *conv(5, 3, pad=1, group=2), Step("pool", "pool5", (3, 3), (2, 2))]
+        steps = [
+            *conv(1, 11, stride=4),
+            *pool_and_norm(1),
+            *conv(2, 5, pad=2, group=2),
+            *pool_and_norm(2),
+            *conv(3, 3, pad=1),
+            *conv(4, 3, pad=1, group=2),
+            *conv(5, 3, pad=1, group=2),
+            Step("pool", "pool5", (3, 3), (2, 2)),
+        ]
         for index in (6, 7):
-            steps += [Step("dense", f"fc{index}"), Step("relu", f"relu{index}"),
-                      Step("dropout", f"drop{index}")]
+            steps += [
+                Step("dense", f"fc{index}"),
+                Step("relu", f"relu{index}"),
+                Step("dropout", f"drop{index}"),
+            ]
         steps.append(Step("dense", "fc8"))
         name = "AlexNet" if variant == "alexnet" else "CaffeNet"
-        return cls(tuple(steps), tuple(input_size), variant,  # type: ignore[arg-type]
-                   f"BVLC {name} defaults")
+        return cls(
+            tuple(steps),
+            tuple(input_size),
+            variant,  # type: ignore[arg-type]
+            f"BVLC {name} defaults",
+        )
 
     @classmethod
     def from_prototxt(cls, prototxt: str | os.PathLike[str]) -> Architecture:
@@ -151,10 +179,12 @@ class Architecture:
             if current is None:
                 current = layer.bottoms[0] if layer.bottoms else None
             if len(layer.bottoms) != 1 or layer.bottoms[0] != current:
-                raise UsageError(f"{source}: layer {layer.name!r} reads "
-                                 f"{', '.join(layer.bottoms) or 'nothing'}, not the previous "
-                                 f"layer's output {current!r}; the built-in graph runs a "
-                                 f"simple chain (AlexNet, CaffeNet)")
+                raise UsageError(
+                    f"{source}: layer {layer.name!r} reads "
+                    f"{', '.join(layer.bottoms) or 'nothing'}, not the previous "
+                    f"layer's output {current!r}; the built-in graph runs a "
+                    f"simple chain (AlexNet, CaffeNet)"
+                )
             if layer.type == "Softmax":
                 break
             steps.append(_step_from_layer(layer, source))
@@ -173,8 +203,9 @@ class Architecture:
 
     def with_lrn(self, params: CaffeLRN) -> Architecture:
         """The same graph with every LRN step using `params` (Caffe's spelling)."""
-        steps = tuple(replace(step, lrn=params) if step.op == "lrn" else step
-                      for step in self.steps)
+        steps = tuple(
+            replace(step, lrn=params) if step.op == "lrn" else step for step in self.steps
+        )
         return replace(self, steps=steps)
 
 
@@ -193,8 +224,12 @@ def _detect_variant(steps: Sequence[Step]) -> str:
 def net_input_size(net: NetDef) -> tuple[int, int] | None:
     shapes = infer_blob_shapes(net)
     names = list(net.inputs)
-    names += [top for layer in net.layers if layer.type in _DATA_TYPES and layer.phase != "TRAIN"
-              for top in layer.tops]
+    names += [
+        top
+        for layer in net.layers
+        if layer.type in _DATA_TYPES and layer.phase != "TRAIN"
+        for top in layer.tops
+    ]
     for name in names:
         shape = shapes.get(name)
         if shape is not None and len(shape) == 4:
@@ -205,15 +240,29 @@ def net_input_size(net: NetDef) -> tuple[int, int] | None:
 def _step_from_layer(layer: LayerDef, source: str) -> Step:
     p = layer.params
     if layer.type == "Convolution":
-        return Step("conv", layer.name, tuple(p["kernel"]), tuple(p["stride"]), tuple(p["pad"]),
-                    tuple(p.get("dilation", (1, 1))), group=int(p.get("group") or 1),
-                    num_output=int(p["num_output"]) or None, bias=bool(p.get("bias_term", True)))
+        return Step(
+            "conv",
+            layer.name,
+            tuple(p["kernel"]),
+            tuple(p["stride"]),
+            tuple(p["pad"]),
+            tuple(p.get("dilation", (1, 1))),
+            group=int(p.get("group") or 1),
+            num_output=int(p["num_output"]) or None,
+            bias=bool(p.get("bias_term", True)),
+        )
     if layer.type == "InnerProduct":
         if p.get("transpose") or p.get("axis", 1) != 1:
-            raise UsageError(f"{source}: {layer.name}: InnerProduct with transpose or axis "
-                             f"other than 1 is not supported by the built-in graph")
-        return Step("dense", layer.name, num_output=int(p["num_output"]) or None,
-                    bias=bool(p.get("bias_term", True)))
+            raise UsageError(
+                f"{source}: {layer.name}: InnerProduct with transpose or axis "
+                f"other than 1 is not supported by the built-in graph"
+            )
+        return Step(
+            "dense",
+            layer.name,
+            num_output=int(p["num_output"]) or None,
+            bias=bool(p.get("bias_term", True)),
+        )
     if layer.type == "ReLU":
         return Step("relu", layer.name)
     if layer.type == "LRN":
@@ -222,18 +271,28 @@ def _step_from_layer(layer: LayerDef, source: str) -> Step:
         return Step("lrn", layer.name, lrn=from_layer_params(p))
     if layer.type == "Pooling":
         if p["method"] != "max" or p.get("global_pooling"):
-            raise UsageError(f"{source}: {layer.name}: only max pooling (not global) is "
-                             f"supported by the built-in graph, got {p['method']}")
-        return Step("pool", layer.name, tuple(p["kernel"]), tuple(p["stride"]), tuple(p["pad"]),
-                    ceil=bool(p.get("ceil", True)))
+            raise UsageError(
+                f"{source}: {layer.name}: only max pooling (not global) is "
+                f"supported by the built-in graph, got {p['method']}"
+            )
+        return Step(
+            "pool",
+            layer.name,
+            tuple(p["kernel"]),
+            tuple(p["stride"]),
+            tuple(p["pad"]),
+            ceil=bool(p.get("ceil", True)),
+        )
     if layer.type == "Dropout":
         return Step("dropout", layer.name)
     if layer.type == "Padding":
         pad = int(p.get("pad", 0))
         return Step("pad", layer.name, pad=(pad, pad))
-    raise UsageError(f"{source}: layer {layer.name!r} of type {layer.type} is not supported by "
-                     f"the built-in AlexNet graph (conv, ReLU, LRN, max pooling, inner product, "
-                     f"dropout)")
+    raise UsageError(
+        f"{source}: layer {layer.name!r} of type {layer.type} is not supported by "
+        f"the built-in AlexNet graph (conv, ReLU, LRN, max pooling, inner product, "
+        f"dropout)"
+    )
 
 
 # --- weights -------------------------------------------------------------------------------
@@ -279,13 +338,15 @@ def _collect(weights: WeightSet) -> tuple[dict[str, _Params], list[str]]:
         ordered = [pieces[i] for i in indices]
         shapes = {p.weights.shape[:-1] for p in ordered}
         if len(shapes) != 1:
-            raise ShapeError(f"{base}: group parts differ in shape: "
-                             f"{[tuple(p.weights.shape) for p in ordered]}")
+            raise ShapeError(
+                f"{base}: group parts differ in shape: {[tuple(p.weights.shape) for p in ordered]}"
+            )
         biases = [p.biases for p in ordered]
-        found[base] = _Params(np.concatenate([p.weights for p in ordered], axis=3),
-                              None if any(b is None for b in biases)
-                              else np.concatenate(biases),  # type: ignore[arg-type]
-                              " + ".join(p.source for p in ordered))
+        found[base] = _Params(
+            np.concatenate([p.weights for p in ordered], axis=3),
+            None if any(b is None for b in biases) else np.concatenate(biases),  # type: ignore[arg-type]
+            " + ".join(p.source for p in ordered),
+        )
     return found, order
 
 
@@ -298,15 +359,19 @@ def _assign(arch: Architecture, weights: WeightSet) -> tuple[dict[str, _Params],
         return {name: found[name] for name in wanted}, []
     if len(order) == len(wanted):
         pairs = list(zip(order, wanted, strict=True))
-        note = ("weights matched to the graph's layers by order: "
-                + ", ".join(f"{have} -> {want}" for have, want in pairs if have != want))
+        note = "weights matched to the graph's layers by order: " + ", ".join(
+            f"{have} -> {want}" for have, want in pairs if have != want
+        )
         return {want: found[have] for have, want in pairs}, [note]
-    raise MappingError(f"no weights for {', '.join(missing)} (the graph needs "
-                       f"{', '.join(wanted)}; the weights have {', '.join(order) or 'none'})")
+    raise MappingError(
+        f"no weights for {', '.join(missing)} (the graph needs "
+        f"{', '.join(wanted)}; the weights have {', '.join(order) or 'none'})"
+    )
 
 
-def _expected_shapes(arch: Architecture, params: dict[str, _Params],
-                     in_channels: int = 3) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(
+    arch: Architecture, params: dict[str, _Params], in_channels: int = 3
+) -> dict[str, tuple[int, ...]]:
     """Check every tensor against the graph; return each step's output shape (H, W, C) or
     (K,). Raises ShapeError naming the layer, the shape found and the shape expected.
     Fully-connected kernels stored as convolutions (slim's fc-as-conv) become dense."""
@@ -325,23 +390,37 @@ def _expected_shapes(arch: Architecture, params: dict[str, _Params],
                 out = step.num_output
             per_group = c // step.group if c % step.group == 0 else c / step.group
             expected = (*step.kernel, per_group, out)
-            why = (f"{c} input channels / group {step.group}" if step.group > 1
-                   else f"{c} input channels")
+            why = (
+                f"{c} input channels / group {step.group}"
+                if step.group > 1
+                else f"{c} input channels"
+            )
             if kernel != expected or out % step.group:
-                raise ShapeError(f"{step.name}: weights {_fmt(kernel)} do not fit the graph, "
-                                 f"which expects {_fmt(expected)} ({step.kernel[0]}x"
-                                 f"{step.kernel[1]} kernel, {why}, {out} outputs)")
+                raise ShapeError(
+                    f"{step.name}: weights {_fmt(kernel)} do not fit the graph, "
+                    f"which expects {_fmt(expected)} ({step.kernel[0]}x"
+                    f"{step.kernel[1]} kernel, {why}, {out} outputs)"
+                )
             _check_bias(step, p, out)
-            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (step.kernel, step.stride, step.pad,
-                                                      step.dilation)
-            h, w, c = (conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw),
-                       out)
+            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+                step.kernel,
+                step.stride,
+                step.pad,
+                step.dilation,
+            )
+            h, w, c = (
+                conv_output_size(h, kh, sh, ph, dh),
+                conv_output_size(w, kw, sw, pw, dw),
+                out,
+            )
             if h < 1 or w < 1:
                 raise ShapeError(f"{step.name}: the input {arch.input_size} is too small")
         elif step.op == "pool":
             (kh, kw), (sh, sw), (ph, pw) = step.kernel, step.stride, step.pad
-            h, w = (pool_output_size(h, kh, sh, ph, step.ceil),
-                    pool_output_size(w, kw, sw, pw, step.ceil))
+            h, w = (
+                pool_output_size(h, kh, sh, ph, step.ceil),
+                pool_output_size(w, kw, sw, pw, step.ceil),
+            )
         elif step.op == "pad":
             h, w = h + 2 * step.pad[0], w + 2 * step.pad[1]
         elif step.op == "dense":
@@ -351,9 +430,11 @@ def _expected_shapes(arch: Architecture, params: dict[str, _Params],
             if len(kernel) == 4:  # slim's fc-as-conv: (H, W, C, out) is the dense kernel
                 hwc = (h, w, c) if flat is None else (1, 1, flat)
                 if kernel[:3] != hwc:
-                    raise ShapeError(f"{step.name}: fc-as-conv weights {_fmt(kernel)} do not "
-                                     f"fit the graph, which expects {_fmt((*hwc, kernel[3]))} "
-                                     f"(its input is {'x'.join(map(str, hwc))})")
+                    raise ShapeError(
+                        f"{step.name}: fc-as-conv weights {_fmt(kernel)} do not "
+                        f"fit the graph, which expects {_fmt((*hwc, kernel[3]))} "
+                        f"(its input is {'x'.join(map(str, hwc))})"
+                    )
                 p.weights = p.weights.reshape(inputs, kernel[3])
                 kernel = p.weights.shape
             out = kernel[-1] if len(kernel) == 2 else -1
@@ -361,11 +442,16 @@ def _expected_shapes(arch: Architecture, params: dict[str, _Params],
                 out = step.num_output
             expected = (inputs, out)
             if kernel != expected:
-                why = (f"its input is {flat}" if flat is not None
-                       else f"its input is the {h}x{w}x{c} output of the layer before, "
-                            f"flattened H, W, C")
-                raise ShapeError(f"{step.name}: weights {_fmt(kernel)} do not fit the graph, "
-                                 f"which expects {_fmt(expected)} ({why})")
+                why = (
+                    f"its input is {flat}"
+                    if flat is not None
+                    else f"its input is the {h}x{w}x{c} output of the layer before, "
+                    f"flattened H, W, C"
+                )
+                raise ShapeError(
+                    f"{step.name}: weights {_fmt(kernel)} do not fit the graph, "
+                    f"which expects {_fmt(expected)} ({why})"
+                )
             _check_bias(step, p, out)
             flat = out
         elif step.op == "lrn":
@@ -382,16 +468,19 @@ def _check_bias(step: Step, p: _Params, out: int) -> None:
             raise MappingError(f"{step.name}: no biases in {p.source}")
         return
     if p.biases.shape != (out,):
-        raise ShapeError(f"{step.name}: biases {_fmt(p.biases.shape)} do not fit the graph, "
-                         f"which expects ({out},)")
+        raise ShapeError(
+            f"{step.name}: biases {_fmt(p.biases.shape)} do not fit the graph, "
+            f"which expects ({out},)"
+        )
 
 
 def _fmt(shape: Sequence[Any]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def pool_padding(size: int, kernel: int, stride: int, pad: int,
-                 ceil: bool = True) -> tuple[int, int]:
+def pool_padding(
+    size: int, kernel: int, stride: int, pad: int, ceil: bool = True
+) -> tuple[int, int]:
     """(before, after) padding that makes a VALID pooling give Caffe's output size; `after`
     is negative when the input has to be cropped instead (floor rounding)."""
     out = pool_output_size(size, kernel, stride, pad, ceil)
@@ -421,8 +510,9 @@ def _tf() -> Any:
         with _quiet_native_stderr():  # TF's native start-up logs bypass that setting
             import tensorflow as tf
     except ImportError as exc:
-        raise UsageError(f"running the AlexNet graph needs TensorFlow ({exc}); "
-                         f"pip install 'weightconv[tf]'") from None
+        raise UsageError(
+            f"running the AlexNet graph needs TensorFlow ({exc}); pip install 'weightconv[tf]'"
+        ) from None
     return tf
 
 
@@ -442,11 +532,16 @@ class AlexNet:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_weights(cls, weights: WeightSet | str | os.PathLike[str], *,
-                     prototxt: str | os.PathLike[str] | None = None,
-                     variant: str | None = None, lrn: CaffeLRN | None = None,
-                     input_size: tuple[int, int] | None = None,
-                     **load_options: Any) -> AlexNet:
+    def from_weights(
+        cls,
+        weights: WeightSet | str | os.PathLike[str],
+        *,
+        prototxt: str | os.PathLike[str] | None = None,
+        variant: str | None = None,
+        lrn: CaffeLRN | None = None,
+        input_size: tuple[int, int] | None = None,
+        **load_options: Any,
+    ) -> AlexNet:
         """The graph for `weights` (a WeightSet or any file `weightconv.load` reads).
 
         Args:
@@ -474,14 +569,17 @@ class AlexNet:
             arch = Architecture.from_prototxt(prototxt)
             if variant is not None and variant != arch.variant:
                 _check_variant(variant)
-                raise UsageError(f"{prototxt} defines a {arch.variant} (LRN "
-                                 f"{'before' if arch.variant == 'alexnet' else 'after'} "
-                                 f"pooling), not a {variant}")
+                raise UsageError(
+                    f"{prototxt} defines a {arch.variant} (LRN "
+                    f"{'before' if arch.variant == 'alexnet' else 'after'} "
+                    f"pooling), not a {variant}"
+                )
             if input_size is not None:
                 arch = replace(arch, input_size=tuple(input_size))
         else:
-            arch = Architecture.bvlc(variant or "alexnet",
-                                     input_size=tuple(input_size or BVLC_INPUT_SIZE))
+            arch = Architecture.bvlc(
+                variant or "alexnet", input_size=tuple(input_size or BVLC_INPUT_SIZE)
+            )
         if lrn is not None:
             arch = arch.with_lrn(lrn)
         params, notes = _assign(arch, weights)
@@ -509,20 +607,26 @@ class AlexNet:
 
     def lrn_parameters(self) -> dict[str, TfLRN]:
         """Each LRN step's TensorFlow parameters, as the graph uses them."""
-        return {step.name: caffe_to_tf(step.lrn or BVLC_LRN, step.name)
-                for step in self.architecture.steps if step.op == "lrn"}
+        return {
+            step.name: caffe_to_tf(step.lrn or BVLC_LRN, step.name)
+            for step in self.architecture.steps
+            if step.op == "lrn"
+        }
 
     # -- running ------------------------------------------------------------------------------
 
-    def logits(self, images: np.ndarray, *, batch_size: int = 8,
-               dropout: bool = False) -> np.ndarray:
+    def logits(
+        self, images: np.ndarray, *, batch_size: int = 8, dropout: bool = False
+    ) -> np.ndarray:
         """The last layer's outputs (N, classes), float32, for NHWC float32 images already
         preprocessed (resized, mean-subtracted, in `channel_order`)."""
         images = self._check_images(images)
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
-        outputs = [self._run(images[start:start + batch_size], dropout)
-                   for start in range(0, images.shape[0], batch_size)]
+        outputs = [
+            self._run(images[start : start + batch_size], dropout)
+            for start in range(0, images.shape[0], batch_size)
+        ]
         return np.concatenate(outputs, axis=0)
 
     def probabilities(self, images: np.ndarray, *, batch_size: int = 8) -> np.ndarray:
@@ -534,16 +638,19 @@ class AlexNet:
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4 or images.shape[1:] != self.input_shape:
-            raise ShapeError(f"images are {_fmt(images.shape)}; the graph takes NHWC "
-                             f"(N, {', '.join(map(str, self.input_shape))})")
+            raise ShapeError(
+                f"images are {_fmt(images.shape)}; the graph takes NHWC "
+                f"(N, {', '.join(map(str, self.input_shape))})"
+            )
         return images
 
     @functools.cached_property
     def _constants(self) -> dict[str, tuple[Any, Any]]:
         tf = _tf()
-        return {name: (tf.constant(p.weights),
-                       None if p.biases is None else tf.constant(p.biases))
-                for name, p in self.params.items()}
+        return {
+            name: (tf.constant(p.weights), None if p.biases is None else tf.constant(p.biases))
+            for name, p in self.params.items()
+        }
 
     def _run(self, images: np.ndarray, dropout: bool) -> np.ndarray:
         tf = _tf()
@@ -563,17 +670,25 @@ class AlexNet:
             if step.group == 1:
                 y = tf.nn.conv2d(x, kernel, strides, "VALID", dilations=dilations)
             else:
-                y = tf.concat([tf.nn.conv2d(part, k, strides, "VALID", dilations=dilations)
-                               for part, k in zip(tf.split(x, step.group, axis=3),
-                                                  tf.split(kernel, step.group, axis=3),
-                                                  strict=True)], axis=3)
+                y = tf.concat(
+                    [
+                        tf.nn.conv2d(part, k, strides, "VALID", dilations=dilations)
+                        for part, k in zip(
+                            tf.split(x, step.group, axis=3),
+                            tf.split(kernel, step.group, axis=3),
+                            strict=True,
+                        )
+                    ],
+                    axis=3,
+                )
             return y if bias is None else tf.nn.bias_add(y, bias)
         if step.op == "relu":
             return tf.nn.relu(x)
         if step.op == "lrn":
             p = caffe_to_tf(step.lrn or BVLC_LRN, step.name)
-            return tf.nn.local_response_normalization(x, depth_radius=p.depth_radius,
-                                                      bias=p.bias, alpha=p.alpha, beta=p.beta)
+            return tf.nn.local_response_normalization(
+                x, depth_radius=p.depth_radius, bias=p.bias, alpha=p.alpha, beta=p.beta
+            )
         if step.op == "pool":
             return _caffe_max_pool(tf, x, step)
         if step.op == "pad":
@@ -612,13 +727,18 @@ class AlexNet:
             if step.op == "conv":
                 if step.pad != (0, 0):
                     ph, pw = step.pad
-                    x = keras.layers.ZeroPadding2D(((ph, ph), (pw, pw)),
-                                                   name=f"{step.name}_pad")(x)
+                    x = keras.layers.ZeroPadding2D(((ph, ph), (pw, pw)), name=f"{step.name}_pad")(x)
                 p = self.params[step.name]
                 layer = keras.layers.Conv2D(
-                    p.weights.shape[3], step.kernel, strides=step.stride, padding="valid",
-                    dilation_rate=step.dilation, groups=step.group,
-                    use_bias=p.biases is not None, name=step.name)
+                    p.weights.shape[3],
+                    step.kernel,
+                    strides=step.stride,
+                    padding="valid",
+                    dilation_rate=step.dilation,
+                    groups=step.group,
+                    use_bias=p.biases is not None,
+                    name=step.name,
+                )
                 x = layer(x)
                 layer.set_weights([p.weights] + ([p.biases] if p.biases is not None else []))
             elif step.op == "relu":
@@ -635,8 +755,9 @@ class AlexNet:
                 if len(x.shape) > 2:
                     x = keras.layers.Flatten(name=f"{step.name}_flatten")(x)
                 p = self.params[step.name]
-                layer = keras.layers.Dense(p.weights.shape[1], use_bias=p.biases is not None,
-                                           name=step.name)
+                layer = keras.layers.Dense(
+                    p.weights.shape[1], use_bias=p.biases is not None, name=step.name
+                )
                 x = layer(x)
                 layer.set_weights([p.weights] + ([p.biases] if p.biases is not None else []))
             elif step.op == "dropout":
@@ -658,8 +779,7 @@ def _caffe_max_pool(tf: Any, x: Any, step: Step) -> Any:
         x = x[:, :, :right]
         right = 0
     if top or bottom or left or right:
-        x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]],
-                   constant_values=float("-inf"))
+        x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=float("-inf"))
     return tf.nn.max_pool2d(x, [kh, kw], [sh, sw], "VALID")
 
 
@@ -690,45 +810,73 @@ def _keras_layers() -> tuple[type, type]:
     class CaffeLRN(keras.layers.Layer):
         """``tf.nn.local_response_normalization`` with TensorFlow's parameters."""
 
-        def __init__(self, depth_radius: int, bias: float, alpha: float, beta: float,
-                     **kwargs: Any) -> None:
+        def __init__(
+            self, depth_radius: int, bias: float, alpha: float, beta: float, **kwargs: Any
+        ) -> None:
             super().__init__(**kwargs)
-            self.depth_radius, self.bias, self.alpha, self.beta = (depth_radius, bias, alpha,
-                                                                   beta)
+            self.depth_radius, self.bias, self.alpha, self.beta = (depth_radius, bias, alpha, beta)
 
         def call(self, x: Any) -> Any:
             return tf.nn.local_response_normalization(
-                x, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha,
-                beta=self.beta)
+                x, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
+            )
 
         def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "depth_radius": self.depth_radius,
-                    "bias": self.bias, "alpha": self.alpha, "beta": self.beta}
+            return {
+                **super().get_config(),
+                "depth_radius": self.depth_radius,
+                "bias": self.bias,
+                "alpha": self.alpha,
+                "beta": self.beta,
+            }
 
     @keras.saving.register_keras_serializable(package="weightconv")
     class CaffeMaxPooling2D(keras.layers.Layer):
         """Max pooling with Caffe's output size: -inf padding, then VALID."""
 
-        def __init__(self, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
-                     ceil: bool = True, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            kernel: Sequence[int],
+            stride: Sequence[int],
+            pad: Sequence[int],
+            ceil: bool = True,
+            **kwargs: Any,
+        ) -> None:
             super().__init__(**kwargs)
             self.kernel, self.stride, self.pad = tuple(kernel), tuple(stride), tuple(pad)
             self.ceil = ceil
 
         def call(self, x: Any) -> Any:
-            step = Step("pool", self.name, self.kernel, self.stride,  # type: ignore[arg-type]
-                        self.pad, ceil=self.ceil)  # type: ignore[arg-type]
+            step = Step(
+                "pool",
+                self.name,
+                self.kernel,
+                self.stride,  # type: ignore[arg-type]
+                self.pad,
+                ceil=self.ceil,
+            )  # type: ignore[arg-type]
             return _caffe_max_pool(tf, x, step)
 
         def compute_output_shape(self, shape: Sequence[int | None]) -> tuple[int | None, ...]:
             def size(n: int | None, axis: int) -> int | None:
-                return None if n is None else pool_output_size(
-                    n, self.kernel[axis], self.stride[axis], self.pad[axis], self.ceil)
+                return (
+                    None
+                    if n is None
+                    else pool_output_size(
+                        n, self.kernel[axis], self.stride[axis], self.pad[axis], self.ceil
+                    )
+                )
+
             return (shape[0], size(shape[1], 0), size(shape[2], 1), shape[3])
 
         def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "kernel": list(self.kernel),
-                    "stride": list(self.stride), "pad": list(self.pad), "ceil": self.ceil}
+            return {
+                **super().get_config(),
+                "kernel": list(self.kernel),
+                "stride": list(self.stride),
+                "pad": list(self.pad),
+                "ceil": self.ceil,
+            }
 
     return CaffeLRN, CaffeMaxPooling2D
 
@@ -740,15 +888,29 @@ def describe(net: AlexNet) -> Iterator[str]:
         size = "x".join(map(str, shape)) if shape else "?"
         if step.op == "lrn":
             t = caffe_to_tf(step.lrn or BVLC_LRN, step.name)
-            yield (f"{step.name}: LRN depth_radius {t.depth_radius}, alpha {t.alpha:g}, "
-                   f"beta {t.beta:g}, bias {t.bias:g} -> {size}")
+            yield (
+                f"{step.name}: LRN depth_radius {t.depth_radius}, alpha {t.alpha:g}, "
+                f"beta {t.beta:g}, bias {t.bias:g} -> {size}"
+            )
         elif step.op in ("conv", "pool"):
-            yield (f"{step.name}: {step.op} {step.kernel[0]}x{step.kernel[1]} stride "
-                   f"{step.stride[0]} pad {step.pad[0]}"
-                   + (f" group {step.group}" if step.group > 1 else "") + f" -> {size}")
+            yield (
+                f"{step.name}: {step.op} {step.kernel[0]}x{step.kernel[1]} stride "
+                f"{step.stride[0]} pad {step.pad[0]}"
+                + (f" group {step.group}" if step.group > 1 else "")
+                + f" -> {size}"
+            )
         else:
             yield f"{step.name}: {step.op} -> {size}"
 
 
-__all__ = ["BVLC_LRN", "VARIANTS", "AlexNet", "Architecture", "Step", "describe",
-           "net_input_size", "pool_padding", "softmax"]
+__all__ = [
+    "BVLC_LRN",
+    "VARIANTS",
+    "AlexNet",
+    "Architecture",
+    "Step",
+    "describe",
+    "net_input_size",
+    "pool_padding",
+    "softmax",
+]

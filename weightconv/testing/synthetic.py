@@ -52,8 +52,13 @@ V1_TYPES = {
     "Softmax": caffe_pb2.V1LayerParameter.SOFTMAX,
     "Dropout": caffe_pb2.V1LayerParameter.DROPOUT,
 }
-_PARAM_FIELDS = ("convolution_param", "inner_product_param", "lrn_param", "pooling_param",
-                 "dropout_param")
+_PARAM_FIELDS = (
+    "convolution_param",
+    "inner_product_param",
+    "lrn_param",
+    "pooling_param",
+    "dropout_param",
+)
 
 # Field numbers (proto/caffe.proto).
 _NET_LAYER_V2, _NET_LAYERS_V1 = 100, 2
@@ -88,13 +93,18 @@ class LayerSpec:
     def parameter_count(self) -> int:
         return sum(math.prod(shape) for shape in self.blob_shapes)
 
-    def definition(self, encoding: Encoding = "v2") -> (
-            caffe_pb2.LayerParameter | caffe_pb2.V1LayerParameter):
+    def definition(
+        self, encoding: Encoding = "v2"
+    ) -> caffe_pb2.LayerParameter | caffe_pb2.V1LayerParameter:
         """The layer's message in the given encoding, without blobs (V2: shared, don't edit)."""
         if encoding == "v2":
             return self.message
-        v1 = caffe_pb2.V1LayerParameter(name=self.name, type=V1_TYPES[self.type],
-                                        bottom=self.message.bottom, top=self.message.top)
+        v1 = caffe_pb2.V1LayerParameter(
+            name=self.name,
+            type=V1_TYPES[self.type],
+            bottom=self.message.bottom,
+            top=self.message.top,
+        )
         for spec in self.message.param:
             v1.blobs_lr.append(spec.lr_mult)
             v1.weight_decay.append(spec.decay_mult)
@@ -114,8 +124,7 @@ class NetSpec:
 
     def blob_shapes(self) -> dict[str, list[tuple[int, ...]]]:
         """Layer name -> shapes of its blobs in Caffe layout, for layers that have blobs."""
-        return {layer.name: list(layer.blob_shapes) for layer in self.layers
-                if layer.blob_shapes}
+        return {layer.name: list(layer.blob_shapes) for layer in self.layers if layer.blob_shapes}
 
     def parameter_counts(self) -> dict[str, int]:
         """Layer name -> number of parameters, for layers that have blobs."""
@@ -170,11 +179,15 @@ class _Builder:
         self.top = "data"
         self.flat: int | None = None
 
-    def _add(self, name: str, layer_type: str, blob_shapes: tuple[tuple[int, ...], ...] = (),
-             in_place: bool = False) -> caffe_pb2.LayerParameter:
+    def _add(
+        self,
+        name: str,
+        layer_type: str,
+        blob_shapes: tuple[tuple[int, ...], ...] = (),
+        in_place: bool = False,
+    ) -> caffe_pb2.LayerParameter:
         top = self.top if in_place else name
-        message = caffe_pb2.LayerParameter(name=name, type=layer_type, bottom=[self.top],
-                                           top=[top])
+        message = caffe_pb2.LayerParameter(name=name, type=layer_type, bottom=[self.top], top=[top])
         if blob_shapes:  # learning-rate multipliers, as in BVLC's deploy files
             message.param.add(lr_mult=1, decay_mult=1)
             message.param.add(lr_mult=2, decay_mult=0)
@@ -184,17 +197,23 @@ class _Builder:
 
     def _spatial(self, name: str, height: int, width: int) -> None:
         if height < 1 or width < 1:
-            raise ValueError(f"{name}: output would be {height}x{width}; the input size "
-                             f"{self.input_shape[2]}x{self.input_shape[3]} is too small")
+            raise ValueError(
+                f"{name}: output would be {height}x{width}; the input size "
+                f"{self.input_shape[2]}x{self.input_shape[3]} is too small"
+            )
         self.height, self.width = height, width
 
-    def conv(self, name: str, outputs: int, kernel: int, stride: int = 1, pad: int = 0,
-             group: int = 1) -> None:
+    def conv(
+        self, name: str, outputs: int, kernel: int, stride: int = 1, pad: int = 0, group: int = 1
+    ) -> None:
         if self.channels % group or outputs % group:
-            raise ValueError(f"{name}: {self.channels} inputs and {outputs} outputs are not "
-                             f"both divisible by group {group}")
-        param = self._add(name, "Convolution", ((outputs, self.channels // group, kernel,
-                                                 kernel), (outputs,))).convolution_param
+            raise ValueError(
+                f"{name}: {self.channels} inputs and {outputs} outputs are not "
+                f"both divisible by group {group}"
+            )
+        param = self._add(
+            name, "Convolution", ((outputs, self.channels // group, kernel, kernel), (outputs,))
+        ).convolution_param
         param.num_output = outputs
         if pad:
             param.pad.append(pad)
@@ -205,20 +224,26 @@ class _Builder:
             param.stride.append(stride)
         self.channels = outputs
         # Caffe convolution rounds down.
-        self._spatial(name, (self.height + 2 * pad - kernel) // stride + 1,
-                      (self.width + 2 * pad - kernel) // stride + 1)
+        self._spatial(
+            name,
+            (self.height + 2 * pad - kernel) // stride + 1,
+            (self.width + 2 * pad - kernel) // stride + 1,
+        )
 
     def pool(self, name: str, kernel: int, stride: int) -> None:
         if kernel > min(self.height, self.width):
-            raise ValueError(f"{name}: a {kernel}x{kernel} window on a {self.height}x"
-                             f"{self.width} input; the input size is too small")
+            raise ValueError(
+                f"{name}: a {kernel}x{kernel} window on a {self.height}x"
+                f"{self.width} input; the input size is too small"
+            )
         param = self._add(name, "Pooling").pooling_param
         param.pool = caffe_pb2.PoolingParameter.MAX
         param.kernel_size = kernel
         param.stride = stride
         # Caffe pooling rounds up (no padding here, so no clipping).
-        self._spatial(name, -(-(self.height - kernel) // stride) + 1,
-                      -(-(self.width - kernel) // stride) + 1)
+        self._spatial(
+            name, -(-(self.height - kernel) // stride) + 1, -(-(self.width - kernel) // stride) + 1
+        )
 
     def lrn(self, name: str) -> None:
         param = self._add(name, "LRN").lrn_param
@@ -234,8 +259,9 @@ class _Builder:
 
     def inner_product(self, name: str, outputs: int) -> None:
         inputs = self.flat if self.flat is not None else self.channels * self.height * self.width
-        self._add(name, "InnerProduct", ((outputs, inputs), (outputs,))) \
-            .inner_product_param.num_output = outputs
+        self._add(
+            name, "InnerProduct", ((outputs, inputs), (outputs,))
+        ).inner_product_param.num_output = outputs
         self.flat = outputs
 
     def softmax(self, name: str = "prob") -> None:
@@ -293,8 +319,9 @@ def _alexnet(width: float, num_classes: int, input_size: int, caffenet: bool) ->
 
 def _vgg16(width: float, num_classes: int, input_size: int) -> NetSpec:
     b = _Builder((1, 3, input_size, input_size))
-    for block, (outputs, count) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)],
-                                             start=1):
+    for block, (outputs, count) in enumerate(
+        [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)], start=1
+    ):
         for index in range(1, count + 1):
             b.conv(f"conv{block}_{index}", _scaled(outputs, width), 3, pad=1)
             b.relu(f"relu{block}_{index}")
@@ -308,12 +335,17 @@ def _vgg16(width: float, num_classes: int, input_size: int) -> NetSpec:
     return NetSpec("VGG_ILSVRC_16_layers", b.input_shape, tuple(b.layers))
 
 
-_DEFAULTS = {"lenet": (10, 28), "alexnet": (1000, 227), "caffenet": (1000, 227),
-             "vgg16": (1000, 224)}
+_DEFAULTS = {
+    "lenet": (10, 28),
+    "alexnet": (1000, 227),
+    "caffenet": (1000, 227),
+    "vgg16": (1000, 224),
+}
 
 
-def net_spec(name: str, *, width: float = 1.0, num_classes: int | None = None,
-             input_size: int | None = None) -> NetSpec:
+def net_spec(
+    name: str, *, width: float = 1.0, num_classes: int | None = None, input_size: int | None = None
+) -> NetSpec:
     """The structure of a named net, without weights: cheap even for VGG16.
 
     `width` scales every convolution's and hidden fully-connected layer's outputs (AlexNet
@@ -363,9 +395,12 @@ def _blob_prefix(shape: tuple[int, ...], encoding: Encoding, dtype: BlobDtype) -
         if len(shape) > 4:
             raise ValueError(f"a legacy V1 blob has at most 4 axes, not {shape}")
         dims = (1,) * (4 - len(shape)) + tuple(shape)
-        head = b"".join(_varint_field(number, dim) for number, dim in
-                        zip((_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH), dims,
-                            strict=True))
+        head = b"".join(
+            _varint_field(number, dim)
+            for number, dim in zip(
+                (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH), dims, strict=True
+            )
+        )
     else:
         packed = b"".join(encode_varint(dim) for dim in shape)
         blob_shape = encode_length_delimited_header(_SHAPE_DIM, len(packed)) + packed
@@ -390,16 +425,18 @@ class _LayerPlan:
 
 
 def _plan_layer(index: int, spec: LayerSpec, encoding: Encoding, dtype: BlobDtype) -> _LayerPlan:
-    layer_field, blob_field = ((_NET_LAYERS_V1, _BLOBS_V1) if encoding == "v1"
-                               else (_NET_LAYER_V2, _BLOBS_V2))
+    layer_field, blob_field = (
+        (_NET_LAYERS_V1, _BLOBS_V1) if encoding == "v1" else (_NET_LAYER_V2, _BLOBS_V2)
+    )
     definition = spec.definition(encoding).SerializeToString()
     itemsize = 8 if dtype == "float64" else 4
     payloads = tuple(math.prod(shape) * itemsize for shape in spec.blob_shapes)
     blob_heads = []
     for shape, payload in zip(spec.blob_shapes, payloads, strict=True):
         prefix = _blob_prefix(shape, encoding, dtype)
-        blob_heads.append(encode_length_delimited_header(blob_field, len(prefix) + payload)
-                          + prefix)
+        blob_heads.append(
+            encode_length_delimited_header(blob_field, len(prefix) + payload) + prefix
+        )
     body = len(definition) + sum(map(len, blob_heads)) + sum(payloads)
     head = encode_length_delimited_header(layer_field, body) + definition
     return _LayerPlan(index, spec, head, tuple(blob_heads), payloads)
@@ -490,8 +527,9 @@ class SyntheticNet:
     @property
     def weights(self) -> NetWeights:
         """Layer name -> [weights, biases] as float32 arrays in Caffe layout, lazily."""
-        return NetWeights([layer.name for layer in self.layers if layer.blob_shapes],
-                          self.layer_weights)
+        return NetWeights(
+            [layer.name for layer in self.layers if layer.blob_shapes], self.layer_weights
+        )
 
     def layer_weights(self, name: str) -> list[np.ndarray]:
         """One layer's blobs; the same values for the same seed, every time."""
@@ -504,7 +542,7 @@ class SyntheticNet:
         blobs = [np.empty(shape, np.float32) for shape in layer.blob_shapes]
         filled = [0] * len(blobs)
         for position, chunk in self._blob_chunks(index, layer):
-            blobs[position].reshape(-1)[filled[position]:filled[position] + chunk.size] = chunk
+            blobs[position].reshape(-1)[filled[position] : filled[position] + chunk.size] = chunk
             filled[position] += chunk.size
         return blobs
 
@@ -524,15 +562,21 @@ class SyntheticNet:
                 yield position, chunk
                 remaining -= count
 
-    def caffemodel_size(self, *, encoding: Encoding | None = None,
-                        dtype: BlobDtype | None = None) -> int:
+    def caffemodel_size(
+        self, *, encoding: Encoding | None = None, dtype: BlobDtype | None = None
+    ) -> int:
         """The exact size in bytes of the .caffemodel, worked out without generating weights."""
         encoding, dtype = self._options(encoding, dtype)
         head, tail = self._net_fields(encoding)
         return len(head) + len(tail) + sum(plan.size for plan in self._plans(encoding, dtype))
 
-    def write_caffemodel(self, path: str | os.PathLike[str], *, encoding: Encoding | None = None,
-                         dtype: BlobDtype | None = None) -> int:
+    def write_caffemodel(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        encoding: Encoding | None = None,
+        dtype: BlobDtype | None = None,
+    ) -> int:
         """Write the binary .caffemodel, 16 MB of weights in memory at a time; return its size.
 
         `encoding` ("v2" or "v1") and `dtype` ("float32" writes `data`, "float64"
@@ -547,16 +591,18 @@ class SyntheticNet:
                 os.unlink(path)  # no half-written model left behind
                 raise
 
-    def caffemodel_bytes(self, *, encoding: Encoding | None = None,
-                         dtype: BlobDtype | None = None) -> bytes:
+    def caffemodel_bytes(
+        self, *, encoding: Encoding | None = None, dtype: BlobDtype | None = None
+    ) -> bytes:
         """The .caffemodel as bytes, held whole in memory: for small nets."""
         encoding, dtype = self._options(encoding, dtype)
         buffer = io.BytesIO()
         self._write(buffer, encoding, dtype)
         return buffer.getvalue()
 
-    def _options(self, encoding: Encoding | None,
-                 dtype: BlobDtype | None) -> tuple[Encoding, BlobDtype]:
+    def _options(
+        self, encoding: Encoding | None, dtype: BlobDtype | None
+    ) -> tuple[Encoding, BlobDtype]:
         encoding = encoding or self.encoding
         dtype = dtype or self.dtype
         _check_encoding(encoding)
@@ -598,13 +644,23 @@ class SyntheticNet:
             handle.write(payload)
             written[position] += payload.nbytes
         if tuple(written) != plan.payload_lengths:
-            raise RuntimeError(f"{plan.spec.name}: wrote {written} bytes of blob data where "
-                               f"{list(plan.payload_lengths)} were declared")
+            raise RuntimeError(
+                f"{plan.spec.name}: wrote {written} bytes of blob data where "
+                f"{list(plan.payload_lengths)} were declared"
+            )
 
 
-def build(spec_name: str, *, width: float = 1.0, num_classes: int | None = None, seed: int = 0,
-          encoding: Encoding = "v2", input_size: int | None = None, scale: float = 1.0,
-          dtype: BlobDtype = "float32") -> SyntheticNet:
+def build(
+    spec_name: str,
+    *,
+    width: float = 1.0,
+    num_classes: int | None = None,
+    seed: int = 0,
+    encoding: Encoding = "v2",
+    input_size: int | None = None,
+    scale: float = 1.0,
+    dtype: BlobDtype = "float32",
+) -> SyntheticNet:
     """A seeded synthetic net: "lenet", "alexnet", "caffenet" or "vgg16".
 
     `width`, `num_classes` and `input_size` shape the net (see `net_spec`); `seed` and

@@ -10,5 +10,11 @@ from weightconv.verify.core import (
     write_card,
 )
 
-__all__ = ["IMAGENET_MEAN_BGR", "Preprocessing", "Tolerance", "VerifyResult", "verify",
-           "write_card"]
+__all__ = [
+    "IMAGENET_MEAN_BGR",
+    "Preprocessing",
+    "Tolerance",
+    "VerifyResult",
+    "verify",
+    "write_card",
+]

@@ -74,8 +74,11 @@ _LABELS: list[str] = []
 
 def _imagenet_labels() -> list[str]:
     if not _LABELS:
-        text = resources.files("weightconv").joinpath("data/imagenet_classes.txt").read_text(
-            encoding="utf-8")
+        text = (
+            resources.files("weightconv")
+            .joinpath("data/imagenet_classes.txt")
+            .read_text(encoding="utf-8")
+        )
         _LABELS.extend(line.strip() for line in text.splitlines() if line.strip())
     return _LABELS
 
@@ -95,8 +98,10 @@ def _cv2() -> Any:
     try:
         import cv2
     except ImportError:
-        raise UsageError("reading and resizing images, and running the source .caffemodel, "
-                         "need OpenCV: pip install opencv-python-headless") from None
+        raise UsageError(
+            "reading and resizing images, and running the source .caffemodel, "
+            "need OpenCV: pip install opencv-python-headless"
+        ) from None
     return cv2
 
 
@@ -133,8 +138,9 @@ class Preprocessing:
             return image.reshape(3, -1).mean(axis=1).astype(np.float32)
         hwc = np.ascontiguousarray(image.transpose(1, 2, 0), dtype=np.float32)
         if hwc.shape[:2] != tuple(self.size):
-            hwc = _cv2().resize(hwc, (self.size[1], self.size[0]),
-                                interpolation=_cv2().INTER_LINEAR)
+            hwc = _cv2().resize(
+                hwc, (self.size[1], self.size[0]), interpolation=_cv2().INTER_LINEAR
+            )
         return hwc
 
     def apply(self, image: np.ndarray) -> np.ndarray:
@@ -154,16 +160,16 @@ class Preprocessing:
         """Read an image file with OpenCV and `apply` this preprocessing."""
         return self.apply(read_image(path))
 
-    def to_card(self, *, base: Path | None = None, channel_order: str = "bgr"
-                ) -> dict[str, Any]:
+    def to_card(self, *, base: Path | None = None, channel_order: str = "bgr") -> dict[str, Any]:
         """The card's ``preprocessing`` entry (the vocabulary of caffenet_cat.json, plus
         ``size`` and, for a resized mean image, ``mean_file`` relative to `base`)."""
         h, w = self.size
         if self.mean_file is None:
             mean = [float(v) for v in self.mean_bgr]
         else:
-            mean = [float(v) for v in
-                    _load_mean_file(Path(self.mean_file)).reshape(3, -1).mean(axis=1)]
+            mean = [
+                float(v) for v in _load_mean_file(Path(self.mean_file)).reshape(3, -1).mean(axis=1)
+            ]
         entry: dict[str, Any] = {
             "load": "image read as BGR, scaled to float in [0, 1]",
             "resize": f"whole image resized to {h}x{w} (no crop), bilinear",
@@ -196,24 +202,33 @@ class Preprocessing:
             match = re.search(r"(\d+)\s*x\s*(\d+)", str(entry.get("resize", "")))
             size = (int(match.group(1)), int(match.group(2))) if match else (227, 227)
         if "bilinear" not in str(entry.get("resize", "bilinear")):
-            raise FormatError(f"card preprocessing resizes with {entry['resize']!r}; only "
-                              f"bilinear resizing is implemented")
+            raise FormatError(
+                f"card preprocessing resizes with {entry['resize']!r}; only "
+                f"bilinear resizing is implemented"
+            )
         mean_file = entry.get("mean_file")
         if mean_file and base is not None and not Path(mean_file).is_absolute():
             mean_file = str(base / mean_file)
         try:
-            return cls(size=(int(size[0]), int(size[1])), scale=float(entry.get("scale", 255)),
-                       mean_bgr=tuple(float(v) for v in  # type: ignore[arg-type]
-                                      entry.get("mean_bgr", IMAGENET_MEAN_BGR)),
-                       mean_file=mean_file, mean_mode=entry.get("mean_mode", "channel"))
+            return cls(
+                size=(int(size[0]), int(size[1])),
+                scale=float(entry.get("scale", 255)),
+                mean_bgr=tuple(
+                    float(v)
+                    for v in entry.get("mean_bgr", IMAGENET_MEAN_BGR)  # type: ignore[arg-type]
+                ),
+                mean_file=mean_file,
+                mean_mode=entry.get("mean_mode", "channel"),
+            )
         except (TypeError, ValueError) as exc:
             raise FormatError(f"card preprocessing is malformed: {exc}") from None
 
     def describe(self) -> str:
         h, w = self.size
         if self.mean_file:
-            mean = (f"mean of {Path(self.mean_file).name}"
-                    + (" per channel" if self.mean_mode == "channel" else " (image)"))
+            mean = f"mean of {Path(self.mean_file).name}" + (
+                " per channel" if self.mean_mode == "channel" else " (image)"
+            )
         else:
             mean = "mean BGR " + "/".join(f"{v:.1f}" for v in self.mean_bgr)
         return f"{h}x{w} bilinear, scale {self.scale:g}, {mean}"
@@ -247,8 +262,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return image
 
 
-def synthetic_images(count: int = SYNTHETIC_COUNT, *, seed: int = 0,
-                     size: tuple[int, int] = (227, 227)) -> np.ndarray:
+def synthetic_images(
+    count: int = SYNTHETIC_COUNT, *, seed: int = 0, size: tuple[int, int] = (227, 227)
+) -> np.ndarray:
     """`count` deterministic (N, H, W, 3) uint8 BGR images of smooth random patterns.
 
     Each channel is a few random low-frequency waves plus soft blobs, stretched to 0..255;
@@ -265,13 +281,15 @@ def synthetic_images(count: int = SYNTHETIC_COUNT, *, seed: int = 0,
             plane = np.zeros((h, w))
             for _ in range(3):
                 fy, fx = rng.uniform(0.5, 6.0, 2) * rng.choice([-1, 1], 2)
-                plane += rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * (fy * yy + fx * xx)
-                                                        + rng.uniform(0, 2 * np.pi))
+                plane += rng.uniform(0.3, 1.0) * np.sin(
+                    2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 2 * np.pi)
+                )
             for _ in range(2):
                 cy, cx = rng.uniform(0.0, 1.0, 2)
                 radius = rng.uniform(0.05, 0.3)
                 plane += rng.uniform(-1.5, 1.5) * np.exp(
-                    -((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius ** 2))
+                    -((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2)
+                )
             low, high = plane.min(), plane.max()
             plane = (plane - low) / (high - low if high > low else 1.0)
             images[index, :, :, channel] = np.round(plane * 255.0).astype(np.uint8)
@@ -295,25 +313,47 @@ class Inputs:
         return self.bgr if order == "bgr" else np.ascontiguousarray(self.bgr[..., ::-1])
 
 
-def make_inputs(images: Sequence[str | os.PathLike[str]] | None = None, *,
-                preprocessing: Preprocessing | None = None, count: int = SYNTHETIC_COUNT,
-                seed: int = 0) -> Inputs:
+def make_inputs(
+    images: Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    preprocessing: Preprocessing | None = None,
+    count: int = SYNTHETIC_COUNT,
+    seed: int = 0,
+) -> Inputs:
     """Image files (read with OpenCV), or `count` synthetic images when `images` is empty."""
     prep = preprocessing or Preprocessing()
     if images:
         paths = [Path(p) for p in images]
         batch = np.stack([prep.load(p) for p in paths])
         entries = [{"file": p.name, "sha256": _sha256(p)} for p in paths]
-        return Inputs(_unique([p.name for p in paths]), batch, entries, prep,
-                      f"{len(paths)} image{'s' if len(paths) != 1 else ''}, {prep.describe()}")
+        return Inputs(
+            _unique([p.name for p in paths]),
+            batch,
+            entries,
+            prep,
+            f"{len(paths)} image{'s' if len(paths) != 1 else ''}, {prep.describe()}",
+        )
     raw = synthetic_images(count, seed=seed, size=prep.size)
     batch = np.stack([prep.apply(image) for image in raw])
-    entries = [{"synthetic": {"generator": SYNTHETIC_GENERATOR, "seed": seed, "index": i,
-                              "size": list(prep.size)},
-                "pixels_sha256": hashlib.sha256(raw[i].tobytes()).hexdigest()}
-               for i in range(count)]
-    return Inputs([f"synthetic-{i}" for i in range(count)], batch, entries, prep,
-                  f"{count} synthetic images (seed {seed}), {prep.describe()}")
+    entries = [
+        {
+            "synthetic": {
+                "generator": SYNTHETIC_GENERATOR,
+                "seed": seed,
+                "index": i,
+                "size": list(prep.size),
+            },
+            "pixels_sha256": hashlib.sha256(raw[i].tobytes()).hexdigest(),
+        }
+        for i in range(count)
+    ]
+    return Inputs(
+        [f"synthetic-{i}" for i in range(count)],
+        batch,
+        entries,
+        prep,
+        f"{count} synthetic images (seed {seed}), {prep.describe()}",
+    )
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -400,16 +440,26 @@ def _lrn_k_notes(prototxt: Path) -> list[str]:
     from weightconv.formats.caffe.net import net_def_from_message, parse_prototxt
 
     net = net_def_from_message(parse_prototxt(prototxt)[0])
-    odd = [layer.name for layer in net.layers
-           if layer.type == "LRN" and not math.isclose(layer.params.get("k", 1.0), 1.0)]
+    odd = [
+        layer.name
+        for layer in net.layers
+        if layer.type == "LRN" and not math.isclose(layer.params.get("k", 1.0), 1.0)
+    ]
     if odd:
-        return [f"{', '.join(odd)}: LRN k is not 1; OpenCV's Caffe importer ignores k, so its "
-                f"reference for this net is not Caffe's"]
+        return [
+            f"{', '.join(odd)}: LRN k is not 1; OpenCV's Caffe importer ignores k, so its "
+            f"reference for this net is not Caffe's"
+        ]
     return []
 
 
-def opencv_predictions(caffemodel: str | os.PathLike[str], prototxt: str | os.PathLike[str],
-                       inputs: Inputs, *, channel_order: str = "bgr") -> Predictions:
+def opencv_predictions(
+    caffemodel: str | os.PathLike[str],
+    prototxt: str | os.PathLike[str],
+    inputs: Inputs,
+    *,
+    channel_order: str = "bgr",
+) -> Predictions:
     """The source Caffe model run by OpenCV's Caffe importer (``cv2.dnn.readNetFromCaffe``)
     on `inputs` (fed NCHW in `channel_order`, BGR for Caffe-trained models)."""
     cv2 = _cv2()
@@ -423,8 +473,9 @@ def opencv_predictions(caffemodel: str | os.PathLike[str], prototxt: str | os.Pa
     except cv2.error as exc:
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else str(exc)
         raise FormatError(f"{model}: OpenCV's Caffe importer refuses it: {message}") from None
-    batch = np.ascontiguousarray(inputs.in_order(channel_order).transpose(0, 3, 1, 2),
-                                 dtype=np.float32)
+    batch = np.ascontiguousarray(
+        inputs.in_order(channel_order).transpose(0, 3, 1, 2), dtype=np.float32
+    )
     net.setInput(batch)
     try:
         outputs = net.forward([logits_blob, *([prob_blob] if prob_blob else [])])
@@ -432,29 +483,41 @@ def opencv_predictions(caffemodel: str | os.PathLike[str], prototxt: str | os.Pa
         raise FormatError(f"{model}: OpenCV cannot run it: {str(exc).strip()}") from None
     n = batch.shape[0]
     logits = np.asarray(outputs[0], dtype=np.float64).reshape(n, -1)
-    probabilities = (np.asarray(outputs[1], dtype=np.float64).reshape(n, -1) if prob_blob
-                     else softmax(logits))
-    return Predictions(f"{model.name} run by OpenCV {cv2.__version__}'s Caffe importer",
-                       probabilities, logits, num_classes=logits.shape[1],
-                       notes=_lrn_k_notes(deploy))
+    probabilities = (
+        np.asarray(outputs[1], dtype=np.float64).reshape(n, -1) if prob_blob else softmax(logits)
+    )
+    return Predictions(
+        f"{model.name} run by OpenCV {cv2.__version__}'s Caffe importer",
+        probabilities,
+        logits,
+        num_classes=logits.shape[1],
+        notes=_lrn_k_notes(deploy),
+    )
 
 
-def graph_predictions(net: AlexNet, inputs: Inputs, *, channel_order: str | None = None,
-                      name: str = "weights") -> Predictions:
+def graph_predictions(
+    net: AlexNet, inputs: Inputs, *, channel_order: str | None = None, name: str = "weights"
+) -> Predictions:
     """The weights run in the built-in graph, fed in `channel_order` (default: the one the
     weights record, else BGR with a note)."""
     notes = []
     order = channel_order or net.channel_order
     if order is None:
         order = "bgr"
-        notes.append("the weights do not record their input channel order; fed BGR (Caffe's "
-                     "convention): give the channel order (rgb) if they were converted to RGB")
+        notes.append(
+            "the weights do not record their input channel order; fed BGR (Caffe's "
+            "convention): give the channel order (rgb) if they were converted to RGB"
+        )
     logits = net.logits(inputs.in_order(order)).astype(np.float64)
     graph = net.architecture.source
     graph = Path(graph).name if os.sep in graph else graph
-    return Predictions(f"{name} in the built-in {net.variant} graph ({graph}), "
-                       f"{order.upper()} input", softmax(logits), logits,
-                       num_classes=logits.shape[1], notes=notes)
+    return Predictions(
+        f"{name} in the built-in {net.variant} graph ({graph}), {order.upper()} input",
+        softmax(logits),
+        logits,
+        num_classes=logits.shape[1],
+        notes=notes,
+    )
 
 
 # --- cards ---------------------------------------------------------------------------------
@@ -469,8 +532,7 @@ def load_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise UsageError(f"{source}: no such reference card") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{source}: not a JSON reference card: {exc}") from None
-    if not isinstance(card, dict) or not isinstance(card.get("images"), list) \
-            or not card["images"]:
+    if not isinstance(card, dict) or not isinstance(card.get("images"), list) or not card["images"]:
         raise FormatError(f"{source}: a reference card needs a non-empty 'images' list")
     for index, entry in enumerate(card["images"]):
         key = _top_key(entry)
@@ -478,11 +540,12 @@ def load_card(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise FormatError(f"{source}: image {index} has no top-k list ('top5')")
         for item in entry[key]:
             if not isinstance(item, dict) or not {"class", "prob"} <= item.keys():
-                raise FormatError(f"{source}: image {index}: each top-k entry needs 'class' "
-                                  f"and 'prob', got {item!r}")
+                raise FormatError(
+                    f"{source}: image {index}: each top-k entry needs 'class' "
+                    f"and 'prob', got {item!r}"
+                )
         if "file" not in entry and "synthetic" not in entry:
-            raise FormatError(f"{source}: image {index} names no 'file' and no 'synthetic' "
-                              f"input")
+            raise FormatError(f"{source}: image {index} names no 'file' and no 'synthetic' input")
     card["_path"] = str(source)
     return card
 
@@ -492,15 +555,22 @@ def _top_key(entry: dict[str, Any]) -> str | None:
 
 
 def card_predictions(card: dict[str, Any]) -> Predictions:
-    top = [[(int(item["class"]), float(item["prob"])) for item in entry[_top_key(entry)]]
-           for entry in card["images"]]
+    top = [
+        [(int(item["class"]), float(item["prob"])) for item in entry[_top_key(entry)]]
+        for entry in card["images"]
+    ]
     model = card.get("model", {})
     name = model.get("name") or model.get("caffemodel") or "the model"
     who = card.get("computed_by", "")
     source = f"reference card {Path(card.get('_path', 'card')).name} ({name}" + (
-        f", {who})" if who else ")")
-    labels = {int(item["class"]): str(item["label"]) for entry in card["images"]
-              for item in entry[_top_key(entry)] if item.get("label")}
+        f", {who})" if who else ")"
+    )
+    labels = {
+        int(item["class"]): str(item["label"])
+        for entry in card["images"]
+        for item in entry[_top_key(entry)]
+        if item.get("label")
+    }
     return Predictions(source, top=top, num_classes=model.get("num_classes"), labels=labels)
 
 
@@ -516,37 +586,55 @@ def card_inputs(card: dict[str, Any], preprocessing: Preprocessing | None = None
             if not path.is_file():
                 raise UsageError(f"{card.get('_path')}: image {index}: {path} not found")
             if entry.get("sha256") and _sha256(path) != entry["sha256"]:
-                raise CheckFailed(f"{path}: not the image the card was made with (sha256 "
-                                  f"differs)")
+                raise CheckFailed(f"{path}: not the image the card was made with (sha256 differs)")
             names.append(entry.get("name") or path.name)
             batch.append(prep.load(path))
         else:
             spec = entry["synthetic"]
             if spec.get("generator", SYNTHETIC_GENERATOR) != SYNTHETIC_GENERATOR:
-                raise FormatError(f"{card.get('_path')}: image {index} comes from "
-                                  f"{spec['generator']!r}, not {SYNTHETIC_GENERATOR!r}")
+                raise FormatError(
+                    f"{card.get('_path')}: image {index} comes from "
+                    f"{spec['generator']!r}, not {SYNTHETIC_GENERATOR!r}"
+                )
             size = tuple(spec.get("size", prep.size))
-            raw = synthetic_images(int(spec["index"]) + 1, seed=int(spec.get("seed", 0)),
-                                   size=size)[-1]  # type: ignore[arg-type]
-            if entry.get("pixels_sha256") and \
-                    hashlib.sha256(raw.tobytes()).hexdigest() != entry["pixels_sha256"]:
-                raise CheckFailed(f"{card.get('_path')}: synthetic image {index} differs from "
-                                  f"the one the card was made with")
+            raw = synthetic_images(
+                int(spec["index"]) + 1, seed=int(spec.get("seed", 0)), size=size
+            )[-1]  # type: ignore[arg-type]
+            if (
+                entry.get("pixels_sha256")
+                and hashlib.sha256(raw.tobytes()).hexdigest() != entry["pixels_sha256"]
+            ):
+                raise CheckFailed(
+                    f"{card.get('_path')}: synthetic image {index} differs from "
+                    f"the one the card was made with"
+                )
             names.append(entry.get("name") or f"synthetic-{spec['index']}")
             batch.append(prep.apply(raw))
         entries.append(entry)
-    return Inputs(_unique(names), np.stack(batch), entries, prep,
-                  f"{len(names)} image{'s' if len(names) != 1 else ''} from the card, "
-                  f"{prep.describe()}")
+    return Inputs(
+        _unique(names),
+        np.stack(batch),
+        entries,
+        prep,
+        f"{len(names)} image{'s' if len(names) != 1 else ''} from the card, {prep.describe()}",
+    )
 
 
-def write_card(model: str | os.PathLike[str], path: str | os.PathLike[str] | None = None, *,
-               prototxt: str | os.PathLike[str] | None = None,
-               images: Sequence[str | os.PathLike[str]] | None = None,
-               preprocessing: Preprocessing | None = None, count: int = SYNTHETIC_COUNT,
-               seed: int = 0, top: int = TOP, variant: str | None = None,
-               channel_order: str | None = None, force: bool = False,
-               tolerance: Tolerance | None = None) -> dict[str, Any]:
+def write_card(
+    model: str | os.PathLike[str],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    prototxt: str | os.PathLike[str] | None = None,
+    images: Sequence[str | os.PathLike[str]] | None = None,
+    preprocessing: Preprocessing | None = None,
+    count: int = SYNTHETIC_COUNT,
+    seed: int = 0,
+    top: int = TOP,
+    variant: str | None = None,
+    channel_order: str | None = None,
+    force: bool = False,
+    tolerance: Tolerance | None = None,
+) -> dict[str, Any]:
     """A reference card for `model`: its identity (file, sha1, deploy net), the
     preprocessing, and each image's top-`top` classes and probabilities.
 
@@ -569,21 +657,24 @@ def write_card(model: str | os.PathLike[str], path: str | os.PathLike[str] | Non
         size = _prototxt_input_size(Path(prototxt))
         prep = preprocessing or Preprocessing(size=size)
         inputs = make_inputs(images, preprocessing=prep, count=count, seed=seed)
-        predictions = opencv_predictions(source, prototxt, inputs,
-                                         channel_order=channel_order or "bgr")
+        predictions = opencv_predictions(
+            source, prototxt, inputs, channel_order=channel_order or "bgr"
+        )
         identity = {"caffemodel": source.name, "caffemodel_sha1": _sha1(source)}
     else:
         net = AlexNet.from_weights(source, prototxt=prototxt, variant=variant)
         prep = preprocessing or Preprocessing(size=net.architecture.input_size)
         inputs = make_inputs(images, preprocessing=prep, count=count, seed=seed)
-        predictions = graph_predictions(net, inputs, channel_order=channel_order,
-                                        name=source.name)
+        predictions = graph_predictions(net, inputs, channel_order=channel_order, name=source.name)
         identity = {"weights": source.name}
         if source.is_file():
             identity["weights_sha1"] = _sha1(source)
     base = target.parent if target is not None else Path.cwd()
-    model_entry: dict[str, Any] = {"name": _net_name(prototxt) or source.stem, **identity,
-                                   "num_classes": predictions.num_classes}
+    model_entry: dict[str, Any] = {
+        "name": _net_name(prototxt) or source.stem,
+        **identity,
+        "num_classes": predictions.num_classes,
+    }
     if prototxt is not None:
         model_entry["deploy_prototxt"] = _card_path(Path(prototxt), base)
         model_entry["deploy_prototxt_sha1"] = _sha1(Path(prototxt))
@@ -595,17 +686,19 @@ def write_card(model: str | os.PathLike[str], path: str | os.PathLike[str] | Non
         entry["name"] = inputs.names[index]
         entry[f"top{top}"] = [
             {"class": c, "label": class_label(c, predictions.num_classes), "prob": p}
-            for c, p in predictions.top_k(index, top)]
+            for c, p in predictions.top_k(index, top)
+        ]
         entries.append(entry)
     card = {
         "about": f"Reference predictions of {source.name}, written by weightconv "
-                 f"{__version__} (`weightconv reference`). Verify a conversion with "
-                 f"`weightconv verify CONVERTED --card THIS`.",
+        f"{__version__} (`weightconv reference`). Verify a conversion with "
+        f"`weightconv verify CONVERTED --card THIS`.",
         "format": CARD_FORMAT,
         "model": model_entry,
         "computed_by": predictions.source,
-        "preprocessing": inputs.preprocessing.to_card(base=base,
-                                                      channel_order=channel_order or "bgr"),
+        "preprocessing": inputs.preprocessing.to_card(
+            base=base, channel_order=channel_order or "bgr"
+        ),
         "tolerance": (tolerance or Tolerance()).to_dict(),
         "images": entries,
     }
@@ -682,9 +775,12 @@ class Tolerance:
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any]) -> Tolerance:
-        return cls(prob=float(entry.get("prob", 1e-4)), top1=bool(entry.get("top1", True)),
-                   top5=bool(entry.get("top5", True)),
-                   logit=None if entry.get("logit") is None else float(entry["logit"]))
+        return cls(
+            prob=float(entry.get("prob", 1e-4)),
+            top1=bool(entry.get("top1", True)),
+            top5=bool(entry.get("top5", True)),
+            logit=None if entry.get("logit") is None else float(entry["logit"]),
+        )
 
 
 #: For cards that do not state a tolerance: published predictions made by other software
@@ -718,11 +814,18 @@ class VerifyResult:
         return [image for image in self.images if not image["passed"]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.passed, "verdict": "pass" if self.passed else "fail",
-                "exit_code": self.exit_code, "subject": self.subject,
-                "reference": self.reference, "inputs": self.inputs,
-                "tolerance": self.tolerance.to_dict(), "summary": self.summary,
-                "images": self.images, "notes": self.notes}
+        return {
+            "ok": self.passed,
+            "verdict": "pass" if self.passed else "fail",
+            "exit_code": self.exit_code,
+            "subject": self.subject,
+            "reference": self.reference,
+            "inputs": self.inputs,
+            "tolerance": self.tolerance.to_dict(),
+            "summary": self.summary,
+            "images": self.images,
+            "notes": self.notes,
+        }
 
     def check(self) -> VerifyResult:
         """Raise CheckFailed (exit code 1) with a one-line summary unless it passed."""
@@ -733,31 +836,42 @@ class VerifyResult:
     def headline(self) -> str:
         s = self.summary
         verdict = "PASS" if self.passed else "FAIL"
-        line = (f"{verdict}: top-1 agrees on {s['top1_agree']}/{s['images']} images, top-"
-                f"{s['k']} on {s['topk_agree']}/{s['images']}; max |Δprob| "
-                f"{_g(s['max_abs_prob_diff'])} (tolerance {self.tolerance.prob:g})")
+        line = (
+            f"{verdict}: top-1 agrees on {s['top1_agree']}/{s['images']} images, top-"
+            f"{s['k']} on {s['topk_agree']}/{s['images']}; max |Δprob| "
+            f"{_g(s['max_abs_prob_diff'])} (tolerance {self.tolerance.prob:g})"
+        )
         if s.get("max_abs_logit_diff") is not None:
-            line += (f"; max |Δlogit| {_g(s['max_abs_logit_diff'])} = "
-                     f"{_g(s['relative_logit_diff'])} of the logit scale "
-                     f"{s['logit_scale']:.3g}")
+            line += (
+                f"; max |Δlogit| {_g(s['max_abs_logit_diff'])} = "
+                f"{_g(s['relative_logit_diff'])} of the logit scale "
+                f"{s['logit_scale']:.3g}"
+            )
         return line
 
     def report(self, *, all_images: bool = True) -> str:
         """A readable report: what was compared, a line per image, the disagreements in
         detail (both top-k lists), and the verdict."""
-        lines = [f"verify {self.subject}", f"  against {self.reference}",
-                 f"  inputs  {self.inputs}"]
+        lines = [
+            f"verify {self.subject}",
+            f"  against {self.reference}",
+            f"  inputs  {self.inputs}",
+        ]
         lines += [f"  note: {note}" for note in self.notes]
         width = max(12, *(len(image["image"]) for image in self.images))
-        lines.append(f"  {'image':<{width}}  {'ours: top-1':<34}  {'reference: top-1':<34}"
-                     f"  {'max|Δprob|':>10}")
+        lines.append(
+            f"  {'image':<{width}}  {'ours: top-1':<34}  {'reference: top-1':<34}"
+            f"  {'max|Δprob|':>10}"
+        )
         for image in self.images:
             if not all_images and image["passed"]:
                 continue
             ours, ref = image["ours"][0], image["reference"][0]
             mark = "ok" if image["passed"] else "FAIL"
-            lines.append(f"  {image['image']:<{width}}  {_entry(ours):<34}  {_entry(ref):<34}"
-                         f"  {_g(image['max_abs_prob_diff']):>10}  {mark}")
+            lines.append(
+                f"  {image['image']:<{width}}  {_entry(ours):<34}  {_entry(ref):<34}"
+                f"  {_g(image['max_abs_prob_diff']):>10}  {mark}"
+            )
         for image in self.failures():
             lines.append(f"  {image['image']}:")
             lines += [f"    - {problem}" for problem in image["problems"]]
@@ -778,8 +892,9 @@ def _g(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2g}"
 
 
-def _ranks_agree(ours: list[int], ref: list[int], ref_prob: Any, window: float
-                 ) -> tuple[bool, bool]:
+def _ranks_agree(
+    ours: list[int], ref: list[int], ref_prob: Any, window: float
+) -> tuple[bool, bool]:
     """(agree, by a tie): the same classes in the same order, or differing only where the
     reference's probabilities of the two classes are within `window`."""
     if ours == ref:
@@ -793,19 +908,27 @@ def _ranks_agree(ours: list[int], ref: list[int], ref_prob: Any, window: float
     return len(ours) == len(ref), True
 
 
-def compare(ours: Predictions, reference: Predictions, names: Sequence[str], *,
-            tolerance: Tolerance | None = None, k: int = TOP, subject: str = "",
-            inputs: str = "", notes: Sequence[str] = ()) -> VerifyResult:
+def compare(
+    ours: Predictions,
+    reference: Predictions,
+    names: Sequence[str],
+    *,
+    tolerance: Tolerance | None = None,
+    k: int = TOP,
+    subject: str = "",
+    inputs: str = "",
+    notes: Sequence[str] = (),
+) -> VerifyResult:
     """Compare two sets of predictions image by image and give the verdict."""
     tol = tolerance or Tolerance()
     if ours.count != len(names) or reference.count != len(names):
-        raise UsageError(f"{len(names)} images but {ours.count} and {reference.count} "
-                         f"predictions")
+        raise UsageError(f"{len(names)} images but {ours.count} and {reference.count} predictions")
     classes = ours.num_classes or reference.num_classes
     problems_all: list[str] = []
     if ours.num_classes and reference.num_classes and ours.num_classes != reference.num_classes:
-        problems_all.append(f"{ours.num_classes} classes here, {reference.num_classes} in the "
-                            f"reference")
+        problems_all.append(
+            f"{ours.num_classes} classes here, {reference.num_classes} in the reference"
+        )
     images = []
     max_prob = 0.0
     max_logit: float | None = None
@@ -819,8 +942,11 @@ def compare(ours: Predictions, reference: Predictions, names: Sequence[str], *,
         listed = [c for c, _ in ref_top]
         problems = list(problems_all)
         missing = [c for c in listed if ours.prob_of(i, c) is None]
-        if ours.probabilities is not None and reference.probabilities is not None \
-                and ours.probabilities.shape == reference.probabilities.shape:
+        if (
+            ours.probabilities is not None
+            and reference.probabilities is not None
+            and ours.probabilities.shape == reference.probabilities.shape
+        ):
             diff = np.abs(ours.probabilities[i] - reference.probabilities[i])
             worst = int(np.argmax(diff))
             prob_diff = float(diff[worst])
@@ -829,20 +955,27 @@ def compare(ours: Predictions, reference: Predictions, names: Sequence[str], *,
             worst = max(diffs, key=lambda c: diffs[c])
             prob_diff = diffs[worst]
             if missing:
-                problems.append(f"the reference lists class{'es' if len(missing) > 1 else ''} "
-                                f"{', '.join(map(str, missing))}, which this model (with "
-                                f"{ours.num_classes} classes) does not have")
+                problems.append(
+                    f"the reference lists class{'es' if len(missing) > 1 else ''} "
+                    f"{', '.join(map(str, missing))}, which this model (with "
+                    f"{ours.num_classes} classes) does not have"
+                )
         logit_diff = None
-        if ours.logits is not None and reference.logits is not None \
-                and ours.logits.shape == reference.logits.shape:
+        if (
+            ours.logits is not None
+            and reference.logits is not None
+            and ours.logits.shape == reference.logits.shape
+        ):
             logit_diff = float(np.abs(ours.logits[i] - reference.logits[i]).max())
             max_logit = max(max_logit or 0.0, logit_diff)
             logit_scale = max(logit_scale, float(np.abs(reference.logits[i]).max()))
         window = 2 * min(prob_diff, tol.prob)
-        a1, tie1 = _ranks_agree([c for c, _ in our_top[:1]], listed[:1],
-                                lambda c, i=i: reference.prob_of(i, c), window)
-        ak, tiek = _ranks_agree([c for c, _ in our_top], listed,
-                                lambda c, i=i: reference.prob_of(i, c), window)
+        a1, tie1 = _ranks_agree(
+            [c for c, _ in our_top[:1]], listed[:1], lambda c, i=i: reference.prob_of(i, c), window
+        )
+        ak, tiek = _ranks_agree(
+            [c for c, _ in our_top], listed, lambda c, i=i: reference.prob_of(i, c), window
+        )
         top1_agree += a1
         topk_agree += ak
         ties += bool((a1 and tie1) or (ak and tiek))
@@ -853,10 +986,17 @@ def compare(ours: Predictions, reference: Predictions, names: Sequence[str], *,
             problems.append(
                 f"top-1 differs: {oc} '{class_label(oc, classes)}' ({op:.4f}) here, "
                 f"{rc} '{reference.label(rc, classes)}' ({rp:.4f}) in the reference; "
-                + (f"the reference gives {oc} {theirs:.4f}" if theirs is not None
-                   else f"the reference does not list {oc}")
-                + (f", this model gives {rc} {mine:.4f}" if mine is not None
-                   else f", this model has no class {rc}"))
+                + (
+                    f"the reference gives {oc} {theirs:.4f}"
+                    if theirs is not None
+                    else f"the reference does not list {oc}"
+                )
+                + (
+                    f", this model gives {rc} {mine:.4f}"
+                    if mine is not None
+                    else f", this model has no class {rc}"
+                )
+            )
         if not ak:
             mine = [c for c, _ in our_top]
             only_ours = [c for c in mine if c not in listed]
@@ -866,46 +1006,76 @@ def compare(ours: Predictions, reference: Predictions, names: Sequence[str], *,
                     f"top-{k} differ: only here "
                     + (", ".join(f"{c} '{class_label(c, classes)}'" for c in only_ours) or "-")
                     + "; only in the reference "
-                    + (", ".join(f"{c} '{reference.label(c, classes)}'" for c in only_ref)
-                       or "-"))
+                    + (", ".join(f"{c} '{reference.label(c, classes)}'" for c in only_ref) or "-")
+                )
             else:
-                problems.append(f"top-{k} are the same classes in another order: here "
-                                f"{mine}, in the reference {listed}")
+                problems.append(
+                    f"top-{k} are the same classes in another order: here "
+                    f"{mine}, in the reference {listed}"
+                )
         if not prob_diff < tol.prob:
-            problems.append(f"max |Δprob| {_g(prob_diff)} at class {worst} "
-                            f"'{reference.label(worst, classes)}' "
-                            f"({_p(ours.prob_of(i, worst), 'no such class')} here, "
-                            f"{_p(reference.prob_of(i, worst))} in the reference) is not below "
-                            f"{tol.prob:g}")
+            problems.append(
+                f"max |Δprob| {_g(prob_diff)} at class {worst} "
+                f"'{reference.label(worst, classes)}' "
+                f"({_p(ours.prob_of(i, worst), 'no such class')} here, "
+                f"{_p(reference.prob_of(i, worst))} in the reference) is not below "
+                f"{tol.prob:g}"
+            )
         max_prob = max(max_prob, prob_diff)
-        passed = (not problems_all and (a1 or not tol.top1) and (ak or not tol.top5)
-                  and prob_diff < tol.prob and not missing)
-        images.append({
-            "image": name, "passed": bool(passed),
-            "top1_agree": bool(a1), f"top{k}_agree": bool(ak), "tie": bool(tie1 or tiek),
-            "max_abs_prob_diff": prob_diff, "max_abs_logit_diff": logit_diff,
-            "ours": [_json_entry(c, p, classes) for c, p in our_top],
-            "reference": [{**_json_entry(c, p, classes), "label": reference.label(c, classes)}
-                          for c, p in ref_top],
-            "problems": problems,
-        })
+        passed = (
+            not problems_all
+            and (a1 or not tol.top1)
+            and (ak or not tol.top5)
+            and prob_diff < tol.prob
+            and not missing
+        )
+        images.append(
+            {
+                "image": name,
+                "passed": bool(passed),
+                "top1_agree": bool(a1),
+                f"top{k}_agree": bool(ak),
+                "tie": bool(tie1 or tiek),
+                "max_abs_prob_diff": prob_diff,
+                "max_abs_logit_diff": logit_diff,
+                "ours": [_json_entry(c, p, classes) for c, p in our_top],
+                "reference": [
+                    {**_json_entry(c, p, classes), "label": reference.label(c, classes)}
+                    for c, p in ref_top
+                ],
+                "problems": problems,
+            }
+        )
     relative = None if max_logit is None else max_logit / max(1.0, logit_scale)
     logit_ok = tol.logit is None or relative is None or relative < tol.logit
     passed = all(image["passed"] for image in images) and logit_ok
     summary = {
-        "passed": passed, "images": len(names), "k": k,
-        "top1_agree": top1_agree, "topk_agree": topk_agree, "ties": ties,
-        "max_abs_prob_diff": max_prob, "max_abs_logit_diff": max_logit,
+        "passed": passed,
+        "images": len(names),
+        "k": k,
+        "top1_agree": top1_agree,
+        "topk_agree": topk_agree,
+        "ties": ties,
+        "max_abs_prob_diff": max_prob,
+        "max_abs_logit_diff": max_logit,
         "logit_scale": logit_scale if max_logit is not None else None,
         "relative_logit_diff": relative,
         "failed_images": [image["image"] for image in images if not image["passed"]],
     }
     all_notes = [*notes, *ours.notes, *reference.notes]
     if not logit_ok:
-        all_notes.append(f"max |Δlogit| is {_g(relative)} of the logit scale, not below "
-                         f"{tol.logit:g}")
-    return VerifyResult(subject or ours.source, reference.source, inputs, images, summary, tol,
-                        list(dict.fromkeys(all_notes)))
+        all_notes.append(
+            f"max |Δlogit| is {_g(relative)} of the logit scale, not below {tol.logit:g}"
+        )
+    return VerifyResult(
+        subject or ours.source,
+        reference.source,
+        inputs,
+        images,
+        summary,
+        tol,
+        list(dict.fromkeys(all_notes)),
+    )
 
 
 def _p(value: float | None, absent: str = "not listed") -> str:
@@ -913,22 +1083,32 @@ def _p(value: float | None, absent: str = "not listed") -> str:
 
 
 def _json_entry(cls: int, prob: float | None, classes: int | None) -> dict[str, Any]:
-    return {"class": int(cls), "label": class_label(cls, classes),
-            "prob": None if prob is None else float(prob)}
+    return {
+        "class": int(cls),
+        "label": class_label(cls, classes),
+        "prob": None if prob is None else float(prob),
+    }
 
 
 # --- the entry point -----------------------------------------------------------------------
 
 
-def verify(weights: WeightSet | AlexNet | str | os.PathLike[str], *,
-           against: str | os.PathLike[str] | None = None,
-           prototxt: str | os.PathLike[str] | None = None,
-           card: str | os.PathLike[str] | dict[str, Any] | None = None,
-           images: Sequence[str | os.PathLike[str]] | None = None,
-           count: int = SYNTHETIC_COUNT, seed: int = 0,
-           preprocessing: Preprocessing | None = None, tolerance: Tolerance | None = None,
-           variant: str | None = None, channel_order: str | None = None, top: int = TOP,
-           **load_options: Any) -> VerifyResult:
+def verify(
+    weights: WeightSet | AlexNet | str | os.PathLike[str],
+    *,
+    against: str | os.PathLike[str] | None = None,
+    prototxt: str | os.PathLike[str] | None = None,
+    card: str | os.PathLike[str] | dict[str, Any] | None = None,
+    images: Sequence[str | os.PathLike[str]] | None = None,
+    count: int = SYNTHETIC_COUNT,
+    seed: int = 0,
+    preprocessing: Preprocessing | None = None,
+    tolerance: Tolerance | None = None,
+    variant: str | None = None,
+    channel_order: str | None = None,
+    top: int = TOP,
+    **load_options: Any,
+) -> VerifyResult:
     """Check converted weights against their source model or a reference card.
 
     Args:
@@ -949,21 +1129,26 @@ def verify(weights: WeightSet | AlexNet | str | os.PathLike[str], *,
     Returns a VerifyResult (``.passed``, ``.exit_code``, ``.report()``, ``.to_dict()``).
     """
     if (against is None) == (card is None):
-        raise UsageError("give either the source model to verify against (--against "
-                         "MODEL.caffemodel --prototxt DEPLOY.prototxt) or a reference card "
-                         "(--card CARD.json), not both and not neither")
+        raise UsageError(
+            "give either the source model to verify against (--against "
+            "MODEL.caffemodel --prototxt DEPLOY.prototxt) or a reference card "
+            "(--card CARD.json), not both and not neither"
+        )
     if channel_order is not None and channel_order not in CHANNEL_ORDERS:
         raise UsageError(f"channel order must be bgr or rgb, not {channel_order!r}")
     notes: list[str] = []
     subject = _subject(weights)
     if against is not None:
         if prototxt is None:
-            raise UsageError("verifying against a .caffemodel needs its deploy prototxt "
-                             "(--prototxt)")
+            raise UsageError(
+                "verifying against a .caffemodel needs its deploy prototxt (--prototxt)"
+            )
         if not _is_caffe(Path(against)):
-            raise UsageError(f"{against}: --against takes the source Caffe model (run by "
-                             f"OpenCV's Caffe importer); to compare two converted files use "
-                             f"`weightconv diff`, or make a card with `weightconv reference`")
+            raise UsageError(
+                f"{against}: --against takes the source Caffe model (run by "
+                f"OpenCV's Caffe importer); to compare two converted files use "
+                f"`weightconv diff`, or make a card with `weightconv reference`"
+            )
         net = _build(weights, prototxt, variant, load_options)
         prep = preprocessing or Preprocessing(size=net.architecture.input_size)
         inputs = make_inputs(images, preprocessing=prep, count=count, seed=seed)
@@ -981,19 +1166,31 @@ def verify(weights: WeightSet | AlexNet | str | os.PathLike[str], *,
             tol = Tolerance.from_dict(card_data["tolerance"])
         elif tolerance is None:
             tol = PUBLISHED_CARD_TOLERANCE
-            notes.append(f"the card states no tolerance; using max |Δprob| < "
-                         f"{tol.prob:g} for predictions made by other software")
+            notes.append(
+                f"the card states no tolerance; using max |Δprob| < "
+                f"{tol.prob:g} for predictions made by other software"
+            )
         else:
             tol = tolerance
         notes += _identity_notes(weights, card_data)
     if inputs.bgr.shape[1:3] != tuple(net.architecture.input_size):
-        raise UsageError(f"the inputs are {inputs.bgr.shape[1]}x{inputs.bgr.shape[2]}; the "
-                         f"graph takes {net.architecture.input_size[0]}x"
-                         f"{net.architecture.input_size[1]}")
+        raise UsageError(
+            f"the inputs are {inputs.bgr.shape[1]}x{inputs.bgr.shape[2]}; the "
+            f"graph takes {net.architecture.input_size[0]}x"
+            f"{net.architecture.input_size[1]}"
+        )
     ours = graph_predictions(net, inputs, channel_order=channel_order, name=subject)
     notes += [note for note in net.notes if "matched to the graph" in note]
-    return compare(ours, reference, inputs.names, tolerance=tol, k=top,
-                   subject=ours.source, inputs=inputs.description, notes=notes)
+    return compare(
+        ours,
+        reference,
+        inputs.names,
+        tolerance=tol,
+        k=top,
+        subject=ours.source,
+        inputs=inputs.description,
+        notes=notes,
+    )
 
 
 def _subject(weights: Any) -> str:
@@ -1004,8 +1201,9 @@ def _subject(weights: Any) -> str:
     return Path(weights).name
 
 
-def _build(weights: Any, prototxt: Any, variant: str | None,
-           load_options: dict[str, Any]) -> AlexNet:
+def _build(
+    weights: Any, prototxt: Any, variant: str | None, load_options: dict[str, Any]
+) -> AlexNet:
     if isinstance(weights, AlexNet):
         return weights
     return AlexNet.from_weights(weights, prototxt=prototxt, variant=variant, **load_options)
@@ -1027,17 +1225,37 @@ def _identity_notes(weights: Any, card: dict[str, Any]) -> list[str]:
     if isinstance(weights, str | os.PathLike) and _is_caffe(Path(weights)):
         actual = _sha1(Path(weights))
         if actual != expected:
-            return [f"{Path(weights).name} has sha1 {actual}; the card is for "
-                    f"{model.get('caffemodel', 'a model')} with sha1 {expected}"]
+            return [
+                f"{Path(weights).name} has sha1 {actual}; the card is for "
+                f"{model.get('caffemodel', 'a model')} with sha1 {expected}"
+            ]
         return [f"{Path(weights).name} is the card's model (sha1 matches)"]
-    return [f"the card is for {model.get('caffemodel', 'a model')} (sha1 {expected}); a "
-            f"converted file cannot be matched by checksum, only by its predictions"]
+    return [
+        f"the card is for {model.get('caffemodel', 'a model')} (sha1 {expected}); a "
+        f"converted file cannot be matched by checksum, only by its predictions"
+    ]
 
 
 __all__ = [
-    "CARD_FORMAT", "IMAGENET_MEAN_BGR", "PUBLISHED_CARD_TOLERANCE", "Inputs", "Predictions",
-    "Preprocessing", "Tolerance", "VerifyResult", "card_inputs", "card_predictions",
-    "class_label", "compare", "graph_predictions", "imagenet_labels", "load_card",
-    "make_inputs", "opencv_predictions", "read_image", "synthetic_images", "verify",
+    "CARD_FORMAT",
+    "IMAGENET_MEAN_BGR",
+    "PUBLISHED_CARD_TOLERANCE",
+    "Inputs",
+    "Predictions",
+    "Preprocessing",
+    "Tolerance",
+    "VerifyResult",
+    "card_inputs",
+    "card_predictions",
+    "class_label",
+    "compare",
+    "graph_predictions",
+    "imagenet_labels",
+    "load_card",
+    "make_inputs",
+    "opencv_predictions",
+    "read_image",
+    "synthetic_images",
+    "verify",
     "write_card",
 ]

@@ -14,8 +14,14 @@ from weightconv.formats.base import Options, option
 @dataclass(frozen=True)
 class CaffeReadOptions(Options):
     prototxt: str | os.PathLike[str] | None = option(
-        None, metavar="P", help="the net definition (deploy .prototxt): layer kinds, order and "
-                                "the blob shapes that fix fully-connected layers' row order")
+        None,
+        metavar="P",
+        help="the net definition (deploy .prototxt): layer kinds, order and "
+        "the blob shapes that fix fully-connected layers' row order",
+    )
     input_shape: tuple[int, ...] | None = option(
-        None, metavar="C,H,W", parse=parse_shape,
-        help="the net's input size when the net definition does not give it")
+        None,
+        metavar="C,H,W",
+        parse=parse_shape,
+        help="the net's input size when the net definition does not give it",
+    )

@@ -48,8 +48,12 @@ def is_caffe_snapshot(handle: Any) -> bool:
     return True
 
 
-def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | None = None,
-         input_shape: tuple[int, ...] | None = None) -> WeightSet:
+def read(
+    path: str | os.PathLike[str],
+    *,
+    prototxt: str | os.PathLike[str] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> WeightSet:
     """Read a Caffe HDF5 snapshot into a WeightSet in Caffe layout, like a .caffemodel."""
     import h5py
 
@@ -62,8 +66,7 @@ def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | Non
         raise FormatError(f"{source}: not a readable HDF5 file ({exc})") from None
     with handle:
         if not is_caffe_snapshot(handle):
-            raise FormatError(f"{source}: not a Caffe HDF5 snapshot (no data/<layer>/<n> "
-                              f"groups)")
+            raise FormatError(f"{source}: not a Caffe HDF5 snapshot (no data/<layer>/<n> groups)")
         raw_layers = []
         for name, group in handle["data"].items():
             blobs = [np.asarray(group[key][()]) for key in sorted(group, key=int)]
@@ -77,13 +80,16 @@ def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | Non
         notes.extend(prototxt_notes)
         deploy_net = caffe_net.net_def_from_message(message)
     else:
-        notes.append(f"{source.name}: no prototxt; layers in the file's order with kinds "
-                     f"taken from blob ranks (4-D convolution, 2-D inner product)")
+        notes.append(
+            f"{source.name}: no prototxt; layers in the file's order with kinds "
+            f"taken from blob ranks (4-D convolution, 2-D inner product)"
+        )
         if any(raw.definition.type == "Convolution" for raw in raw_layers):
             for raw in raw_layers:
                 if raw.definition.type == "InnerProduct":
                     raw.definition.params["follows_spatial"] = True
     model_net = NetDef(name="", encoding="HDF5", layers=[raw.definition for raw in raw_layers])
     detail = {"encoding": "HDF5", "prototxt": str(prototxt) if prototxt is not None else None}
-    return assemble(source, "caffe-h5", raw_layers, model_net, deploy_net, input_shape, notes,
-                    detail)
+    return assemble(
+        source, "caffe-h5", raw_layers, model_net, deploy_net, input_shape, notes, detail
+    )

@@ -23,46 +23,121 @@ from weightconv.errors import FormatError
 from weightconv.model import Kind
 
 V1_TYPE_NAMES = {
-    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
-    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
-    "DATA": "Data", "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout",
-    "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise",
-    "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
-    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
-    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
-    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
-    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
-    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
-    "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    "ABSVAL": "AbsVal",
+    "ACCURACY": "Accuracy",
+    "ARGMAX": "ArgMax",
+    "BNLL": "BNLL",
+    "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss",
+    "CONVOLUTION": "Convolution",
+    "DATA": "Data",
+    "DECONVOLUTION": "Deconvolution",
+    "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss",
+    "ELTWISE": "Eltwise",
+    "EXP": "Exp",
+    "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data",
+    "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss",
+    "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss",
+    "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData",
+    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN",
+    "POOLING": "Pooling",
+    "POWER": "Power",
+    "RELU": "ReLU",
+    "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
+    "SILENCE": "Silence",
+    "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss",
+    "SPLIT": "Split",
+    "SLICE": "Slice",
+    "TANH": "TanH",
+    "WINDOW_DATA": "WindowData",
+    "THRESHOLD": "Threshold",
 }
 
 V0_TYPE_NAMES = {
-    "accuracy": "Accuracy", "bnll": "BNLL", "concat": "Concat", "conv": "Convolution",
-    "data": "Data", "dropout": "Dropout", "euclidean_loss": "EuclideanLoss",
-    "flatten": "Flatten", "hdf5_data": "HDF5Data", "hdf5_output": "HDF5Output",
-    "im2col": "Im2col", "images": "ImageData", "infogain_loss": "InfogainLoss",
-    "innerproduct": "InnerProduct", "lrn": "LRN",
-    "multinomial_logistic_loss": "MultinomialLogisticLoss", "pool": "Pooling",
-    "relu": "ReLU", "sigmoid": "Sigmoid", "softmax": "Softmax",
-    "softmax_loss": "SoftmaxWithLoss", "split": "Split", "tanh": "TanH",
-    "window_data": "WindowData", "padding": "Padding",
+    "accuracy": "Accuracy",
+    "bnll": "BNLL",
+    "concat": "Concat",
+    "conv": "Convolution",
+    "data": "Data",
+    "dropout": "Dropout",
+    "euclidean_loss": "EuclideanLoss",
+    "flatten": "Flatten",
+    "hdf5_data": "HDF5Data",
+    "hdf5_output": "HDF5Output",
+    "im2col": "Im2col",
+    "images": "ImageData",
+    "infogain_loss": "InfogainLoss",
+    "innerproduct": "InnerProduct",
+    "lrn": "LRN",
+    "multinomial_logistic_loss": "MultinomialLogisticLoss",
+    "pool": "Pooling",
+    "relu": "ReLU",
+    "sigmoid": "Sigmoid",
+    "softmax": "Softmax",
+    "softmax_loss": "SoftmaxWithLoss",
+    "split": "Split",
+    "tanh": "TanH",
+    "window_data": "WindowData",
+    "padding": "Padding",
 }
 
 KIND_OF_TYPE = {
-    "Convolution": Kind.CONV, "Deconvolution": Kind.DECONV, "InnerProduct": Kind.DENSE,
-    "LRN": Kind.LRN, "Pooling": Kind.POOL, "PReLU": Kind.PRELU, "BatchNorm": Kind.BATCHNORM,
-    "Scale": Kind.SCALE, "Bias": Kind.BIAS, "Input": Kind.INPUT, "Data": Kind.INPUT,
-    "ImageData": Kind.INPUT, "HDF5Data": Kind.INPUT, "MemoryData": Kind.INPUT,
-    "DummyData": Kind.INPUT, "WindowData": Kind.INPUT, "ReLU": Kind.RELU,
-    "Softmax": Kind.SOFTMAX, "Dropout": Kind.DROPOUT,
+    "Convolution": Kind.CONV,
+    "Deconvolution": Kind.DECONV,
+    "InnerProduct": Kind.DENSE,
+    "LRN": Kind.LRN,
+    "Pooling": Kind.POOL,
+    "PReLU": Kind.PRELU,
+    "BatchNorm": Kind.BATCHNORM,
+    "Scale": Kind.SCALE,
+    "Bias": Kind.BIAS,
+    "Input": Kind.INPUT,
+    "Data": Kind.INPUT,
+    "ImageData": Kind.INPUT,
+    "HDF5Data": Kind.INPUT,
+    "MemoryData": Kind.INPUT,
+    "DummyData": Kind.INPUT,
+    "WindowData": Kind.INPUT,
+    "ReLU": Kind.RELU,
+    "Softmax": Kind.SOFTMAX,
+    "Dropout": Kind.DROPOUT,
 }
 
 #: Layers whose every top has the shape of their first bottom.
 SHAPE_PRESERVING = {
-    "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log",
-    "Dropout", "LRN", "BatchNorm", "Scale", "Bias", "MVN", "Softmax", "Threshold", "Clip",
-    "Swish", "Split", "Eltwise",
+    "ReLU",
+    "PReLU",
+    "ELU",
+    "Sigmoid",
+    "TanH",
+    "AbsVal",
+    "BNLL",
+    "Power",
+    "Exp",
+    "Log",
+    "Dropout",
+    "LRN",
+    "BatchNorm",
+    "Scale",
+    "Bias",
+    "MVN",
+    "Softmax",
+    "Threshold",
+    "Clip",
+    "Swish",
+    "Split",
+    "Eltwise",
 }
 
 #: Layers whose output keeps the input's spatial layout (so an InnerProduct after them
@@ -106,8 +181,10 @@ def net_def_from_message(net: caffe_pb2.NetParameter) -> NetDef:
     inputs = _net_inputs(net)
     if len(net.layers):
         is_v0 = any(v1.HasField("layer") for v1 in net.layers)
-        layers = [layer_def_from_v0(v1) if v1.HasField("layer") else layer_def_from_v1(v1)
-                  for v1 in net.layers]
+        layers = [
+            layer_def_from_v0(v1) if v1.HasField("layer") else layer_def_from_v1(v1)
+            for v1 in net.layers
+        ]
         encoding = "V0" if is_v0 else "V1"
     else:
         layers = [layer_def_from_v2(lp) for lp in net.layer]
@@ -122,7 +199,7 @@ def _net_inputs(net: caffe_pb2.NetParameter) -> dict[str, tuple[int, ...]]:
         if index < len(net.input_shape):
             inputs[blob] = tuple(int(d) for d in net.input_shape[index].dim)
         elif len(dims) >= 4 * (index + 1):
-            inputs[blob] = tuple(int(d) for d in dims[4 * index: 4 * index + 4])
+            inputs[blob] = tuple(int(d) for d in dims[4 * index : 4 * index + 4])
     return inputs
 
 
@@ -135,15 +212,27 @@ def _phase_of(rules: Any) -> str | None:
 
 def layer_def_from_v2(lp: caffe_pb2.LayerParameter) -> LayerDef:
     params = _params_for(lp.type, lp)
-    return LayerDef(name=lp.name, type=lp.type, bottoms=list(lp.bottom), tops=list(lp.top),
-                    params=params, phase=_phase_of(lp.include))
+    return LayerDef(
+        name=lp.name,
+        type=lp.type,
+        bottoms=list(lp.bottom),
+        tops=list(lp.top),
+        params=params,
+        phase=_phase_of(lp.include),
+    )
 
 
 def layer_def_from_v1(lp: caffe_pb2.V1LayerParameter) -> LayerDef:
     enum_name = caffe_pb2.V1LayerParameter.LayerType.Name(lp.type)
     layer_type = V1_TYPE_NAMES.get(enum_name, enum_name.title().replace("_", ""))
-    return LayerDef(name=lp.name, type=layer_type, bottoms=list(lp.bottom), tops=list(lp.top),
-                    params=_params_for(layer_type, lp), phase=_phase_of(lp.include))
+    return LayerDef(
+        name=lp.name,
+        type=layer_type,
+        bottoms=list(lp.bottom),
+        tops=list(lp.top),
+        params=_params_for(layer_type, lp),
+        phase=_phase_of(lp.include),
+    )
 
 
 def layer_def_from_v0(wrapper: caffe_pb2.V1LayerParameter) -> LayerDef:
@@ -154,21 +243,41 @@ def layer_def_from_v0(wrapper: caffe_pb2.V1LayerParameter) -> LayerDef:
         params["num_output"] = v0.num_output
         params["bias_term"] = v0.biasterm
     if layer_type == "Convolution":
-        params.update(kernel=(v0.kernelsize, v0.kernelsize), stride=(v0.stride, v0.stride),
-                      pad=(v0.pad, v0.pad), dilation=(1, 1), group=v0.group)
+        params.update(
+            kernel=(v0.kernelsize, v0.kernelsize),
+            stride=(v0.stride, v0.stride),
+            pad=(v0.pad, v0.pad),
+            dilation=(1, 1),
+            group=v0.group,
+        )
     elif layer_type == "Pooling":
-        params.update(method=caffe_pb2.V0LayerParameter.PoolMethod.Name(v0.pool).lower(),
-                      kernel=(v0.kernelsize, v0.kernelsize), stride=(v0.stride, v0.stride),
-                      pad=(v0.pad, v0.pad), global_pooling=False, ceil=True)
+        params.update(
+            method=caffe_pb2.V0LayerParameter.PoolMethod.Name(v0.pool).lower(),
+            kernel=(v0.kernelsize, v0.kernelsize),
+            stride=(v0.stride, v0.stride),
+            pad=(v0.pad, v0.pad),
+            global_pooling=False,
+            ceil=True,
+        )
     elif layer_type == "LRN":
-        params.update(local_size=v0.local_size, alpha=v0.alpha, beta=v0.beta, k=v0.k,
-                      norm_region="across_channels")
+        params.update(
+            local_size=v0.local_size,
+            alpha=v0.alpha,
+            beta=v0.beta,
+            k=v0.k,
+            norm_region="across_channels",
+        )
     elif layer_type == "Padding":
         params["pad"] = v0.pad
     elif layer_type == "InnerProduct":
         params.update(transpose=False, axis=1)
-    return LayerDef(name=v0.name or wrapper.name, type=layer_type, bottoms=list(wrapper.bottom),
-                    tops=list(wrapper.top), params=params)
+    return LayerDef(
+        name=v0.name or wrapper.name,
+        type=layer_type,
+        bottoms=list(wrapper.bottom),
+        tops=list(wrapper.top),
+        params=params,
+    )
 
 
 def _pair(repeated: Any, h: int, w: int, has_h: bool, default: int) -> tuple[int, int]:
@@ -188,8 +297,7 @@ def conv_params(cp: caffe_pb2.ConvolutionParameter) -> dict[str, Any]:
         "bias_term": cp.bias_term,
         "kernel": _pair(cp.kernel_size, cp.kernel_h, cp.kernel_w, cp.HasField("kernel_h"), 1),
         "stride": _pair(cp.stride, cp.stride_h, cp.stride_w, cp.HasField("stride_h"), 1),
-        "pad": _pair(cp.pad, cp.pad_h, cp.pad_w,
-                     cp.HasField("pad_h") or cp.HasField("pad_w"), 0),
+        "pad": _pair(cp.pad, cp.pad_h, cp.pad_w, cp.HasField("pad_h") or cp.HasField("pad_w"), 0),
         "dilation": _pair(cp.dilation, 0, 0, False, 1),
         "group": cp.group,
     }
@@ -233,8 +341,12 @@ def _params_for(layer_type: str, lp: Message) -> dict[str, Any]:
         return lrn_params(get("lrn_param"))
     if layer_type == "InnerProduct":
         ip = get("inner_product_param")
-        return {"num_output": ip.num_output, "bias_term": ip.bias_term,
-                "transpose": ip.transpose, "axis": ip.axis}
+        return {
+            "num_output": ip.num_output,
+            "bias_term": ip.bias_term,
+            "transpose": ip.transpose,
+            "axis": ip.axis,
+        }
     if layer_type == "Input" and isinstance(lp, caffe_pb2.LayerParameter):
         return {"shapes": [tuple(int(d) for d in s.dim) for s in lp.input_param.shape]}
     if layer_type == "MemoryData":
@@ -245,18 +357,24 @@ def _params_for(layer_type: str, lp: Message) -> dict[str, Any]:
         return {"shapes": [tuple(int(d) for d in s.dim) for s in dd.shape]}
     if layer_type == "Concat":
         cp = get("concat_param")
-        return {"axis": cp.axis if cp.HasField("axis") or not cp.HasField("concat_dim")
-                else cp.concat_dim}
+        return {
+            "axis": cp.axis
+            if cp.HasField("axis") or not cp.HasField("concat_dim")
+            else cp.concat_dim
+        }
     if layer_type == "Slice":
         sp = get("slice_param")
-        return {"axis": sp.axis if sp.HasField("axis") or not sp.HasField("slice_dim")
-                else sp.slice_dim, "slice_points": list(sp.slice_point)}
+        return {
+            "axis": sp.axis
+            if sp.HasField("axis") or not sp.HasField("slice_dim")
+            else sp.slice_dim,
+            "slice_points": list(sp.slice_point),
+        }
     if layer_type == "Flatten" and isinstance(lp, caffe_pb2.LayerParameter):
         return {"axis": lp.flatten_param.axis, "end_axis": lp.flatten_param.end_axis}
     if layer_type == "Reshape" and isinstance(lp, caffe_pb2.LayerParameter):
         rp = lp.reshape_param
-        return {"dims": [int(d) for d in rp.shape.dim], "axis": rp.axis,
-                "num_axes": rp.num_axes}
+        return {"dims": [int(d) for d in rp.shape.dim], "axis": rp.axis, "num_axes": rp.num_axes}
     if layer_type == "BatchNorm" and isinstance(lp, caffe_pb2.LayerParameter):
         return {"eps": lp.batch_norm_param.eps}
     if layer_type == "Scale" and isinstance(lp, caffe_pb2.LayerParameter):
@@ -300,9 +418,10 @@ def parse_prototxt(path: str | Path) -> tuple[caffe_pb2.NetParameter, list[str]]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise FormatError(f"{source}: not a text prototxt (not UTF-8 text; "
-                          f"a binary .caffemodel goes first, the prototxt after --prototxt)"
-                          ) from None
+        raise FormatError(
+            f"{source}: not a text prototxt (not UTF-8 text; "
+            f"a binary .caffemodel goes first, the prototxt after --prototxt)"
+        ) from None
     net = caffe_pb2.NetParameter()
     notes: list[str] = []
     try:
@@ -315,8 +434,10 @@ def parse_prototxt(path: str | Path) -> tuple[caffe_pb2.NetParameter, list[str]]
             raise FormatError(f"{source}: not a Caffe net definition: {exc}") from None
         unknown = _unknown_fields(text)
         listed = ", ".join(f"{name} (line {line})" for name, line in unknown) or str(strict_error)
-        notes.append(f"{source.name}: skipped fields the Caffe schema does not know "
-                     f"(not needed for weights): {listed}")
+        notes.append(
+            f"{source.name}: skipped fields the Caffe schema does not know "
+            f"(not needed for weights): {listed}"
+        )
     if not len(net.layer) and not len(net.layers):
         raise FormatError(f"{source}: defines no layers; is it a Caffe net definition?")
     return net, notes
@@ -351,8 +472,9 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil: bool =
     return out
 
 
-def infer_blob_shapes(net: NetDef,
-                      input_shape: tuple[int, ...] | None = None) -> dict[str, tuple[int, ...]]:
+def infer_blob_shapes(
+    net: NetDef, input_shape: tuple[int, ...] | None = None
+) -> dict[str, tuple[int, ...]]:
     """Shapes (N, C, H, W) or (N, K) of every blob that can be worked out, by name.
 
     `input_shape` (C, H, W) fills in data layers whose size the definition does not give.
@@ -376,8 +498,9 @@ def infer_blob_shapes(net: NetDef,
 Shape = tuple[int, ...]
 
 
-def _layer_output_shapes(layer: LayerDef, shapes: dict[str, Shape],
-                         input_shape: Shape | None) -> list[Shape | None] | None:
+def _layer_output_shapes(
+    layer: LayerDef, shapes: dict[str, Shape], input_shape: Shape | None
+) -> list[Shape | None] | None:
     kind_type = layer.type
     p = layer.params
     if kind_type in ("Input", "DummyData", "MemoryData"):
@@ -395,20 +518,38 @@ def _layer_output_shapes(layer: LayerDef, shapes: dict[str, Shape],
     if kind_type == "Convolution":
         n, _, h, w = first
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p["kernel"], p["stride"], p["pad"], p["dilation"]
-        return [(n, p["num_output"], conv_output_size(h, kh, sh, ph, dh),
-                 conv_output_size(w, kw, sw, pw, dw))]
+        return [
+            (
+                n,
+                p["num_output"],
+                conv_output_size(h, kh, sh, ph, dh),
+                conv_output_size(w, kw, sw, pw, dw),
+            )
+        ]
     if kind_type == "Deconvolution":
         n, _, h, w = first
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p["kernel"], p["stride"], p["pad"], p["dilation"]
-        return [(n, p["num_output"], sh * (h - 1) + dh * (kh - 1) + 1 - 2 * ph,
-                 sw * (w - 1) + dw * (kw - 1) + 1 - 2 * pw)]
+        return [
+            (
+                n,
+                p["num_output"],
+                sh * (h - 1) + dh * (kh - 1) + 1 - 2 * ph,
+                sw * (w - 1) + dw * (kw - 1) + 1 - 2 * pw,
+            )
+        ]
     if kind_type == "Pooling":
         n, c, h, w = first
         if p["global_pooling"]:
             return [(n, c, 1, 1)]
         (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
-        return [(n, c, pool_output_size(h, kh, sh, ph, p["ceil"]),
-                 pool_output_size(w, kw, sw, pw, p["ceil"]))]
+        return [
+            (
+                n,
+                c,
+                pool_output_size(h, kh, sh, ph, p["ceil"]),
+                pool_output_size(w, kw, sw, pw, p["ceil"]),
+            )
+        ]
     if kind_type == "Padding":
         n, c, h, w = first
         return [(n, c, h + 2 * p["pad"], w + 2 * p["pad"])]
@@ -419,21 +560,23 @@ def _layer_output_shapes(layer: LayerDef, shapes: dict[str, Shape],
     if kind_type == "Flatten":
         axis = p.get("axis", 1)
         end = p.get("end_axis", -1) % len(first)
-        return [(*first[:axis], math.prod(first[axis:end + 1]), *first[end + 1:])]
+        return [(*first[:axis], math.prod(first[axis : end + 1]), *first[end + 1 :])]
     if kind_type == "Concat":
         if any(b is None for b in bottoms):
             return None
         axis = p.get("axis", 1) % len(first)
         total = sum(b[axis] for b in bottoms if b is not None)
-        return [(*first[:axis], total, *first[axis + 1:])]
+        return [(*first[:axis], total, *first[axis + 1 :])]
     if kind_type == "Slice":
         axis = p.get("axis", 1) % len(first)
         points = [0, *p.get("slice_points", []), first[axis]]
         if len(points) == 2:
             step = first[axis] // len(layer.tops)
             points = [i * step for i in range(len(layer.tops) + 1)]
-        return [(*first[:axis], points[i + 1] - points[i], *first[axis + 1:])
-                for i in range(len(layer.tops))]
+        return [
+            (*first[:axis], points[i + 1] - points[i], *first[axis + 1 :])
+            for i in range(len(layer.tops))
+        ]
     if kind_type == "Reshape":
         return [_reshape(first, p)]
     if kind_type == "Crop" and len(bottoms) > 1 and bottoms[1] is not None:
@@ -456,8 +599,9 @@ def _reshape(shape: tuple[int, ...], p: dict[str, Any]) -> tuple[int, ...] | Non
 def feeds_from_spatial(net: NetDef, blob: str) -> bool:
     """Whether `blob` is (through shape-keeping layers) the output of a spatial layer or a
     data layer, so that an InnerProduct on it flattens C, H, W."""
-    producers = {top: layer for layer in net.layers for top in layer.tops
-                 if top not in layer.bottoms}
+    producers = {
+        top: layer for layer in net.layers for top in layer.tops if top not in layer.bottoms
+    }
     in_place = {}
     for layer in net.layers:
         for top in layer.tops:

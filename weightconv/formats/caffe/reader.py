@@ -76,7 +76,7 @@ def sniff(head: bytes, path: Path) -> bool:
                 _, pos = read_varint(head, pos, end)
                 continue
             length, pos = read_varint(head, pos, end)
-            payload = head[pos:min(pos + length, end)]
+            payload = head[pos : min(pos + length, end)]
             if number in (1, 3) and not _is_text(payload, complete=pos + length <= end):
                 return False
             if number in (NET_LAYER_V2, NET_LAYERS_V1) and not _plausible_layer(payload):
@@ -116,8 +116,12 @@ class RawLayer:
     span: tuple[int, int] | None = None
 
 
-def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | None = None,
-         input_shape: tuple[int, ...] | None = None) -> WeightSet:
+def read(
+    path: str | os.PathLike[str],
+    *,
+    prototxt: str | os.PathLike[str] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> WeightSet:
     """Read a .caffemodel into a WeightSet whose layers are in Caffe layout.
 
     `prototxt` (a deploy net definition) gives the blob shapes needed to reorder the
@@ -138,12 +142,17 @@ def read(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[str] | Non
         message, prototxt_notes = caffe_net.parse_prototxt(prototxt)
         notes.extend(prototxt_notes)
         deploy_net = caffe_net.net_def_from_message(message)
-    detail = {"encoding": model_net.encoding, "net_name": model_net.name,
-              "prototxt": str(prototxt) if prototxt is not None else None}
-    weights = assemble(source, "caffemodel", raw_layers, model_net, deploy_net, input_shape,
-                       notes, detail)
-    weights.release = _page_releaser(buffer, {raw.definition.name: raw.span
-                                              for raw in raw_layers if raw.span})
+    detail = {
+        "encoding": model_net.encoding,
+        "net_name": model_net.name,
+        "prototxt": str(prototxt) if prototxt is not None else None,
+    }
+    weights = assemble(
+        source, "caffemodel", raw_layers, model_net, deploy_net, input_shape, notes, detail
+    )
+    weights.release = _page_releaser(
+        buffer, {raw.definition.name: raw.span for raw in raw_layers if raw.span}
+    )
     return weights
 
 
@@ -168,8 +177,7 @@ def _map(source: Path) -> mmap.mmap:
         return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def parse_caffemodel(buffer: mmap.mmap | bytes,
-                     source: Path) -> tuple[NetDef, list[RawLayer]]:
+def parse_caffemodel(buffer: mmap.mmap | bytes, source: Path) -> tuple[NetDef, list[RawLayer]]:
     """Walk a binary NetParameter: the net's header and each layer with its blobs."""
     header = bytearray()
     v2_spans: list[tuple[int, int]] = []
@@ -188,11 +196,13 @@ def parse_caffemodel(buffer: mmap.mmap | bytes,
     try:
         net.ParseFromString(bytes(header))
     except DecodeError:
-        raise FormatError(f"{source}: not a .caffemodel (its header does not decode as a "
-                          f"Caffe NetParameter)") from None
+        raise FormatError(
+            f"{source}: not a .caffemodel (its header does not decode as a Caffe NetParameter)"
+        ) from None
     if v2_spans and v1_spans:
-        raise FormatError(f"{source}: mixes V2 `layer` and V1 `layers` entries, "
-                          f"which Caffe refuses")
+        raise FormatError(
+            f"{source}: mixes V2 `layer` and V1 `layers` entries, which Caffe refuses"
+        )
     if not v2_spans and not v1_spans:
         raise FormatError(f"{source}: holds no layers; not a .caffemodel?")
     layers = []
@@ -207,22 +217,30 @@ def parse_caffemodel(buffer: mmap.mmap | bytes,
             raise FormatError(f"{source}: layer #{index + 1} is corrupt ({exc})") from None
         except FormatError as exc:
             raise FormatError(f"{source}: {exc}") from None
-    encoding = "V2" if v2_spans else (
-        "V0" if any(raw.definition.params.get("_v0") for raw in layers) else "V1")
+    encoding = (
+        "V2"
+        if v2_spans
+        else ("V0" if any(raw.definition.params.get("_v0") for raw in layers) else "V1")
+    )
     for raw in layers:
         raw.definition.params.pop("_v0", None)
-    net_def = NetDef(name=net.name, encoding=encoding,
-                     layers=[raw.definition for raw in layers],
-                     inputs=caffe_net._net_inputs(net))
+    net_def = NetDef(
+        name=net.name,
+        encoding=encoding,
+        layers=[raw.definition for raw in layers],
+        inputs=caffe_net._net_inputs(net),
+    )
     return net_def, layers
 
 
-def _split_fields(buffer: mmap.mmap | bytes, start: int, end: int,
-                  blob_field: int) -> tuple[bytes, list[tuple[int, int]]]:
+def _split_fields(
+    buffer: mmap.mmap | bytes, start: int, end: int, blob_field: int
+) -> tuple[bytes, list[tuple[int, int]]]:
     rest = bytearray()
     blobs = []
     for number, wire_type, field_start, value_start, value_end in iter_field_spans(
-            buffer, start, end):
+        buffer, start, end
+    ):
         if number == blob_field and wire_type == LENGTH_DELIMITED:
             blobs.append((value_start, value_end))
         else:
@@ -234,8 +252,10 @@ def _read_v2_layer(buffer: mmap.mmap | bytes, start: int, end: int) -> RawLayer:
     rest, blob_spans = _split_fields(buffer, start, end, V2_BLOBS)
     message = caffe_pb2.LayerParameter.FromString(rest)
     definition = caffe_net.layer_def_from_v2(message)
-    return RawLayer(definition, [_read_blob(buffer, s, e, definition.name, i)
-                                 for i, (s, e) in enumerate(blob_spans)])
+    return RawLayer(
+        definition,
+        [_read_blob(buffer, s, e, definition.name, i) for i, (s, e) in enumerate(blob_spans)],
+    )
 
 
 def _read_v1_layer(buffer: mmap.mmap | bytes, start: int, end: int) -> RawLayer:
@@ -243,7 +263,8 @@ def _read_v1_layer(buffer: mmap.mmap | bytes, start: int, end: int) -> RawLayer:
     blob_spans: list[tuple[int, int]] = []
     is_v0 = False
     for number, wire_type, field_start, value_start, value_end in iter_field_spans(
-            buffer, start, end):
+        buffer, start, end
+    ):
         if number == V1_BLOBS and wire_type == LENGTH_DELIMITED:
             blob_spans.append((value_start, value_end))
         elif number == V1_V0_LAYER and wire_type == LENGTH_DELIMITED:
@@ -259,12 +280,15 @@ def _read_v1_layer(buffer: mmap.mmap | bytes, start: int, end: int) -> RawLayer:
         definition.params["_v0"] = True
     else:
         definition = caffe_net.layer_def_from_v1(message)
-    return RawLayer(definition, [_read_blob(buffer, s, e, definition.name, i)
-                                 for i, (s, e) in enumerate(blob_spans)])
+    return RawLayer(
+        definition,
+        [_read_blob(buffer, s, e, definition.name, i) for i, (s, e) in enumerate(blob_spans)],
+    )
 
 
-def _read_blob(buffer: mmap.mmap | bytes, start: int, end: int, layer: str,
-               index: int) -> np.ndarray:
+def _read_blob(
+    buffer: mmap.mmap | bytes, start: int, end: int, layer: str, index: int
+) -> np.ndarray:
     legacy: dict[int, int] = {}
     dims: list[int] | None = None
     chunks: dict[str, list[np.ndarray]] = {"f4": [], "f8": []}
@@ -274,8 +298,7 @@ def _read_blob(buffer: mmap.mmap | bytes, start: int, end: int, layer: str,
             legacy[number] = as_int64(value)
         elif number == 7 and wire_type == LENGTH_DELIMITED:
             dims = []
-            for dim_number, dim_wire, dim_value, dim_end in iter_fields(buffer, value,
-                                                                        value_end):
+            for dim_number, dim_wire, dim_value, dim_end in iter_fields(buffer, value, value_end):
                 if dim_number != 1:
                     continue
                 if dim_wire == LENGTH_DELIMITED:
@@ -303,20 +326,28 @@ def _read_blob(buffer: mmap.mmap | bytes, start: int, end: int, layer: str,
     else:
         shape = (data.size,)
     if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.int64)) != data.size:
-        raise FormatError(f"layer {layer!r} blob {index}: shape "
-                          f"{'x'.join(map(str, shape)) or '()'} needs "
-                          f"{int(np.prod(shape, dtype=np.int64))} values but it holds "
-                          f"{data.size}")
+        raise FormatError(
+            f"layer {layer!r} blob {index}: shape "
+            f"{'x'.join(map(str, shape)) or '()'} needs "
+            f"{int(np.prod(shape, dtype=np.int64))} values but it holds "
+            f"{data.size}"
+        )
     return data.reshape(shape)
 
 
 # --- from raw layers to a WeightSet --------------------------------------------------------
 
 
-def assemble(source: Path, format_name: str, raw_layers: list[RawLayer],
-             model_net: NetDef | None, deploy_net: NetDef | None,
-             input_shape: tuple[int, ...] | None, notes: list[str],
-             detail: dict[str, Any]) -> WeightSet:
+def assemble(
+    source: Path,
+    format_name: str,
+    raw_layers: list[RawLayer],
+    model_net: NetDef | None,
+    deploy_net: NetDef | None,
+    input_shape: tuple[int, ...] | None,
+    notes: list[str],
+    detail: dict[str, Any],
+) -> WeightSet:
     """Pair blobs with layer definitions (the prototxt's when given) into a WeightSet."""
     blobs_by_name: dict[str, list[np.ndarray]] = {}
     model_defs: dict[str, LayerDef] = {}
@@ -331,8 +362,10 @@ def assemble(source: Path, format_name: str, raw_layers: list[RawLayer],
         described = {layer.name for layer in deploy_net.layers}
         if not described & set(blobs_by_name):
             sample = ", ".join(list(blobs_by_name)[:4])
-            raise FormatError(f"{source}: the prototxt describes none of its weighted layers "
-                              f"({sample}, ...): caffemodel and prototxt do not match")
+            raise FormatError(
+                f"{source}: the prototxt describes none of its weighted layers "
+                f"({sample}, ...): caffemodel and prototxt do not match"
+            )
     shapes = caffe_net.infer_blob_shapes(net, input_shape)
     ws = WeightSet(source=Provenance(str(source), format_name, detail))
     for message in notes:
@@ -345,42 +378,63 @@ def assemble(source: Path, format_name: str, raw_layers: list[RawLayer],
         blobs = blobs_by_name.get(definition.name, [])
         expects_weights = definition.kind in (Kind.CONV, Kind.DENSE, Kind.DECONV)
         if not blobs and expects_weights and deploy_net is not None and model_net is not None:
-            ws.note(f"layer {definition.name!r} ({definition.type}) is in the prototxt "
-                    f"but the caffemodel holds no weights for it")
+            ws.note(
+                f"layer {definition.name!r} ({definition.type}) is in the prototxt "
+                f"but the caffemodel holds no weights for it"
+            )
         ws.layers.append(_make_layer(definition, blobs, net, shapes, ws, source))
     if deploy_net is not None:
         for name, blobs in blobs_by_name.items():
             if name not in placed:
                 definition = model_defs.get(name, LayerDef(name=name, type="Unknown"))
-                ws.note(f"layer {name!r} holds weights but is not in the prototxt; "
-                        f"kept with its caffemodel definition")
+                ws.note(
+                    f"layer {name!r} holds weights but is not in the prototxt; "
+                    f"kept with its caffemodel definition"
+                )
                 ws.layers.append(_make_layer(definition, blobs, model_net or net, {}, ws, source))
     ws.channel_order = _channel_order(ws)
     return ws
 
 
-def _make_layer(definition: LayerDef, blobs: list[np.ndarray], net: NetDef,
-                shapes: dict[str, tuple[int, ...]], ws: WeightSet, source: Path) -> Layer:
+def _make_layer(
+    definition: LayerDef,
+    blobs: list[np.ndarray],
+    net: NetDef,
+    shapes: dict[str, tuple[int, ...]],
+    ws: WeightSet,
+    source: Path,
+) -> Layer:
     kind = definition.kind
     roles = ROLES.get(kind, ())
     if len(blobs) > len(roles):
         extra = [f"blob{i}" for i in range(len(roles), len(blobs))]
         roles = (*roles, *extra)
         if kind == Kind.OTHER or len(ROLES.get(kind, ())) < len(blobs):
-            ws.note(f"layer {definition.name!r} ({definition.type}): "
-                    f"{len(extra)} blob(s) with no known role kept as {', '.join(extra)}")
-    tensors = {role: _normalise_blob(kind, role, blob) for role, blob in zip(roles, blobs,
-                                                                              strict=False)}
-    layer = Layer(name=definition.name, kind=kind, tensors=tensors,
-                  params=dict(definition.params), source_type=definition.type, layout=CAFFE,
-                  bottoms=tuple(definition.bottoms), tops=tuple(definition.tops))
+            ws.note(
+                f"layer {definition.name!r} ({definition.type}): "
+                f"{len(extra)} blob(s) with no known role kept as {', '.join(extra)}"
+            )
+    tensors = {
+        role: _normalise_blob(kind, role, blob) for role, blob in zip(roles, blobs, strict=False)
+    }
+    layer = Layer(
+        name=definition.name,
+        kind=kind,
+        tensors=tensors,
+        params=dict(definition.params),
+        source_type=definition.type,
+        layout=CAFFE,
+        bottoms=tuple(definition.bottoms),
+        tops=tuple(definition.tops),
+    )
     bottom_shape = shapes.get(definition.bottoms[0]) if definition.bottoms else None
     if kind == Kind.DENSE:
         if bottom_shape is not None:
             layer.input_shape = tuple(bottom_shape[1:])
         elif definition.bottoms:
             layer.params["follows_spatial"] = caffe_net.feeds_from_spatial(
-                net, definition.bottoms[0])
+                net, definition.bottoms[0]
+            )
     elif kind in (Kind.CONV, Kind.DECONV) and bottom_shape is not None:
         layer.input_shape = tuple(bottom_shape[1:])
     _check_against_definition(layer, source)
@@ -390,11 +444,18 @@ def _make_layer(definition: LayerDef, blobs: list[np.ndarray], net: NetDef,
 def _normalise_blob(kind: str, role: str, blob: np.ndarray) -> np.ndarray:
     """Drop the leading 1s of legacy 4-D blobs: V1 files store (1, 1, out, in) dense weights
     and (1, 1, 1, n) bias vectors."""
-    if kind == Kind.DENSE and role == "weights" and blob.ndim > 2 \
-            and all(d == 1 for d in blob.shape[:-2]):
+    if (
+        kind == Kind.DENSE
+        and role == "weights"
+        and blob.ndim > 2
+        and all(d == 1 for d in blob.shape[:-2])
+    ):
         return blob.reshape(blob.shape[-2:])
-    if role in ("biases", "alpha", "mean", "variance", "scale_factor", "scale", "offset") \
-            and blob.ndim > 1 and sum(d != 1 for d in blob.shape) <= 1:
+    if (
+        role in ("biases", "alpha", "mean", "variance", "scale_factor", "scale", "offset")
+        and blob.ndim > 1
+        and sum(d != 1 for d in blob.shape) <= 1
+    ):
         return blob.reshape(-1)
     return blob
 
@@ -407,8 +468,9 @@ def _check_against_definition(layer: Layer, source: Path) -> None:
     where = f"{source}: layer {layer.name!r}"
     if layer.kind == Kind.CONV:
         if weights.ndim != 4:
-            raise ShapeError(f"{where}: convolution weights must be 4-D, the blob is "
-                             f"{_shape(weights.shape)}")
+            raise ShapeError(
+                f"{where}: convolution weights must be 4-D, the blob is {_shape(weights.shape)}"
+            )
         out, per_group, kh, kw = weights.shape
         expected_out = p.get("num_output") or out
         group = p.get("group") or 1
@@ -416,30 +478,39 @@ def _check_against_definition(layer: Layer, source: Path) -> None:
         in_channels = layer.input_shape[0] if layer.input_shape else per_group * group
         expected = (expected_out, in_channels // group, *kernel)
         if weights.shape != expected or in_channels % group:
-            raise ShapeError(f"{where}: caffemodel/prototxt mismatch: the net definition "
-                             f"implies weights {_shape(expected)} (num_output {expected_out}, "
-                             f"{in_channels} input channels, group {group}, kernel "
-                             f"{kernel[0]}x{kernel[1]}), the caffemodel blob is "
-                             f"{_shape(weights.shape)}")
+            raise ShapeError(
+                f"{where}: caffemodel/prototxt mismatch: the net definition "
+                f"implies weights {_shape(expected)} (num_output {expected_out}, "
+                f"{in_channels} input channels, group {group}, kernel "
+                f"{kernel[0]}x{kernel[1]}), the caffemodel blob is "
+                f"{_shape(weights.shape)}"
+            )
     elif layer.kind == Kind.DENSE:
         if weights.ndim != 2:
-            raise ShapeError(f"{where}: inner-product weights must be 2-D, the blob is "
-                             f"{_shape(weights.shape)}")
+            raise ShapeError(
+                f"{where}: inner-product weights must be 2-D, the blob is {_shape(weights.shape)}"
+            )
         outputs, inputs = weights.shape[::-1] if p.get("transpose") else weights.shape
         expected_out = p.get("num_output") or outputs
         expected_in = int(np.prod(layer.input_shape)) if layer.input_shape else inputs
         if (outputs, inputs) != (expected_out, expected_in):
             blob_note = f" ({_shape(layer.input_shape)})" if layer.input_shape else ""
-            raise ShapeError(f"{where}: caffemodel/prototxt mismatch: the net definition "
-                             f"implies {expected_out} outputs x {expected_in} inputs{blob_note}, "
-                             f"the caffemodel blob is {_shape(weights.shape)}")
+            raise ShapeError(
+                f"{where}: caffemodel/prototxt mismatch: the net definition "
+                f"implies {expected_out} outputs x {expected_in} inputs{blob_note}, "
+                f"the caffemodel blob is {_shape(weights.shape)}"
+            )
     biases = layer.tensors.get("biases")
     if biases is not None and layer.kind in (Kind.CONV, Kind.DENSE):
-        outputs = weights.shape[0] if layer.kind == Kind.CONV or not p.get("transpose") \
+        outputs = (
+            weights.shape[0]
+            if layer.kind == Kind.CONV or not p.get("transpose")
             else weights.shape[1]
+        )
         if biases.shape != (outputs,):
-            raise ShapeError(f"{where}: biases are {_shape(biases.shape)} but the layer has "
-                             f"{outputs} outputs")
+            raise ShapeError(
+                f"{where}: biases are {_shape(biases.shape)} but the layer has {outputs} outputs"
+            )
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:
@@ -450,8 +521,10 @@ def _channel_order(ws: WeightSet) -> str | None:
     for layer in ws.layers:
         if layer.kind == Kind.CONV and "weights" in layer.tensors:
             if layer.tensors["weights"].shape[1] == 3 and (layer.params.get("group") or 1) == 1:
-                ws.note("channel order of the first layer taken as BGR (Caffe's convention "
-                        "for 3-channel image models)")
+                ws.note(
+                    "channel order of the first layer taken as BGR (Caffe's convention "
+                    "for 3-channel image models)"
+                )
                 return "bgr"
             return None
     return None

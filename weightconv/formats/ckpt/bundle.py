@@ -61,16 +61,30 @@ BUNDLE_VERSION_PRODUCER = 1
 WRITE_CHUNK_BYTES = 16 << 20
 MAX_SHARDS = 99999
 
-_ROLE_ALIASES = {"kernel": "weights", "w": "weights", "W": "weights",
-                 "bias": "biases", "b": "biases"}
-_TRAINING_STATE_NAMES = {"global_step", "beta1_power", "beta2_power", "save_counter",
-                         "_CHECKPOINTABLE_OBJECT_GRAPH", "iter", "iterations"}
+_ROLE_ALIASES = {
+    "kernel": "weights",
+    "w": "weights",
+    "W": "weights",
+    "bias": "biases",
+    "b": "biases",
+}
+_TRAINING_STATE_NAMES = {
+    "global_step",
+    "beta1_power",
+    "beta2_power",
+    "save_counter",
+    "_CHECKPOINTABLE_OBJECT_GRAPH",
+    "iter",
+    "iterations",
+}
 _OPTIMIZER_SLOTS = re.compile(
     r"/(Adam|Adam_\d+|Momentum|RMSProp|RMSProp_\d+|Adagrad|Adadelta|Adadelta_\d+|Ftrl|Ftrl_\d+|"
-    r"ExponentialMovingAverage|Adamax|Adamax_\d+|Nadam|Nadam_\d+)$")
+    r"ExponentialMovingAverage|Adamax|Adamax_\d+|Nadam|Nadam_\d+)$"
+)
 
 
 # Locating a checkpoint ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Location:
@@ -105,8 +119,9 @@ def _state_file_target(folder: Path) -> Path | None:
     for candidate in candidates:
         if Path(f"{candidate}{INDEX_SUFFIX}").is_file() or candidate.is_file():
             return candidate
-    raise FormatError(f"{state}: its latest checkpoint {message.model_checkpoint_path!r} is not "
-                      f"in {folder}")
+    raise FormatError(
+        f"{state}: its latest checkpoint {message.model_checkpoint_path!r} is not in {folder}"
+    )
 
 
 def locate(path: str | os.PathLike[str]) -> Location | None:
@@ -123,11 +138,11 @@ def locate(path: str | os.PathLike[str]) -> Location | None:
             indexes = sorted(target.glob(f"*{INDEX_SUFFIX}"))
             if len(indexes) != 1:
                 return None
-            latest = Path(str(indexes[0])[:-len(INDEX_SUFFIX)])
+            latest = Path(str(indexes[0])[: -len(INDEX_SUFFIX)])
         return locate(latest)
     text = str(target)
     if text.endswith(INDEX_SUFFIX) and target.is_file():
-        return Location(2, Path(text[:-len(INDEX_SUFFIX)]))
+        return Location(2, Path(text[: -len(INDEX_SUFFIX)]))
     match = DATA_RE.match(text)
     if match and Path(match["prefix"] + INDEX_SUFFIX).is_file():
         return Location(2, Path(match["prefix"]))
@@ -164,6 +179,7 @@ def data_filename(prefix: str | os.PathLike[str], shard: int, count: int) -> Pat
 
 
 # Reading -----------------------------------------------------------------------------------
+
 
 @dataclass
 class TensorInfo:
@@ -212,18 +228,23 @@ class BundleReader:
             items = table.items()
             first = next(items, None)
             if first is None or first[0] != b"":
-                raise FormatError(f"{label}: no bundle header (the table's first key is "
-                                  f"{first[0]!r} rather than empty)" if first else
-                                  f"{label}: empty table, no bundle header")
+                raise FormatError(
+                    f"{label}: no bundle header (the table's first key is "
+                    f"{first[0]!r} rather than empty)"
+                    if first
+                    else f"{label}: empty table, no bundle header"
+                )
             header = pb.BundleHeaderProto()
             self._parse(header, first[1], f"{label}: bundle header")
             self.num_shards = header.num_shards
             self.big_endian = header.endianness == pb.BundleHeaderProto.BIG
             self.producer = header.version.producer
             if header.version.min_consumer > BUNDLE_VERSION_PRODUCER:
-                raise FormatError(f"{label}: written for readers of bundle version "
-                                  f">= {header.version.min_consumer}; this reader knows "
-                                  f"version {BUNDLE_VERSION_PRODUCER}")
+                raise FormatError(
+                    f"{label}: written for readers of bundle version "
+                    f">= {header.version.min_consumer}; this reader knows "
+                    f"version {BUNDLE_VERSION_PRODUCER}"
+                )
             if not 1 <= self.num_shards <= MAX_SHARDS:
                 raise FormatError(f"{label}: header says {self.num_shards} data shards")
             for key, value in items:
@@ -231,8 +252,7 @@ class BundleReader:
                 if ordered_code.is_slice_key(key):
                     name, extents = ordered_code.decode_slice_key(key)
                     self._parse(entry_pb, value, f"{label}: slice of {name!r}")
-                    self.slice_entries[(name, tuple(extents))] = self._entry(name, entry_pb,
-                                                                             label)
+                    self.slice_entries[(name, tuple(extents))] = self._entry(name, entry_pb, label)
                     continue
                 name = key.decode("utf-8", errors="surrogateescape")
                 self._parse(entry_pb, value, f"{label}: entry {name!r}")
@@ -251,13 +271,24 @@ class BundleReader:
         shape = tuple(int(d.size) for d in entry_pb.shape.dim)
         if any(n < 0 for n in shape):
             raise FormatError(f"{label}: tensor {name!r} has shape {list(shape)}")
-        slices = [[(int(e.start), int(e.length) if e.HasField("length") else -1)
-                   for e in s.extent] for s in entry_pb.slices]
+        slices = [
+            [(int(e.start), int(e.length) if e.HasField("length") else -1) for e in s.extent]
+            for s in entry_pb.slices
+        ]
         if not slices and not 0 <= entry_pb.shard_id < self.num_shards:
-            raise FormatError(f"{label}: tensor {name!r} is in shard {entry_pb.shard_id} of "
-                              f"{self.num_shards}")
-        return Entry(name, int(entry_pb.dtype), shape, int(entry_pb.shard_id),
-                     int(entry_pb.offset), int(entry_pb.size), int(entry_pb.crc32c), slices)
+            raise FormatError(
+                f"{label}: tensor {name!r} is in shard {entry_pb.shard_id} of {self.num_shards}"
+            )
+        return Entry(
+            name,
+            int(entry_pb.dtype),
+            shape,
+            int(entry_pb.shard_id),
+            int(entry_pb.offset),
+            int(entry_pb.size),
+            int(entry_pb.crc32c),
+            slices,
+        )
 
     def close(self) -> None:
         for mapping in self._maps.values():
@@ -284,16 +315,28 @@ class BundleReader:
         for entry in self.entries.values():
             nbytes = 0
             if entry.dtype != tf_types.STRING and entry.dtype in tf_types.DTYPES:
-                itemsize = 2 if entry.dtype == tf_types.BFLOAT16 else (
-                    np.dtype(tf_types.DTYPES[entry.dtype][1] or "u1").itemsize)
+                itemsize = (
+                    2
+                    if entry.dtype == tf_types.BFLOAT16
+                    else (np.dtype(tf_types.DTYPES[entry.dtype][1] or "u1").itemsize)
+                )
                 nbytes = int(np.prod(entry.shape, dtype=np.int64)) * itemsize
             position = (entry.shard, entry.offset)
             if entry.slices:
                 pieces = [e for (name, _), e in self.slice_entries.items() if name == entry.name]
                 position = min(((e.shard, e.offset) for e in pieces), default=(1 << 31, 0))
-            infos.append(TensorInfo(entry.name, entry.dtype, entry.shape,
-                                    _bind(self.read, entry.name), nbytes, len(entry.slices),
-                                    position, _bind(self.release, entry.name)))
+            infos.append(
+                TensorInfo(
+                    entry.name,
+                    entry.dtype,
+                    entry.shape,
+                    _bind(self.read, entry.name),
+                    nbytes,
+                    len(entry.slices),
+                    position,
+                    _bind(self.release, entry.name),
+                )
+            )
         return infos
 
     def read(self, name: str) -> np.ndarray:
@@ -311,24 +354,30 @@ class BundleReader:
         mapping = self._shard(entry.shard, entry.name)
         data_path = data_filename(self.prefix, entry.shard, self.num_shards)
         if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > len(mapping):
-            raise FormatError(f"{what}: bytes {entry.offset}..{entry.offset + entry.size} lie "
-                              f"outside {data_path} ({len(mapping)} bytes)")
+            raise FormatError(
+                f"{what}: bytes {entry.offset}..{entry.offset + entry.size} lie "
+                f"outside {data_path} ({len(mapping)} bytes)"
+            )
         raw = np.frombuffer(mapping, dtype=np.uint8, count=entry.size, offset=entry.offset)
         if entry.dtype == tf_types.STRING:
             strings, actual = _decode_strings(raw, entry.shape, what)
         else:
             actual = _crc_and_release(raw)
         if actual != crc32c.unmask(entry.crc):
-            raise FormatError(f"{what}: checksum mismatch in {data_path} (stored "
-                              f"{crc32c.unmask(entry.crc):#010x}, computed {actual:#010x}); "
-                              f"the checkpoint is corrupt")
+            raise FormatError(
+                f"{what}: checksum mismatch in {data_path} (stored "
+                f"{crc32c.unmask(entry.crc):#010x}, computed {actual:#010x}); "
+                f"the checkpoint is corrupt"
+            )
         if entry.dtype == tf_types.STRING:
             return strings
         count = int(np.prod(entry.shape, dtype=np.int64))
         if count * dtype.itemsize != entry.size:
-            raise FormatError(f"{what}: {entry.size} bytes stored for shape "
-                              f"{list(entry.shape)} of {tf_types.name(entry.dtype)} "
-                              f"({count * dtype.itemsize} expected)")
+            raise FormatError(
+                f"{what}: {entry.size} bytes stored for shape "
+                f"{list(entry.shape)} of {tf_types.name(entry.dtype)} "
+                f"({count * dtype.itemsize} expected)"
+            )
         if self.big_endian:
             dtype = dtype.newbyteorder(">")
         return raw.view(dtype).reshape(entry.shape)
@@ -340,9 +389,11 @@ class BundleReader:
             return
         mapping = self._maps[entry.shard]
         if isinstance(mapping, mmap.mmap) and 0 <= entry.offset <= entry.offset + entry.size <= (
-                len(mapping)):
-            release_pages(np.frombuffer(mapping, dtype=np.uint8, count=entry.size,
-                                        offset=entry.offset))
+            len(mapping)
+        ):
+            release_pages(
+                np.frombuffer(mapping, dtype=np.uint8, count=entry.size, offset=entry.offset)
+            )
 
     def _assemble(self, entry: Entry) -> np.ndarray:
         what = f"{self.prefix}: partitioned tensor {entry.name!r}"
@@ -351,18 +402,22 @@ class BundleReader:
         covered = 0
         for extents in entry.slices:
             if len(extents) != len(entry.shape):
-                raise FormatError(f"{what}: a slice has rank {len(extents)}, the tensor "
-                                  f"{len(entry.shape)}")
+                raise FormatError(
+                    f"{what}: a slice has rank {len(extents)}, the tensor {len(entry.shape)}"
+                )
             piece = self.slice_entries.get((entry.name, tuple(extents)))
             if piece is None:
-                raise FormatError(f"{what}: slice {_describe_extents(extents)} is listed but "
-                                  f"not stored")
+                raise FormatError(
+                    f"{what}: slice {_describe_extents(extents)} is listed but not stored"
+                )
             region = _region(extents, entry.shape, what)
             values = self._read_entry(piece)
             target_shape = full[region].shape
             if values.shape != target_shape:
-                raise FormatError(f"{what}: slice {_describe_extents(extents)} holds shape "
-                                  f"{list(values.shape)}, expected {list(target_shape)}")
+                raise FormatError(
+                    f"{what}: slice {_describe_extents(extents)} holds shape "
+                    f"{list(values.shape)}, expected {list(target_shape)}"
+                )
             full[region] = values
             covered += values.size
         if covered != full.size:
@@ -376,7 +431,7 @@ def _crc_and_release(raw: np.ndarray) -> int:
     tensor does not leave all of it resident (whoever uses it next maps it back in)."""
     crc = 0
     for start in range(0, raw.size, WRITE_CHUNK_BYTES):
-        piece = raw[start:start + WRITE_CHUNK_BYTES]
+        piece = raw[start : start + WRITE_CHUNK_BYTES]
         crc = crc32c.extend(crc, piece)
         release_pages(piece)
     return crc
@@ -386,14 +441,14 @@ def _bind(action: Callable[[str], Any], name: str) -> Callable[[], Any]:
     return lambda: action(name)
 
 
-def _region(extents: list[tuple[int, int]], shape: tuple[int, ...], what: str
-            ) -> tuple[slice, ...]:
+def _region(extents: list[tuple[int, int]], shape: tuple[int, ...], what: str) -> tuple[slice, ...]:
     region = []
     for (start, length), size in zip(extents, shape, strict=True):
         stop = size if length < 0 else start + length
         if not 0 <= start <= stop <= size:
-            raise FormatError(f"{what}: slice {_describe_extents(extents)} lies outside shape "
-                              f"{list(shape)}")
+            raise FormatError(
+                f"{what}: slice {_describe_extents(extents)} lies outside shape {list(shape)}"
+            )
         region.append(slice(start, stop))
     return tuple(region)
 
@@ -409,8 +464,7 @@ def _read_varint(raw: np.ndarray, pos: int, what: str) -> tuple[int, int]:
         raise FormatError(f"{what}: string lengths are truncated or corrupt") from None
 
 
-def _decode_strings(raw: np.ndarray, shape: tuple[int, ...], what: str
-                    ) -> tuple[np.ndarray, int]:
+def _decode_strings(raw: np.ndarray, shape: tuple[int, ...], what: str) -> tuple[np.ndarray, int]:
     """``[varint64 length]*n [masked CRC32C of the lengths] [bytes]*n``; returns the strings
     and the tensor's CRC32C, which covers each length as a fixed-width integer (not its
     varint bytes), the 4-byte length checksum and the string bytes."""
@@ -424,20 +478,21 @@ def _decode_strings(raw: np.ndarray, shape: tuple[int, ...], what: str
         crc = crc32c.extend(crc, struct.pack("<I" if length <= 0xFFFFFFFF else "<Q", length))
     if pos + 4 > raw.size:
         raise FormatError(f"{what}: string data is truncated")
-    stored_bytes = raw[pos:pos + 4].tobytes()
+    stored_bytes = raw[pos : pos + 4].tobytes()
     (stored,) = struct.unpack("<I", stored_bytes)
     if crc32c.unmask(stored) != crc:
         raise FormatError(f"{what}: checksum of the string lengths does not match")
     crc = crc32c.extend(crc, stored_bytes)
     pos += 4
     if pos + sum(lengths) > raw.size:
-        raise FormatError(f"{what}: string data is truncated ({raw.size - pos} bytes for "
-                          f"{sum(lengths)})")
+        raise FormatError(
+            f"{what}: string data is truncated ({raw.size - pos} bytes for {sum(lengths)})"
+        )
     out = np.empty(count, dtype=object)
     for i, length in enumerate(lengths):
-        out[i] = raw[pos:pos + length].tobytes()
+        out[i] = raw[pos : pos + length].tobytes()
         pos += length
-    crc = crc32c.extend(crc, raw[pos - sum(lengths):pos])
+    crc = crc32c.extend(crc, raw[pos - sum(lengths) : pos])
     return out.reshape(shape), crc
 
 
@@ -449,8 +504,7 @@ def _encode_strings(values: np.ndarray) -> tuple[bytes, bytes, int]:
     crc = 0
     for item in items:
         prefix += protowire.encode_varint(len(item))
-        crc = crc32c.extend(crc, struct.pack("<I" if len(item) <= 0xFFFFFFFF else "<Q",
-                                             len(item)))
+        crc = crc32c.extend(crc, struct.pack("<I" if len(item) <= 0xFFFFFFFF else "<Q", len(item)))
     length_checksum = struct.pack("<I", crc32c.mask(crc))
     prefix += length_checksum
     payload = b"".join(items)
@@ -461,22 +515,26 @@ def list_tensors(path: str | os.PathLike[str]) -> tuple[Location, list[TensorInf
     """The tensors of the checkpoint at `path` (lazy) and facts about the file."""
     where = locate(path)
     if where is None:
-        raise FormatError(f"{path}: not a TensorFlow checkpoint (no {path}{INDEX_SUFFIX}, no "
-                          f"checkpoint state file, not a V1 checkpoint file)")
+        raise FormatError(
+            f"{path}: not a TensorFlow checkpoint (no {path}{INDEX_SUFFIX}, no "
+            f"checkpoint state file, not a V1 checkpoint file)"
+        )
     if where.version == 1:
         from weightconv.formats.ckpt import v1 as ckpt_v1
 
         infos, detail = ckpt_v1.list_tensors(where.path)
         return where, infos, detail
     reader = BundleReader(where.path)
-    detail = {"version": "V2 (TensorBundle)", "prefix": str(where.path),
-              "shards": reader.num_shards,
-              "endianness": "big" if reader.big_endian else "little"}
+    detail = {
+        "version": "V2 (TensorBundle)",
+        "prefix": str(where.path),
+        "shards": reader.num_shards,
+        "endianness": "big" if reader.big_endian else "little",
+    }
     return where, reader.tensors(), detail
 
 
-def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str = ""
-         ) -> WeightSet:
+def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str = "") -> WeightSet:
     """Read a checkpoint into a WeightSet in the canonical (TensorFlow) layout.
 
     Tensors named ``layer/role`` group into layers (``kernel``/``bias`` become
@@ -497,22 +555,28 @@ def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str =
         name = info.name
         if strip_scope:
             if name.startswith(strip_scope):
-                name = name[len(strip_scope):]
+                name = name[len(strip_scope) :]
             else:
                 unscoped.append(info.name)
         tensor = LazyTensor(info.shape, _lazy_dtype(info), info.load, info.release)
         if flat:
-            layers[name] = Layer(name=name, tensors={"value": tensor}, source_type="tensor",
-                                 layout=CANONICAL, stored_names={"value": name})
+            layers[name] = Layer(
+                name=name,
+                tensors={"value": tensor},
+                source_type="tensor",
+                layout=CANONICAL,
+                stored_names={"value": name},
+            )
             continue
         if _is_training_state(info):
             skipped.append(info.name)
             continue
-        base = name[:-len(OBJECT_SUFFIX)] if name.endswith(OBJECT_SUFFIX) else name
+        base = name[: -len(OBJECT_SUFFIX)] if name.endswith(OBJECT_SUFFIX) else name
         layer_name, stored_role = split_tensor_name(base)
         role = _ROLE_ALIASES.get(stored_role, stored_role)
-        layer = layers.setdefault(layer_name, Layer(name=layer_name, layout=CANONICAL,
-                                                    source_type="variables"))
+        layer = layers.setdefault(
+            layer_name, Layer(name=layer_name, layout=CANONICAL, source_type="variables")
+        )
         if role in layer.tensors:
             role = stored_role
         layer.tensors[role] = tensor
@@ -523,15 +587,21 @@ def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str =
     weights.layers = list(layers.values())
     weights.release = weights.release_lazy_tensors
     if skipped:
-        weights.note(f"left out {len(skipped)} training-state tensor(s) "
-                     f"({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''}); "
-                     f"--flat keeps every tensor")
+        weights.note(
+            f"left out {len(skipped)} training-state tensor(s) "
+            f"({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''}); "
+            f"--flat keeps every tensor"
+        )
     if strip_scope and len(unscoped) == len(infos):
-        raise UsageError(f"{path}: strip_scope {strip_scope!r}: no tensor is under that scope "
-                         f"(tensors: {', '.join(i.name for i in infos[:6])})")
+        raise UsageError(
+            f"{path}: strip_scope {strip_scope!r}: no tensor is under that scope "
+            f"(tensors: {', '.join(i.name for i in infos[:6])})"
+        )
     if unscoped:
-        weights.note(f"{len(unscoped)} tensor(s) are outside scope {strip_scope!r} and keep "
-                     f"their names ({', '.join(unscoped[:4])})")
+        weights.note(
+            f"{len(unscoped)} tensor(s) are outside scope {strip_scope!r} and keep "
+            f"their names ({', '.join(unscoped[:4])})"
+        )
     return weights
 
 
@@ -546,10 +616,14 @@ def _lazy_dtype(info: TensorInfo) -> np.dtype[Any]:
 
 def _is_training_state(info: TensorInfo) -> bool:
     name = info.name
-    leaf = name[:-len(OBJECT_SUFFIX)] if name.endswith(OBJECT_SUFFIX) else name
-    return (info.dtype == tf_types.STRING or leaf in _TRAINING_STATE_NAMES
-            or ".OPTIMIZER_SLOT" in name or leaf.startswith("optimizer/")
-            or _OPTIMIZER_SLOTS.search(leaf) is not None)
+    leaf = name[: -len(OBJECT_SUFFIX)] if name.endswith(OBJECT_SUFFIX) else name
+    return (
+        info.dtype == tf_types.STRING
+        or leaf in _TRAINING_STATE_NAMES
+        or ".OPTIMIZER_SLOT" in name
+        or leaf.startswith("optimizer/")
+        or _OPTIMIZER_SLOTS.search(leaf) is not None
+    )
 
 
 def _guess_kind(layer: Layer) -> str:
@@ -568,6 +642,7 @@ def _guess_kind(layer: Layer) -> str:
 
 # Writing -----------------------------------------------------------------------------------
 
+
 @dataclass
 class _Planned:
     layer_index: int
@@ -577,8 +652,9 @@ class _Planned:
     shard: int = 0
 
 
-def _plan(weights: WeightSet, shards: int, max_shard_bytes: int | None,
-          target: str) -> tuple[list[_Planned], int]:
+def _plan(
+    weights: WeightSet, shards: int, max_shard_bytes: int | None, target: str
+) -> tuple[list[_Planned], int]:
     planned: list[_Planned] = []
     seen: dict[str, str] = {}
     for index, layer in enumerate(weights.layers):
@@ -623,11 +699,19 @@ def check_output(path: str | os.PathLike[str], force: bool) -> None:
     folder = prefix.parent
     if not folder.is_dir():
         raise UsageError(f"{prefix}: folder {folder} does not exist")
-    existing = [p for p in [Path(f"{prefix}{INDEX_SUFFIX}"), *folder.glob(
-        f"{glob_escape(prefix.name)}.data-*-of-*")] if p.exists()]
+    existing = [
+        p
+        for p in [
+            Path(f"{prefix}{INDEX_SUFFIX}"),
+            *folder.glob(f"{glob_escape(prefix.name)}.data-*-of-*"),
+        ]
+        if p.exists()
+    ]
     if existing and not force:
-        raise OutputExistsError(f"{prefix}: a checkpoint with this prefix exists "
-                                f"({existing[0].name}); pass --force to overwrite it")
+        raise OutputExistsError(
+            f"{prefix}: a checkpoint with this prefix exists "
+            f"({existing[0].name}); pass --force to overwrite it"
+        )
 
 
 def glob_escape(text: str) -> str:
@@ -637,13 +721,20 @@ def glob_escape(text: str) -> str:
 def _prefix_of(path: str | os.PathLike[str]) -> Path:
     text = os.fspath(path)
     if text.endswith(INDEX_SUFFIX):
-        text = text[:-len(INDEX_SUFFIX)]
+        text = text[: -len(INDEX_SUFFIX)]
     return Path(text)
 
 
-def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = False,
-          shards: int = 1, max_shard_size: int | None = None, write_state: bool = True,
-          progress: Progress | None = None) -> WriteResult:
+def write(
+    weights: WeightSet,
+    path: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    shards: int = 1,
+    max_shard_size: int | None = None,
+    write_state: bool = True,
+    progress: Progress | None = None,
+) -> WriteResult:
     """Write `weights` as a V2 checkpoint with prefix `path`, in the canonical layout.
 
     Tensor names are ``layer/role`` (or the name the tensor was read under).
@@ -676,8 +767,7 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = Fal
             for item in items:
                 array = np.asarray(layer.tensors[item.role])
                 handle = handles[item.shard]
-                entry = _write_tensor(handle, array, f"{prefix}: tensor {item.name!r}",
-                                      progress)
+                entry = _write_tensor(handle, array, f"{prefix}: tensor {item.name!r}", progress)
                 entry.shard_id = item.shard
                 entry.offset = offsets[item.shard]
                 offsets[item.shard] += entry.size
@@ -706,11 +796,14 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = Fal
         raise
     if write_state:
         update_state_file(prefix)
-    return WriteResult(layers=len(weights.weighted_layers()), tensors=len(planned),
-                       parameters=weights.parameter_count,
-                       bytes=sum(offsets.values()) + index_bytes,
-                       files=[str(p) for p in output_paths(prefix, count)],
-                       detail={"shards": count})
+    return WriteResult(
+        layers=len(weights.weighted_layers()),
+        tensors=len(planned),
+        parameters=weights.parameter_count,
+        bytes=sum(offsets.values()) + index_bytes,
+        files=[str(p) for p in output_paths(prefix, count)],
+        detail={"shards": count},
+    )
 
 
 def _temp_beside(final: Path, temps: list[tuple[Path, Path]]) -> BinaryIO:
@@ -727,8 +820,7 @@ def _remove_stale_shards(prefix: Path, count: int) -> None:
             stale.unlink()
 
 
-def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str,
-                  progress: Progress | None) -> Any:
+def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Progress | None) -> Any:
     from weightconv._proto import tf_checkpoint_pb2 as pb
 
     entry = pb.BundleEntryProto()

@@ -45,9 +45,21 @@ DTYPES: dict[int, tuple[str, str | None]] = {
 }
 
 _FROM_NUMPY: dict[str, int] = {
-    "float32": 1, "float64": 2, "int32": 3, "uint8": 4, "int16": 5, "int8": 6,
-    "complex64": 8, "int64": 9, "bool": 10, "uint16": 17, "complex128": 18, "float16": 19,
-    "uint32": 22, "uint64": 23, "bfloat16": BFLOAT16,
+    "float32": 1,
+    "float64": 2,
+    "int32": 3,
+    "uint8": 4,
+    "int16": 5,
+    "int8": 6,
+    "complex64": 8,
+    "int64": 9,
+    "bool": 10,
+    "uint16": 17,
+    "complex128": 18,
+    "float16": 19,
+    "uint32": 22,
+    "uint64": 23,
+    "bfloat16": BFLOAT16,
 }
 
 

@@ -32,11 +32,25 @@ _INT64, _BOOL, _DCOMPLEX, _HALF, _UINT32, _UINT64 = 10, 11, 12, 13, 16, 17
 
 #: dtype enum -> (field, how the field encodes each element).
 _FIELDS: dict[int, tuple[int, str]] = {
-    1: (_FLOAT, "<f4"), 2: (_DOUBLE, "<f8"), 8: (_SCOMPLEX, "<f4"), 18: (_DCOMPLEX, "<f8"),
-    3: (_INT, "varint"), 4: (_INT, "varint"), 5: (_INT, "varint"), 6: (_INT, "varint"),
-    11: (_INT, "varint"), 12: (_INT, "varint"), 13: (_INT, "varint"), 15: (_INT, "varint"),
-    16: (_INT, "varint"), 17: (_INT, "varint"), 9: (_INT64, "varint"), 10: (_BOOL, "varint"),
-    19: (_HALF, "varint"), 14: (_HALF, "varint"), 22: (_UINT32, "varint"),
+    1: (_FLOAT, "<f4"),
+    2: (_DOUBLE, "<f8"),
+    8: (_SCOMPLEX, "<f4"),
+    18: (_DCOMPLEX, "<f8"),
+    3: (_INT, "varint"),
+    4: (_INT, "varint"),
+    5: (_INT, "varint"),
+    6: (_INT, "varint"),
+    11: (_INT, "varint"),
+    12: (_INT, "varint"),
+    13: (_INT, "varint"),
+    15: (_INT, "varint"),
+    16: (_INT, "varint"),
+    17: (_INT, "varint"),
+    9: (_INT64, "varint"),
+    10: (_BOOL, "varint"),
+    19: (_HALF, "varint"),
+    14: (_HALF, "varint"),
+    22: (_UINT32, "varint"),
     23: (_UINT64, "varint"),
 }
 
@@ -47,8 +61,7 @@ def list_tensors(path: str | os.PathLike[str]) -> tuple[list[Any], dict[str, Any
     from weightconv.formats.ckpt.bundle import TensorInfo
 
     label = os.fspath(path)
-    with sstable.TableReader(path, mapped=Path(path).stat().st_size >= (1 << 20)
-                             ) as table:
+    with sstable.TableReader(path, mapped=Path(path).stat().st_size >= (1 << 20)) as table:
         meta_value = table.get(b"")
         if meta_value is None:
             raise FormatError(f"{label}: a table without the V1 checkpoint header (empty key)")
@@ -62,20 +75,37 @@ def list_tensors(path: str | os.PathLike[str]) -> tuple[list[Any], dict[str, Any
     infos = []
     for tensor in message.meta.tensor:
         shape = tuple(int(d.size) for d in tensor.shape.dim)
-        slices = [[(int(e.start), int(e.length) if e.HasField("length") else -1)
-                   for e in s.extent] for s in tensor.slice]
+        slices = [
+            [(int(e.start), int(e.length) if e.HasField("length") else -1) for e in s.extent]
+            for s in tensor.slice
+        ]
         dtype = int(tensor.type)
         itemsize = tf_types.numpy_dtype(dtype, label).itemsize if dtype in _FIELDS else 0
-        infos.append(TensorInfo(tensor.name, dtype, shape,
-                                _bind(reader, tensor.name, dtype, shape, slices),
-                                int(np.prod(shape, dtype=np.int64)) * itemsize, len(slices)))
-    detail = {"version": "V1 (tensor_slice)", "file": label,
-              "producer": int(message.meta.versions.producer)}
+        infos.append(
+            TensorInfo(
+                tensor.name,
+                dtype,
+                shape,
+                _bind(reader, tensor.name, dtype, shape, slices),
+                int(np.prod(shape, dtype=np.int64)) * itemsize,
+                len(slices),
+            )
+        )
+    detail = {
+        "version": "V1 (tensor_slice)",
+        "file": label,
+        "producer": int(message.meta.versions.producer),
+    }
     return infos, detail
 
 
-def _bind(reader: _SliceReader, name: str, dtype: int, shape: tuple[int, ...],
-          slices: list[list[tuple[int, int]]]) -> Any:
+def _bind(
+    reader: _SliceReader,
+    name: str,
+    dtype: int,
+    shape: tuple[int, ...],
+    slices: list[list[tuple[int, int]]],
+) -> Any:
     return lambda: reader.read(name, dtype, shape, slices)
 
 
@@ -83,8 +113,9 @@ class _SliceReader:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def read(self, name: str, dtype: int, shape: tuple[int, ...],
-             slices: list[list[tuple[int, int]]]) -> np.ndarray:
+    def read(
+        self, name: str, dtype: int, shape: tuple[int, ...], slices: list[list[tuple[int, int]]]
+    ) -> np.ndarray:
         from weightconv.formats.ckpt.bundle import _describe_extents, _region
 
         what = f"{self.path}: tensor {name!r}"
@@ -92,9 +123,10 @@ class _SliceReader:
             raise FormatError(f"{what}: the header lists no stored slices for it")
         numpy_dtype = tf_types.numpy_dtype(dtype, what)
         with sstable.TableReader(self.path) as table:
-            if len(slices) == 1 and all(length < 0 or (start == 0 and length == size)
-                                        for (start, length), size in zip(
-                                            slices[0], shape, strict=False)):
+            if len(slices) == 1 and all(
+                length < 0 or (start == 0 and length == size)
+                for (start, length), size in zip(slices[0], shape, strict=False)
+            ):
                 values = self._slice(table, name, slices[0], dtype, numpy_dtype, shape, what)
                 return values.reshape(shape)
             full = np.empty(shape, dtype=numpy_dtype)
@@ -102,17 +134,31 @@ class _SliceReader:
             for extents in slices:
                 region = _region(extents, shape, what)
                 target = full[region]
-                values = self._slice(table, name, extents, dtype, numpy_dtype, target.shape,
-                                     f"{what} slice {_describe_extents(extents)}")
+                values = self._slice(
+                    table,
+                    name,
+                    extents,
+                    dtype,
+                    numpy_dtype,
+                    target.shape,
+                    f"{what} slice {_describe_extents(extents)}",
+                )
                 full[region] = values.reshape(target.shape)
                 covered += target.size
             if covered != full.size:
                 raise FormatError(f"{what}: its slices cover {covered} of {full.size} elements")
             return full
 
-    def _slice(self, table: sstable.TableReader, name: str, extents: list[tuple[int, int]],
-               dtype: int, numpy_dtype: np.dtype[Any], shape: tuple[int, ...],
-               what: str) -> np.ndarray:
+    def _slice(
+        self,
+        table: sstable.TableReader,
+        name: str,
+        extents: list[tuple[int, int]],
+        dtype: int,
+        numpy_dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        what: str,
+    ) -> np.ndarray:
         key = ordered_code.encode_slice_key(name, extents)
         stored = table.get(key)
         if stored is None:
@@ -122,8 +168,9 @@ class _SliceReader:
         count = int(np.prod(shape, dtype=np.int64))
         values = _decode_values(tensor, dtype, numpy_dtype, count, what)
         if values.size != count:
-            raise FormatError(f"{what}: holds {values.size} values, shape {list(shape)} needs "
-                              f"{count}")
+            raise FormatError(
+                f"{what}: holds {values.size} values, shape {list(shape)} needs {count}"
+            )
         return values.reshape(shape)
 
 
@@ -140,8 +187,9 @@ def _field(buf: memoryview | None, number: int, what: str) -> memoryview:
     return found
 
 
-def _decode_values(tensor: memoryview, dtype: int, numpy_dtype: np.dtype[Any], count: int,
-                   what: str) -> np.ndarray:
+def _decode_values(
+    tensor: memoryview, dtype: int, numpy_dtype: np.dtype[Any], count: int, what: str
+) -> np.ndarray:
     if dtype == tf_types.STRING:
         out = np.empty(count, dtype=object)
         filled = 0
@@ -153,15 +201,19 @@ def _decode_values(tensor: memoryview, dtype: int, numpy_dtype: np.dtype[Any], c
                 filled += 1
         return out[:filled]
     if dtype not in _FIELDS:
-        raise FormatError(f"{what}: dtype {tf_types.name(dtype)} is not readable from a V1 "
-                          f"checkpoint")
+        raise FormatError(
+            f"{what}: dtype {tf_types.name(dtype)} is not readable from a V1 checkpoint"
+        )
     number, encoding = _FIELDS[dtype]
     pieces: list[np.ndarray] = []
     for field, wire_type, _, start, end in protowire.iter_field_spans(tensor):
         if field == _CONTENT and wire_type == protowire.LENGTH_DELIMITED:
-            return np.frombuffer(tensor, dtype=numpy_dtype.newbyteorder("<"),
-                                 count=(end - start) // max(numpy_dtype.itemsize, 1),
-                                 offset=start).astype(numpy_dtype, copy=False)
+            return np.frombuffer(
+                tensor,
+                dtype=numpy_dtype.newbyteorder("<"),
+                count=(end - start) // max(numpy_dtype.itemsize, 1),
+                offset=start,
+            ).astype(numpy_dtype, copy=False)
         if field != number:
             continue
         if wire_type == protowire.LENGTH_DELIMITED:  # packed
@@ -170,10 +222,15 @@ def _decode_values(tensor: memoryview, dtype: int, numpy_dtype: np.dtype[Any], c
             else:
                 width = np.dtype(encoding).itemsize
                 if (end - start) % width:
-                    raise FormatError(f"{what}: packed field {number} is {end - start} bytes, "
-                                      f"not a multiple of {width}")
-                pieces.append(np.frombuffer(tensor, dtype=encoding,
-                                            count=(end - start) // width, offset=start))
+                    raise FormatError(
+                        f"{what}: packed field {number} is {end - start} bytes, "
+                        f"not a multiple of {width}"
+                    )
+                pieces.append(
+                    np.frombuffer(
+                        tensor, dtype=encoding, count=(end - start) // width, offset=start
+                    )
+                )
         else:  # one element per field, as unpacked encoders write them
             if encoding == "varint":
                 pieces.append(decode_varints(tensor, start, end, what))
@@ -186,8 +243,7 @@ def _decode_values(tensor: memoryview, dtype: int, numpy_dtype: np.dtype[Any], c
     return _as_dtype(raw, dtype, numpy_dtype, what)
 
 
-def _as_dtype(raw: np.ndarray, dtype: int, numpy_dtype: np.dtype[Any], what: str
-              ) -> np.ndarray:
+def _as_dtype(raw: np.ndarray, dtype: int, numpy_dtype: np.dtype[Any], what: str) -> np.ndarray:
     if dtype in (8, 18):  # complex: (re, im) pairs
         return raw.view(numpy_dtype.newbyteorder("<")).astype(numpy_dtype, copy=False)
     if raw.dtype == np.uint64:

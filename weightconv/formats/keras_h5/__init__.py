@@ -15,13 +15,16 @@ LAYOUTS = ("keras3", "keras2")
 @dataclass(frozen=True)
 class KerasWriteOptions(Options):
     keras_layout: Literal["keras3", "keras2"] = option(
-        "keras3", choices=LAYOUTS,
-        help="keras3: the .weights.h5 Keras 3 writes (default); keras2: Keras 2's "
-             "save_weights .h5")
+        "keras3",
+        choices=LAYOUTS,
+        help="keras3: the .weights.h5 Keras 3 writes (default); keras2: Keras 2's save_weights .h5",
+    )
     model: str | os.PathLike[str] | dict[str, Any] | None = option(
-        None, metavar="CONFIG",
+        None,
+        metavar="CONFIG",
         help="the target Keras model (config.json or .keras); default: one Conv2D/Dense per "
-             "weighted layer, in order")
+        "weighted layer, in order",
+    )
 
     @property
     def output_suffix(self) -> str:

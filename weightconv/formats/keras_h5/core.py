@@ -68,35 +68,102 @@ KERAS2_VERSION = "2.15.0"
 ATTRIBUTE_LIMIT = 64512
 
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
-_KERNEL_CLASSES = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3, "Conv1DTranspose": 1,
-                   "Conv2DTranspose": 2, "Conv3DTranspose": 3, "Dense": 0}
+_KERNEL_CLASSES = {
+    "Conv1D": 1,
+    "Conv2D": 2,
+    "Conv3D": 3,
+    "Conv1DTranspose": 1,
+    "Conv2DTranspose": 2,
+    "Conv3DTranspose": 3,
+    "Dense": 0,
+}
 _WEIGHTLESS = (
-    "InputLayer", "Flatten", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-    "SpatialDropout3D", "GaussianDropout", "GaussianNoise", "AlphaDropout", "Activation",
-    "ReLU", "LeakyReLU", "ELU", "Softmax", "Reshape", "Permute", "RepeatVector", "Lambda",
-    "Rescaling", "Identity", "ActivityRegularization", "Masking",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-    "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
-    "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D", "Add", "Subtract",
-    "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
+    "InputLayer",
+    "Flatten",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianDropout",
+    "GaussianNoise",
+    "AlphaDropout",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "Softmax",
+    "Reshape",
+    "Permute",
+    "RepeatVector",
+    "Lambda",
+    "Rescaling",
+    "Identity",
+    "ActivityRegularization",
+    "Masking",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "MaxPooling3D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "AveragePooling3D",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D",
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
+    "UpSampling1D",
+    "UpSampling2D",
+    "UpSampling3D",
+    "Add",
+    "Subtract",
+    "Multiply",
+    "Average",
+    "Maximum",
+    "Minimum",
+    "Concatenate",
+    "Dot",
 )
-_WEIGHTED = (*_KERNEL_CLASSES, "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
-             "SeparableConv2D", "BatchNormalization", "LayerNormalization", "Embedding",
-             "PReLU")
-_KINDS = {"Conv2D": Kind.CONV, "Conv2DTranspose": Kind.DECONV, "Dense": Kind.DENSE,
-          "BatchNormalization": Kind.BATCHNORM, "PReLU": Kind.PRELU, "InputLayer": Kind.INPUT,
-          "ReLU": Kind.RELU, "Softmax": Kind.SOFTMAX, "Dropout": Kind.DROPOUT,
-          **{name: Kind.POOL for name in _WEIGHTLESS if "Pooling" in name}}
+_WEIGHTED = (
+    *_KERNEL_CLASSES,
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+    "BatchNormalization",
+    "LayerNormalization",
+    "Embedding",
+    "PReLU",
+)
+_KINDS = {
+    "Conv2D": Kind.CONV,
+    "Conv2DTranspose": Kind.DECONV,
+    "Dense": Kind.DENSE,
+    "BatchNormalization": Kind.BATCHNORM,
+    "PReLU": Kind.PRELU,
+    "InputLayer": Kind.INPUT,
+    "ReLU": Kind.RELU,
+    "Softmax": Kind.SOFTMAX,
+    "Dropout": Kind.DROPOUT,
+    **{name: Kind.POOL for name in _WEIGHTLESS if "Pooling" in name},
+}
 #: Keras variable names (last part of a weight name) that are canonical roles under another name.
 _ROLE_OF_VARIABLE = {"kernel": "weights", "bias": "biases"}
 _VARIABLE_OF_ROLE = {"weights": "kernel", "biases": "bias"}
 #: Roles a tensor may also have in a WeightSet, for each role a Keras layer needs.
-_ROLE_ALIASES = {"weights": ("weights", "kernel"), "biases": ("biases", "bias"),
-                 "depthwise_kernel": ("depthwise_kernel", "weights", "kernel"),
-                 "moving_mean": ("moving_mean", "mean"),
-                 "moving_variance": ("moving_variance", "variance")}
+_ROLE_ALIASES = {
+    "weights": ("weights", "kernel"),
+    "biases": ("biases", "bias"),
+    "depthwise_kernel": ("depthwise_kernel", "weights", "kernel"),
+    "moving_mean": ("moving_mean", "mean"),
+    "moving_variance": ("moving_variance", "variance"),
+}
 _NON_TRAINABLE = ("moving_mean", "moving_variance")
 _COUNTER = re.compile(r"_\d+$")
 _NUMERIC_KINDS = "biufc"
@@ -109,8 +176,9 @@ def snake_case(class_name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", words).lower()
 
 
-_CLASS_OF_SNAKE = {snake_case(name): name
-                   for name in (*_WEIGHTED, *_WEIGHTLESS, "Sequential", "Functional")}
+_CLASS_OF_SNAKE = {
+    snake_case(name): name for name in (*_WEIGHTED, *_WEIGHTLESS, "Sequential", "Functional")
+}
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -132,14 +200,17 @@ def sniff(head: bytes, path: Path) -> bool:
 
 
 def _layout_of(handle: h5py.File) -> str | None:
-    """"legacy", "keras3" or None (not a Keras weights file)."""
+    """ "legacy", "keras3" or None (not a Keras weights file)."""
     if _has_names(handle.attrs, "layer_names") or "model_config" in handle.attrs:
         return "legacy"
     weights = handle.get("model_weights")
     if isinstance(weights, h5py.Group) and _has_names(weights.attrs, "layer_names"):
         return "legacy"
-    roots = [key for key in ("layers", "vars", "_layer_checkpoint_dependencies")
-             if isinstance(handle.get(key), h5py.Group)]
+    roots = [
+        key
+        for key in ("layers", "vars", "_layer_checkpoint_dependencies")
+        if isinstance(handle.get(key), h5py.Group)
+    ]
     if not roots:
         return None
     outside: list[str] = []
@@ -177,8 +248,10 @@ def _read(path: Path) -> tuple[WeightSet, dict[str, list[str]]]:
     with source.open() as handle:
         layout = _layout_of(handle)
         if layout is None:
-            raise FormatError(f"{source}: an HDF5 file, but not Keras weights (no layer_names "
-                              f"attribute, no model_weights, no layers/.../vars groups)")
+            raise FormatError(
+                f"{source}: an HDF5 file, but not Keras weights (no layer_names "
+                f"attribute, no model_weights, no layers/.../vars groups)"
+            )
         if config is None and layout == "legacy" and "model_config" in handle.attrs:
             config = _parse_config(_text(handle.attrs["model_config"]), f"{source} model_config")
         root = _node(config, str(source)) if config is not None else None
@@ -190,8 +263,9 @@ def _read(path: Path) -> tuple[WeightSet, dict[str, list[str]]]:
     if root is not None:
         detail["model_class"], detail["model_name"] = root.class_name, root.name
     detail["optimizer_tensors"] = len(listing["optimizer"])
-    weights = WeightSet(layers=layers, source=Provenance(path=str(path), format="keras-h5",
-                                                         detail=detail))
+    weights = WeightSet(
+        layers=layers, source=Provenance(path=str(path), format="keras-h5", detail=detail)
+    )
     for note in notes:
         weights.note(note)
     return weights, listing
@@ -293,13 +367,16 @@ def _open_source(path: Path) -> tuple[_Source, dict[str, Any] | None]:
             names = set(archive.namelist())
             if ARCHIVE_WEIGHTS not in names:
                 other = sorted(n for n in names if n.startswith("model.weights"))
-                raise FormatError(f"{path}: a Keras archive without {ARCHIVE_WEIGHTS}"
-                                  + (f" (it holds {', '.join(other)}, which is not HDF5)"
-                                     if other else ""))
+                raise FormatError(
+                    f"{path}: a Keras archive without {ARCHIVE_WEIGHTS}"
+                    + (f" (it holds {', '.join(other)}, which is not HDF5)" if other else "")
+                )
             config = None
             if ARCHIVE_CONFIG in names:
-                config = _parse_config(archive.read(ARCHIVE_CONFIG).decode("utf-8", "replace"),
-                                       f"{path}:{ARCHIVE_CONFIG}")
+                config = _parse_config(
+                    archive.read(ARCHIVE_CONFIG).decode("utf-8", "replace"),
+                    f"{path}:{ARCHIVE_CONFIG}",
+                )
             info = archive.getinfo(ARCHIVE_WEIGHTS)
             offset = -1
             if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
@@ -321,13 +398,15 @@ def _loader(source: _Source, dataset: str, bfloat16: bool) -> Callable[[], np.nd
             try:
                 array = np.asarray(handle[dataset][()])
             except (OSError, KeyError, ValueError, TypeError) as exc:
-                raise FormatError(f"{source}: dataset {dataset}: cannot be read "
-                                  f"({_one_line(exc)})") from None
+                raise FormatError(
+                    f"{source}: dataset {dataset}: cannot be read ({_one_line(exc)})"
+                ) from None
         if bfloat16:
             import ml_dtypes
 
             array = array.view(ml_dtypes.bfloat16)
         return array
+
     return load
 
 
@@ -335,8 +414,11 @@ def _lazy(source: _Source, dataset: h5py.Dataset) -> LazyTensor:
     """A dataset read on demand. Keras stores bfloat16 as 2-byte opaque data, marked by a
     ``dtype`` attribute in ``.weights.h5`` and unmarked by Keras 3's legacy writer; no other
     2-byte opaque type appears in Keras files, so both read as bfloat16."""
-    opaque = dataset.dtype.kind == "V" and dataset.dtype.itemsize == 2 and not (
-        dataset.dtype.names or dataset.id.get_type().get_tag())
+    opaque = (
+        dataset.dtype.kind == "V"
+        and dataset.dtype.itemsize == 2
+        and not (dataset.dtype.names or dataset.id.get_type().get_tag())
+    )
     marked = _text(dataset.attrs.get("dtype", "")) == "bfloat16"
     bfloat16 = opaque and (marked or "dtype" not in dataset.attrs)
     if bfloat16:
@@ -348,8 +430,9 @@ def _lazy(source: _Source, dataset: h5py.Dataset) -> LazyTensor:
     return LazyTensor(dataset.shape or (), dtype, _loader(source, dataset.name, bfloat16))
 
 
-def _read_keras3(handle: h5py.File, source: _Source, root: _Node | None, notes: list[str]
-                 ) -> tuple[list[Layer], dict[str, Any], dict[str, list[str]]]:
+def _read_keras3(
+    handle: h5py.File, source: _Source, root: _Node | None, notes: list[str]
+) -> tuple[list[Layer], dict[str, Any], dict[str, list[str]]]:
     """Layers of a ``.weights.h5``: one per ``<path>/vars`` group, in the model's order (the
     config's, else the order Keras created the groups in)."""
     entries: list[tuple[str, h5py.Group]] = []
@@ -378,8 +461,9 @@ def _read_keras3(handle: h5py.File, source: _Source, root: _Node | None, notes: 
     for path, group in entries:
         keys = sorted(group, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
         members = [group[k] for k in keys if isinstance(group.get(k), h5py.Dataset)]
-        unlisted.extend(group[k].name.lstrip("/") for k in keys
-                        if not isinstance(group.get(k), h5py.Dataset))
+        unlisted.extend(
+            group[k].name.lstrip("/") for k in keys if not isinstance(group.get(k), h5py.Dataset)
+        )
         if path.split("/")[0] == "optimizer":
             optimizer.extend(d.name.lstrip("/") for d in members)
             continue
@@ -388,8 +472,11 @@ def _read_keras3(handle: h5py.File, source: _Source, root: _Node | None, notes: 
         if is_model and not members:
             continue
         class_name = node.class_name if node is not None else _class_of_path(path)
-        name = (node.name if node is not None else _text(group.attrs.get("name", ""))
-                or _path_name(path) or "model")
+        name = (
+            node.name
+            if node is not None
+            else _text(group.attrs.get("name", "")) or _path_name(path) or "model"
+        )
         config = node.config if node is not None else {}
         roles = _roles_for(class_name, config, len(members), node is not None)
         tensors = {role: _lazy(source, d) for role, d in zip(roles, members, strict=True)}
@@ -399,16 +486,25 @@ def _read_keras3(handle: h5py.File, source: _Source, root: _Node | None, notes: 
         layers.append(_layer(name, class_name, config, tensors, stored, located))
     _unique_names(layers)
     if optimizer:
-        notes.append(f"{source}: left out {len(optimizer)} optimizer tensors (optimizer/vars): "
-                     f"training state, not model weights")
+        notes.append(
+            f"{source}: left out {len(optimizer)} optimizer tensors (optimizer/vars): "
+            f"training state, not model weights"
+        )
     if unlisted:
-        notes.append(f"{source}: left out {len(unlisted)} entries outside any vars group: "
-                     f"{', '.join(unlisted[:5])}{'...' if len(unlisted) > 5 else ''}")
+        notes.append(
+            f"{source}: left out {len(unlisted)} entries outside any vars group: "
+            f"{', '.join(unlisted[:5])}{'...' if len(unlisted) > 5 else ''}"
+        )
     if root is None and any(not layer.source_type[:1].isupper() for layer in layers):
-        notes.append(f"{source}: no model config; layer classes guessed from the file's "
-                     f"paths (layers/conv2d_1...)")
-    return layers, {"layout": "keras3"}, {"weights": datasets, "optimizer": optimizer,
-                                          "unlisted": unlisted}
+        notes.append(
+            f"{source}: no model config; layer classes guessed from the file's "
+            f"paths (layers/conv2d_1...)"
+        )
+    return (
+        layers,
+        {"layout": "keras3"},
+        {"weights": datasets, "optimizer": optimizer, "unlisted": unlisted},
+    )
 
 
 class _LinkOrder:
@@ -445,7 +541,7 @@ class _LinkOrder:
             sizes, base_at = head[13:15], 24 if version == 0 else 28
         else:
             sizes, base_at = head[9:11], 12
-        base = int.from_bytes(head[base_at:base_at + sizes[0]], "little")
+        base = int.from_bytes(head[base_at : base_at + sizes[0]], "little")
         return base, sizes[0], sizes[1]
 
     def order(self, group: h5py.Group) -> list[str]:
@@ -474,13 +570,13 @@ class _LinkOrder:
             start, size = blocks.pop(0)
             body, pos = self._read(self._base + start, size), 0
             while pos + 8 <= size and messages > 0:
-                kind, length_of = number(body[pos:pos + 2]), number(body[pos + 2:pos + 4])
-                data = body[pos + 8:pos + 8 + length_of]
+                kind, length_of = number(body[pos : pos + 2]), number(body[pos + 2 : pos + 4])
+                data = body[pos + 8 : pos + 8 + length_of]
                 if kind == 0x11:
-                    heap = number(data[o:2 * o])
+                    heap = number(data[o : 2 * o])
                     break
                 if kind == 0x10:
-                    blocks.append((number(data[:o]), number(data[o:o + length])))
+                    blocks.append((number(data[:o]), number(data[o : o + length])))
                 pos += 8 + length_of
                 messages -= 1
         if heap < 0:
@@ -488,9 +584,9 @@ class _LinkOrder:
         head = self._read(self._base + heap, 8 + 2 * length + o)
         if head[:4] != b"HEAP":
             raise ValueError("no local heap")
-        size = number(head[8:8 + length])
-        free = number(head[8 + length:8 + 2 * length])
-        data = self._read(self._base + number(head[8 + 2 * length:8 + 2 * length + o]), size)
+        size = number(head[8 : 8 + length])
+        free = number(head[8 + length : 8 + 2 * length])
+        data = self._read(self._base + number(head[8 + 2 * length : 8 + 2 * length + o]), size)
         end, names, pos = min(free, size), [], 0
         while pos < end:
             stop = data.index(b"\0", pos)
@@ -502,18 +598,21 @@ class _LinkOrder:
 
 def _natural(name: str) -> tuple[str, int, str]:
     match = _COUNTER.search(name)
-    return (name[:match.start()], int(match.group()[1:]), name) if match else (name, 0, name)
+    return (name[: match.start()], int(match.group()[1:]), name) if match else (name, 0, name)
 
 
-def _read_legacy(handle: h5py.File, source: _Source, root: _Node | None, notes: list[str]
-                 ) -> tuple[list[Layer], dict[str, Any], dict[str, list[str]]]:
+def _read_legacy(
+    handle: h5py.File, source: _Source, root: _Node | None, notes: list[str]
+) -> tuple[list[Layer], dict[str, Any], dict[str, list[str]]]:
     """Layers of a legacy ``.h5``: in ``layer_names`` order, tensors in ``weight_names`` order."""
     group = handle
     if not _has_names(handle.attrs, "layer_names"):
         weights = handle.get("model_weights")
         if not isinstance(weights, h5py.Group):
-            raise FormatError(f"{source}: a Keras model file without weights (no layer_names "
-                              f"attribute and no model_weights group)")
+            raise FormatError(
+                f"{source}: a Keras model file without weights (no layer_names "
+                f"attribute and no model_weights group)"
+            )
         group = weights
     names = _name_list(group.attrs, "layer_names")
     children = {child.name: child for child in root.children} if root is not None else {}
@@ -524,15 +623,19 @@ def _read_legacy(handle: h5py.File, source: _Source, root: _Node | None, notes: 
         if layer_name == "top_level_model_weights" and layer_group is None:
             continue
         if not isinstance(layer_group, h5py.Group):
-            raise FormatError(f"{source}: layer_names lists {layer_name!r} but the file has no "
-                              f"group {_join(group.name, layer_name)}")
+            raise FormatError(
+                f"{source}: layer_names lists {layer_name!r} but the file has no "
+                f"group {_join(group.name, layer_name)}"
+            )
         members = []
         for weight_name in _name_list(layer_group.attrs, "weight_names"):
             dataset = layer_group.get(weight_name)
             if not isinstance(dataset, h5py.Dataset):
-                raise FormatError(f"{source}: layer {layer_name!r}: weight_names lists "
-                                  f"{weight_name!r} but there is no dataset "
-                                  f"{_join(layer_group.name, weight_name)}")
+                raise FormatError(
+                    f"{source}: layer {layer_name!r}: weight_names lists "
+                    f"{weight_name!r} but there is no dataset "
+                    f"{_join(layer_group.name, weight_name)}"
+                )
             members.append((weight_name, dataset))
         if layer_name == "top_level_model_weights" and not members:
             continue
@@ -542,8 +645,9 @@ def _read_legacy(handle: h5py.File, source: _Source, root: _Node | None, notes: 
             config = owner_node.config if owner_node is not None else {}
             roles = _legacy_roles(class_name, config, [name for name, _ in owned])
             tensors = {role: _lazy(source, d) for role, (_, d) in zip(roles, owned, strict=True)}
-            stored = {role: name.removesuffix(":0")
-                      for role, (name, _) in zip(roles, owned, strict=True)}
+            stored = {
+                role: name.removesuffix(":0") for role, (name, _) in zip(roles, owned, strict=True)
+            }
             located = {role: d.name.lstrip("/") for role, (_, d) in zip(roles, owned, strict=True)}
             datasets.extend(located.values())
             layers.append(_layer(owner, class_name, config, tensors, stored, located))
@@ -551,42 +655,61 @@ def _read_legacy(handle: h5py.File, source: _Source, root: _Node | None, notes: 
     optimizer: list[str] = []
     state = handle.get("optimizer_weights")
     if isinstance(state, h5py.Group):
-        state.visititems(lambda name, obj: optimizer.append(obj.name.lstrip("/"))
-                         if isinstance(obj, h5py.Dataset) else None)
+        state.visititems(
+            lambda name, obj: (
+                optimizer.append(obj.name.lstrip("/")) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
     if optimizer:
-        notes.append(f"{source}: left out {len(optimizer)} optimizer tensors "
-                     f"(optimizer_weights): training state, not model weights")
+        notes.append(
+            f"{source}: left out {len(optimizer)} optimizer tensors "
+            f"(optimizer_weights): training state, not model weights"
+        )
     listed = set(datasets) | set(optimizer)
     unlisted: list[str] = []
-    handle.visititems(lambda name, obj: unlisted.append(name)
-                      if isinstance(obj, h5py.Dataset) and name not in listed else None)
+    handle.visititems(
+        lambda name, obj: (
+            unlisted.append(name) if isinstance(obj, h5py.Dataset) and name not in listed else None
+        )
+    )
     if unlisted:
-        notes.append(f"{source}: left out {len(unlisted)} datasets no weight_names lists: "
-                     f"{', '.join(unlisted[:5])}{'...' if len(unlisted) > 5 else ''}")
+        notes.append(
+            f"{source}: left out {len(unlisted)} datasets no weight_names lists: "
+            f"{', '.join(unlisted[:5])}{'...' if len(unlisted) > 5 else ''}"
+        )
     if root is None and layers:
-        notes.append(f"{source}: no model_config; layer kinds guessed from weight names and "
-                     f"shapes (a DepthwiseConv2D saved by Keras 3 reads as a convolution)")
+        notes.append(
+            f"{source}: no model_config; layer kinds guessed from weight names and "
+            f"shapes (a DepthwiseConv2D saved by Keras 3 reads as a convolution)"
+        )
     version = _text(group.attrs.get("keras_version", handle.attrs.get("keras_version", "")))
     backend = _text(group.attrs.get("backend", handle.attrs.get("backend", "")))
     if not version or version.startswith("1."):
-        notes.append(f"{source}: written by Keras 1 (keras_version {version or 'absent'}); "
-                     f"tensors are as stored, and Keras 1 kernels may be in Theano layout")
-    detail = {"layout": "legacy", "keras_version": version, "backend": backend,
-              "full_model": group is not handle}
+        notes.append(
+            f"{source}: written by Keras 1 (keras_version {version or 'absent'}); "
+            f"tensors are as stored, and Keras 1 kernels may be in Theano layout"
+        )
+    detail = {
+        "layout": "legacy",
+        "keras_version": version,
+        "backend": backend,
+        "full_model": group is not handle,
+    }
     return layers, detail, {"weights": datasets, "optimizer": optimizer, "unlisted": unlisted}
 
 
-def _owners(layer_name: str, node: _Node | None,
-            members: list[tuple[str, h5py.Dataset]]
-            ) -> Iterator[tuple[str, _Node | None, list[tuple[str, h5py.Dataset]]]]:
+def _owners(
+    layer_name: str, node: _Node | None, members: list[tuple[str, h5py.Dataset]]
+) -> Iterator[tuple[str, _Node | None, list[tuple[str, h5py.Dataset]]]]:
     """Split a legacy layer group into the layers owning its weights: one, or for a nested
     model each inner layer (``c1/kernel:0``, ``bn1/gamma:0``...) in order of first mention."""
     if not members:
         yield layer_name, node, []
         return
     owners = [name.split("/")[-2] if name.count("/") else layer_name for name, _ in members]
-    nested = node.is_model if node is not None else (
-        len(set(owners)) > 1 and layer_name not in owners)
+    nested = (
+        node.is_model if node is not None else (len(set(owners)) > 1 and layer_name not in owners)
+    )
     if not nested:
         yield layer_name, node, members
         return
@@ -598,8 +721,7 @@ def _owners(layer_name: str, node: _Node | None,
         yield owner, inner.get(owner), owned
 
 
-def _roles_for(class_name: str, config: dict[str, Any], count: int, configured: bool
-               ) -> list[str]:
+def _roles_for(class_name: str, config: dict[str, Any], count: int, configured: bool) -> list[str]:
     """Roles of a Keras 3 layer's `count` variables: from its class (and config), else var<i>."""
     roles = _variable_roles(class_name, config) if configured else None
     if roles is None or len(roles) != count:
@@ -654,22 +776,32 @@ def _role_variants(class_name: str) -> list[list[str]]:
     for use_bias in (True, False):
         for scale in (True, False):
             for center in (True, False):
-                roles = _variable_roles(class_name, {"use_bias": use_bias, "scale": scale,
-                                                     "center": center})
+                roles = _variable_roles(
+                    class_name, {"use_bias": use_bias, "scale": scale, "center": center}
+                )
                 if roles is not None:
                     variants.append(roles)
     return variants
 
 
-def _layer(name: str, class_name: str, config: dict[str, Any], tensors: dict[str, Any],
-           stored: dict[str, str], located: dict[str, str]) -> Layer:
+def _layer(
+    name: str,
+    class_name: str,
+    config: dict[str, Any],
+    tensors: dict[str, Any],
+    stored: dict[str, str],
+    located: dict[str, str],
+) -> Layer:
     kind = _KINDS.get(class_name, Kind.OTHER)
     if not class_name:
         kind = _kind_from_tensors(tensors)
     elif kind == Kind.CONV and tensors.get("weights") is not None and tensors["weights"].ndim != 4:
         kind = Kind.OTHER
-    params = {key: value for key, value in config.items()
-              if not isinstance(value, dict) and key not in ("name", "trainable")}
+    params = {
+        key: value
+        for key, value in config.items()
+        if not isinstance(value, dict) and key not in ("name", "trainable")
+    }
     if "groups" in config:
         params["group"] = config["groups"]
     input_shape = None
@@ -677,9 +809,17 @@ def _layer(name: str, class_name: str, config: dict[str, Any], tensors: dict[str
     if shape is not None and len(shape) == 4 and all(isinstance(n, int) for n in shape[1:]):
         first = config.get("data_format") == "channels_first"
         input_shape = tuple(shape[1:]) if first else (shape[3], shape[1], shape[2])
-    return Layer(name=name, kind=kind, tensors=tensors, params=params, source_type=class_name,
-                 layout=CANONICAL, input_shape=input_shape, stored_names=stored,
-                 locations=located)
+    return Layer(
+        name=name,
+        kind=kind,
+        tensors=tensors,
+        params=params,
+        source_type=class_name,
+        layout=CANONICAL,
+        input_shape=input_shape,
+        stored_names=stored,
+        locations=located,
+    )
 
 
 def _kind_from_tensors(tensors: dict[str, Any]) -> str:
@@ -705,8 +845,9 @@ def _path_name(path: str) -> str:
 
 def _normal_path(path: str) -> str:
     """Keras 2.13-era files name the layers group ``_layer_checkpoint_dependencies``."""
-    return "/".join("layers" if p == "_layer_checkpoint_dependencies" else p
-                    for p in path.split("/"))
+    return "/".join(
+        "layers" if p == "_layer_checkpoint_dependencies" else p for p in path.split("/")
+    )
 
 
 def _unique_names(layers: list[Layer]) -> None:
@@ -734,8 +875,11 @@ class _Node:
 
     def container(self) -> list[_Node]:
         """The model's ``layers`` as Keras lists them: a Sequential's InputLayer is not one."""
-        if self.class_name == "Sequential" and self.children and (
-                self.children[0].class_name == "InputLayer"):
+        if (
+            self.class_name == "Sequential"
+            and self.children
+            and (self.children[0].class_name == "InputLayer")
+        ):
             return self.children[1:]
         return self.children
 
@@ -771,24 +915,30 @@ def _node(entry: dict[str, Any], where: str) -> _Node:
         config = {**config, "build_config": entry["build_config"]}  # Keras 3 keeps it beside
     name = config.get("name") or entry.get("name") or ""
     layers = config.get("layers")
-    if isinstance(layers, list) and (class_name in _MODEL_CLASSES or "input_layers" in config
-                                     or class_name not in _WEIGHTED):
+    if isinstance(layers, list) and (
+        class_name in _MODEL_CLASSES or "input_layers" in config or class_name not in _WEIGHTED
+    ):
         children = [_node(child, where) for child in layers if isinstance(child, dict)]
         # Keras 3 rebuilds a Keras 2 "Model" config as Functional, and names its path so.
-        return _Node(str(name), "Functional" if class_name == "Model" else class_name, config,
-                     children, is_model=True)
+        return _Node(
+            str(name),
+            "Functional" if class_name == "Model" else class_name,
+            config,
+            children,
+            is_model=True,
+        )
     return _Node(str(name), class_name, config)
 
 
 def _keras3_paths(root: _Node) -> Iterator[tuple[str, _Node]]:
     """(``.weights.h5`` path, layer) for the model and every layer under it, in save order."""
+
     def walk(node: _Node, path: str) -> Iterator[tuple[str, _Node]]:
         yield path, node
         if node.is_model:
             counters: dict[str, int] = {}
             for child in node.container():
-                yield from walk(child, _join(path, "layers", _counted(child.class_name,
-                                                                       counters)))
+                yield from walk(child, _join(path, "layers", _counted(child.class_name, counters)))
 
     yield from walk(root, "")
 
@@ -807,8 +957,10 @@ def load_model_config(model: str | os.PathLike[str] | dict[str, Any]) -> dict[st
         return model
     path = Path(model)
     if not path.is_file():
-        raise UsageError(f"{path}: no such model config (expected config.json, a model JSON, "
-                         f"a .keras archive or a full-model .h5)")
+        raise UsageError(
+            f"{path}: no such model config (expected config.json, a model JSON, "
+            f"a .keras archive or a full-model .h5)"
+        )
     with open(path, "rb") as handle:
         head = handle.read(8)
     if head.startswith(ZIP_MAGIC):
@@ -816,15 +968,18 @@ def load_model_config(model: str | os.PathLike[str] | dict[str, Any]) -> dict[st
             with zipfile.ZipFile(path) as archive:
                 text = archive.read(ARCHIVE_CONFIG).decode("utf-8", "replace")
         except (zipfile.BadZipFile, KeyError) as exc:
-            raise UsageError(f"{path}: not a .keras archive with a {ARCHIVE_CONFIG} "
-                             f"({_one_line(exc)})") from None
+            raise UsageError(
+                f"{path}: not a .keras archive with a {ARCHIVE_CONFIG} ({_one_line(exc)})"
+            ) from None
         return _parse_config(text, f"{path}:{ARCHIVE_CONFIG}")
     if head.startswith(HDF5_MAGIC):
         try:
             with h5py.File(path, "r") as h5:
                 if "model_config" not in h5.attrs:
-                    raise UsageError(f"{path}: an HDF5 file without a model_config attribute; "
-                                     f"pass the model's config.json or .keras")
+                    raise UsageError(
+                        f"{path}: an HDF5 file without a model_config attribute; "
+                        f"pass the model's config.json or .keras"
+                    )
                 text = _text(h5.attrs["model_config"])
         except OSError as exc:
             raise UsageError(f"{path}: not a readable HDF5 file ({_one_line(exc)})") from None
@@ -873,10 +1028,15 @@ class _Pending:
         return None
 
 
-def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = False,
-          keras_layout: str = "keras3",
-          model: str | os.PathLike[str] | dict[str, Any] | None = None,
-          progress: Progress | None = None) -> WriteResult:
+def write(
+    weights: WeightSet,
+    path: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    keras_layout: str = "keras3",
+    model: str | os.PathLike[str] | dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> WriteResult:
     """Write `weights` as a Keras weights file for `model` (a config, see `load_model_config`;
     None: derived from the weights). ``keras3``: the ``.weights.h5`` Keras 3 writes (the name
     must end in ``.weights.h5``); ``keras2``: Keras 2's ``save_weights`` ``.h5``.
@@ -904,25 +1064,37 @@ def write(weights: WeightSet, path: str | os.PathLike[str], *, force: bool = Fal
             _write_keras3(handle, slots, target, counts, notes, progress)
         else:
             _write_keras2(handle, slots, root, target, counts, notes, progress)
-    return WriteResult(**counts, bytes=target.stat().st_size, files=[str(target)],
-                       notes=notes, detail={"keras_layout": keras_layout})
+    return WriteResult(
+        **counts,
+        bytes=target.stat().st_size,
+        files=[str(target)],
+        notes=notes,
+        detail={"keras_layout": keras_layout},
+    )
 
 
 def _check_output_name(target: Path, layout: str) -> None:
     lowered = target.name.lower()
     stem = re.sub(r"(\.weights)?\.(h5|hdf5|keras)$", "", target.name, flags=re.IGNORECASE)
     if lowered.endswith(".keras"):
-        raise UsageError(f"{target}: writing .keras archives is not supported; write "
-                         f"{target.with_name(stem + '.weights.h5')} (Keras 3: "
-                         f"model.load_weights) instead")
+        raise UsageError(
+            f"{target}: writing .keras archives is not supported; write "
+            f"{target.with_name(stem + '.weights.h5')} (Keras 3: "
+            f"model.load_weights) instead"
+        )
     if layout == "keras3" and not lowered.endswith(".weights.h5"):
-        raise UsageError(f"{target}: Keras 3 loads weights only from a name ending in "
-                         f".weights.h5; write {target.with_name(stem + '.weights.h5')}, or "
-                         f"use the keras2 layout for a legacy .h5")
-    if layout == "keras2" and (lowered.endswith(".weights.h5")
-                               or not lowered.endswith((".h5", ".hdf5"))):
-        raise UsageError(f"{target}: Keras reads the legacy layout only from a name ending in "
-                         f".h5 but not .weights.h5; write {target.with_name(stem + '.h5')}")
+        raise UsageError(
+            f"{target}: Keras 3 loads weights only from a name ending in "
+            f".weights.h5; write {target.with_name(stem + '.weights.h5')}, or "
+            f"use the keras2 layout for a legacy .h5"
+        )
+    if layout == "keras2" and (
+        lowered.endswith(".weights.h5") or not lowered.endswith((".h5", ".hdf5"))
+    ):
+        raise UsageError(
+            f"{target}: Keras reads the legacy layout only from a name ending in "
+            f".h5 but not .weights.h5; write {target.with_name(stem + '.h5')}"
+        )
 
 
 def _leaf_keys(root: _Node) -> list[tuple[str, _Node, tuple[str, ...]]]:
@@ -932,33 +1104,41 @@ def _leaf_keys(root: _Node) -> list[tuple[str, _Node, tuple[str, ...]]]:
     counts: dict[str, int] = {}
     for leaf, _ in leaves:
         counts[leaf.name] = counts.get(leaf.name, 0) + 1
-    return [(leaf.name if counts[leaf.name] == 1 else "/".join((*trail, leaf.name)), leaf, trail)
-            for leaf, trail in leaves]
+    return [
+        (leaf.name if counts[leaf.name] == 1 else "/".join((*trail, leaf.name)), leaf, trail)
+        for leaf, trail in leaves
+    ]
 
 
 def _check_names(weights: WeightSet, root: _Node, target: Path) -> None:
     names = [layer.name for layer in weights.weighted_layers()]
     duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
     if duplicates:
-        raise MappingError(f"{target}: two layers of the weights are named "
-                           f"{', '.join(map(repr, duplicates))}")
+        raise MappingError(
+            f"{target}: two layers of the weights are named {', '.join(map(repr, duplicates))}"
+        )
     leaves = _leaf_keys(root)
     keys = {key for key, _, _ in leaves}
     extra = [n for n in names if n not in keys]
     if extra:
-        weighted = [key for key, leaf, _ in leaves if _variable_roles(leaf.class_name,
-                                                                      leaf.config)]
-        raise MappingError(f"{target}: the model has no layer named {', '.join(extra[:10])} "
-                           f"(its weighted layers: {', '.join(weighted[:20]) or 'none'})")
+        weighted = [key for key, leaf, _ in leaves if _variable_roles(leaf.class_name, leaf.config)]
+        raise MappingError(
+            f"{target}: the model has no layer named {', '.join(extra[:10])} "
+            f"(its weighted layers: {', '.join(weighted[:20]) or 'none'})"
+        )
     have = set(names)
     for key, leaf, _ in leaves:
         roles = _variable_roles(leaf.class_name, leaf.config)
         if roles is None and key in have:
-            raise MappingError(f"{target}: layer {key!r} is a {leaf.class_name} in the model; "
-                               f"writing its weights is not supported")
+            raise MappingError(
+                f"{target}: layer {key!r} is a {leaf.class_name} in the model; "
+                f"writing its weights is not supported"
+            )
         if roles and key not in have:
-            raise MappingError(f"{target}: the model's {leaf.class_name} {key!r} has no "
-                               f"weights in the input (its layers: {', '.join(names[:20])})")
+            raise MappingError(
+                f"{target}: the model's {leaf.class_name} {key!r} has no "
+                f"weights in the input (its layers: {', '.join(names[:20])})"
+            )
 
 
 def _model_slots(root: _Node, weights: WeightSet) -> Iterator[_Slot]:
@@ -970,8 +1150,7 @@ def _model_slots(root: _Node, weights: WeightSet) -> Iterator[_Slot]:
         if not node.is_model:
             wanted = bool(_variable_roles(node.class_name, node.config))
             layer = pending.take(key_of[id(node)]) if wanted else None
-            yield _Slot(path, node.name, node.class_name, node.config, layer, False, top,
-                        trainable)
+            yield _Slot(path, node.name, node.class_name, node.config, layer, False, top, trainable)
             return
         yield _Slot(path, node.name, node.class_name, node.config, None, True, top, trainable)
         counters: dict[str, int] = {}
@@ -1002,9 +1181,11 @@ def _derive_class(layer: Layer, target: Path) -> tuple[str, dict[str, Any]]:
     if kernel is not None and layer.kind != Kind.DECONV and kernel.ndim in (2, 4):
         return ("Conv2D" if kernel.ndim == 4 else "Dense"), {"use_bias": "biases" in roles}
     shapes = ", ".join(f"{role} {tuple(t.shape)}" for role, t in layer.tensors.items())
-    raise MappingError(f"{target}: layer {layer.name!r} ({layer.kind}: {shapes}) is not a "
-                       f"Conv2D, Dense, BatchNormalization or DepthwiseConv2D; pass the "
-                       f"Keras model (model=config.json or .keras) to write it")
+    raise MappingError(
+        f"{target}: layer {layer.name!r} ({layer.kind}: {shapes}) is not a "
+        f"Conv2D, Dense, BatchNormalization or DepthwiseConv2D; pass the "
+        f"Keras model (model=config.json or .keras) to write it"
+    )
 
 
 def _tensors_for(slot: _Slot, target: Path) -> list[tuple[str, np.ndarray]]:
@@ -1018,29 +1199,38 @@ def _tensors_for(slot: _Slot, target: Path) -> list[tuple[str, np.ndarray]]:
     for role in roles:
         alias = next((a for a in _ROLE_ALIASES.get(role, (role,)) if a in left), None)
         if alias is None:
-            raise MappingError(f"{target}: layer {layer.name!r}: the model's {slot.class_name} "
-                               f"{slot.name!r} needs {role}; the weights have "
-                               f"{', '.join(layer.tensors) or 'none'}")
+            raise MappingError(
+                f"{target}: layer {layer.name!r}: the model's {slot.class_name} "
+                f"{slot.name!r} needs {role}; the weights have "
+                f"{', '.join(layer.tensors) or 'none'}"
+            )
         taken.append((role, left.pop(alias)))
     if left:
-        raise MappingError(f"{target}: layer {layer.name!r}: the model's {slot.class_name} "
-                           f"{slot.name!r} has no place for {', '.join(left)} (it holds "
-                           f"{', '.join(roles)})")
+        raise MappingError(
+            f"{target}: layer {layer.name!r}: the model's {slot.class_name} "
+            f"{slot.name!r} has no place for {', '.join(left)} (it holds "
+            f"{', '.join(roles)})"
+        )
     shapes = {role: tuple(int(n) for n in tensor.shape) for role, tensor in taken}
     for role, expected in _expected_shapes(slot.class_name, slot.config, shapes).items():
         actual = shapes[role]
-        if len(expected) != len(actual) or any(e is not None and e != a
-                                                for e, a in zip(expected, actual, strict=False)):
+        if len(expected) != len(actual) or any(
+            e is not None and e != a for e, a in zip(expected, actual, strict=False)
+        ):
             shown = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
-            raise ShapeError(f"{target}: {layer.name}/{role}: the model's {slot.class_name} "
-                             f"{slot.name!r} expects {shown}, the weights are {actual}")
+            raise ShapeError(
+                f"{target}: {layer.name}/{role}: the model's {slot.class_name} "
+                f"{slot.name!r} expects {shown}, the weights are {actual}"
+            )
     arrays = []
     for role, tensor in taken:
         array = np.asarray(tensor)
-        if array.dtype.hasobject or (array.dtype.kind not in _NUMERIC_KINDS
-                                     and array.dtype.name != "bfloat16"):
-            raise MappingError(f"{target}: {layer.name}/{role} has dtype {array.dtype}; Keras "
-                               f"weights are numbers")
+        if array.dtype.hasobject or (
+            array.dtype.kind not in _NUMERIC_KINDS and array.dtype.name != "bfloat16"
+        ):
+            raise MappingError(
+                f"{target}: {layer.name}/{role} has dtype {array.dtype}; Keras weights are numbers"
+            )
         arrays.append((role, array))
     return arrays
 
@@ -1054,8 +1244,9 @@ def _input_shape(config: dict[str, Any]) -> list[Any] | None:
     return None
 
 
-def _expected_shapes(class_name: str, config: dict[str, Any],
-                     shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int | None, ...]]:
+def _expected_shapes(
+    class_name: str, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]
+) -> dict[str, tuple[int | None, ...]]:
     """The shape Keras builds for each role present; None where neither the config nor the
     layer's input fixes it. What the config leaves open (a derived model's) comes from the
     layer's kernel, so its other tensors must at least agree with it."""
@@ -1097,32 +1288,45 @@ def _expected_shapes(class_name: str, config: dict[str, Any],
         expected["biases"] = (filters,)
     elif class_name.startswith(("DepthwiseConv", "SeparableConv")):
         rank = 1 if class_name.endswith("1D") else 2
-        channels = channels if channels is not None else (kernel[-2] if len(kernel) > 1
-                                                          else None)
+        channels = channels if channels is not None else (kernel[-2] if len(kernel) > 1 else None)
         multiplier = given("depth_multiplier", last)
         inner = channels * multiplier if channels is not None and multiplier else None
-        expected = {"depthwise_kernel": (*dims("kernel_size", rank), channels, multiplier),
-                    "biases": (inner,)}
+        expected = {
+            "depthwise_kernel": (*dims("kernel_size", rank), channels, multiplier),
+            "biases": (inner,),
+        }
         if class_name.startswith("Separable"):
             pointwise = shapes.get("pointwise_kernel", ())
             filters = given("filters", pointwise[-1] if pointwise else None)
             expected["pointwise_kernel"] = (*(1,) * rank, inner, filters)
             expected["biases"] = (filters,)
     elif class_name in ("BatchNormalization", "LayerNormalization"):
-        size = channels if channels is not None else next(
-            (s[0] for s in shapes.values() if len(s) == 1), None)
+        size = (
+            channels
+            if channels is not None
+            else next((s[0] for s in shapes.values() if len(s) == 1), None)
+        )
         expected = {role: (size,) for role in shapes}
     elif class_name == "Embedding":
         expected = {"embeddings": (config.get("input_dim"), config.get("output_dim"))}
     return {role: value for role, value in expected.items() if role in shapes}
 
 
-def _write_keras3(handle: h5py.File, slots: Iterator[_Slot], target: Path,
-                  counts: dict[str, int], notes: list[str], progress: Progress | None) -> None:
+def _write_keras3(
+    handle: h5py.File,
+    slots: Iterator[_Slot],
+    target: Path,
+    counts: dict[str, int],
+    notes: list[str],
+    progress: Progress | None,
+) -> None:
     """The groups and datasets Keras 3's ``save_weights`` creates, in the order it does."""
     for slot in slots:
-        if slot.layer is None and not slot.is_model and _variable_roles(
-                slot.class_name, slot.config) is None:
+        if (
+            slot.layer is None
+            and not slot.is_model
+            and _variable_roles(slot.class_name, slot.config) is None
+        ):
             notes.append(f"assumed {slot.class_name} {slot.name!r} holds no weights")
         group = handle.create_group(_join(slot.path, "vars"))
         if slot.name:
@@ -1140,9 +1344,15 @@ def _write_keras3(handle: h5py.File, slots: Iterator[_Slot], target: Path,
         counts["layers"] += 1
 
 
-def _write_keras2(handle: h5py.File, slots: Iterator[_Slot], root: _Node | None,
-                  target: Path, counts: dict[str, int], notes: list[str],
-                  progress: Progress | None) -> None:
+def _write_keras2(
+    handle: h5py.File,
+    slots: Iterator[_Slot],
+    root: _Node | None,
+    target: Path,
+    counts: dict[str, int],
+    notes: list[str],
+    progress: Progress | None,
+) -> None:
     """Keras 2 ``save_weights``: a group per top-level layer, ``weight_names`` listing its
     datasets (a nested model's trainable variables first, as Keras orders them)."""
     order: list[str] = [child.name for child in root.container()] if root is not None else []
@@ -1173,8 +1383,9 @@ def _write_keras2(handle: h5py.File, slots: Iterator[_Slot], root: _Node | None,
         group = handle.require_group(name)
         listed = [n for t, n in names[name] if t] + [n for t, n in names[name] if not t]
         _write_name_list(group.attrs, "weight_names", listed, target)
-    _write_name_list(handle.create_group("top_level_model_weights").attrs, "weight_names", [],
-                     target)
+    _write_name_list(
+        handle.create_group("top_level_model_weights").attrs, "weight_names", [], target
+    )
 
 
 def _count(counts: dict[str, int], array: np.ndarray, progress: Progress | None) -> None:
@@ -1184,8 +1395,9 @@ def _count(counts: dict[str, int], array: np.ndarray, progress: Progress | None)
         progress.advance(int(array.nbytes))
 
 
-def _write_name_list(attrs: h5py.AttributeManager, name: str, values: Sequence[str],
-                     target: Path) -> None:
+def _write_name_list(
+    attrs: h5py.AttributeManager, name: str, values: Sequence[str], target: Path
+) -> None:
     """A list of names as Keras stores it: one attribute, or ``name0``, ``name1``... holding
     consecutive runs when the list as a fixed-width array would pass ATTRIBUTE_LIMIT bytes."""
     encoded = [value.encode("utf-8") for value in values]
@@ -1194,8 +1406,10 @@ def _write_name_list(attrs: h5py.AttributeManager, name: str, values: Sequence[s
         return
     width = max(max(len(e) for e in encoded), 1)
     if width > ATTRIBUTE_LIMIT:
-        raise UsageError(f"{target}: a name of {width} bytes cannot be stored in a Keras "
-                         f"HDF5 attribute (limit {ATTRIBUTE_LIMIT})")
+        raise UsageError(
+            f"{target}: a name of {width} bytes cannot be stored in a Keras "
+            f"HDF5 attribute (limit {ATTRIBUTE_LIMIT})"
+        )
     parts = 1
     while -(-len(encoded) // parts) * width > ATTRIBUTE_LIMIT:
         parts += 1
@@ -1226,8 +1440,12 @@ def _name_list(attrs: h5py.AttributeManager, name: str) -> list[str]:
         while f"{name}{index}" in attrs:
             parts.append(attrs[f"{name}{index}"])
             index += 1
-    return [_text(item) for part in parts for item in np.asarray(part).reshape(-1)
-            if isinstance(item, str | bytes | np.bytes_ | np.str_)]
+    return [
+        _text(item)
+        for part in parts
+        for item in np.asarray(part).reshape(-1)
+        if isinstance(item, str | bytes | np.bytes_ | np.str_)
+    ]
 
 
 def _text(value: Any) -> str:
