@@ -1,4 +1,4 @@
-"""Regenerate weightconv/_proto/*_pb2.py from proto/*.proto.
+"""Regenerate weightconv/_proto/*_pb2.py (and their *_pb2.pyi type stubs) from proto/*.proto.
 
 The committed modules are generated with grpcio-tools 1.62.3 (protobuf 4.25
 generated code), which loads on every protobuf runtime from 4.25 to 7.x; newer
@@ -31,11 +31,12 @@ def main() -> int:
             file=sys.stderr,
         )
     for proto in sorted(PROTO_DIR.glob("*.proto")):
-        rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={OUT_DIR}", str(proto)])
+        rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={OUT_DIR}",
+                          f"--pyi_out={OUT_DIR}", str(proto)])
         if rc != 0:
             print(f"protoc failed on {proto}", file=sys.stderr)
             return rc
-        print(f"generated {OUT_DIR / (proto.stem + '_pb2.py')}")
+        print(f"generated {OUT_DIR / (proto.stem + '_pb2.py')} and its .pyi")
     return 0
 
 

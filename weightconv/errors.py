@@ -34,7 +34,7 @@ class UnsafeInputError(WeightconvError):
 
 
 class OutputExistsError(WeightconvError):
-    """The output exists and --force was not given."""
+    """The output exists and `force` was not given."""
 
 
 class CheckFailed(WeightconvError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ def check_writable(path: str | os.PathLike[str], force: bool) -> Path:
     """Raise unless `path` may be written: it must not exist (or `force`), its folder must."""
     target = Path(path)
     if target.exists() and not force:
-        raise OutputExistsError(f"{target}: exists; pass --force to overwrite it")
+        raise OutputExistsError(f"{target}: exists; pass force=True to overwrite it")
     if target.is_dir():
         raise UsageError(f"{target}: is a directory")
     if not target.parent.exists():
@@ -92,7 +93,7 @@ def chunks(array: np.ndarray, limit: int) -> Iterator[np.ndarray]:
 
 
 @contextlib.contextmanager
-def open_input(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def open_input(path: str | os.PathLike[str]) -> Iterator[io.BufferedReader]:
     """Open a weight file for reading; a missing, folder or unreadable path is one clear line."""
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below, errors translated here

@@ -108,15 +108,18 @@ def add_format_options(
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag, (spec, owners) in _option_specs(kind).items():
         names = [f.name for f in owners]
-        if only_formats is not None and not set(names) & set(only_formats):
-            continue
-        title = f"{'/'.join(names)} {'input' if kind == 'read' else 'output'} options"
-        group = groups.setdefault(title, parser.add_argument_group(title))
         help_text = spec.help + (
             ""
             if spec.default in (None, False, "") or spec.is_switch
             else f" (default {spec.default})"
         )
+        if only_formats is not None and not set(names) & set(only_formats):
+            # taken, so that it is refused by name, but not shown for this verb
+            group: Any = parser
+            help_text = argparse.SUPPRESS
+        else:
+            title = f"{'/'.join(names)} {'input' if kind == 'read' else 'output'} options"
+            group = groups.setdefault(title, parser.add_argument_group(title))
         dest = f"{kind}:{spec.name}"
         if spec.is_switch:
             group.add_argument(
@@ -182,7 +185,11 @@ def translate(message: str) -> str:
     pattern = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
     message = re.sub(rf"\b({pattern})=True\b", lambda m: _mapping_flag(m.group(1)), message)
     message = re.sub(rf"\boption '({pattern})'", lambda m: _mapping_flag(m.group(1)), message)
-    message = re.sub(rf"\b({pattern})=(?=\S)", lambda m: _mapping_flag(m.group(1)) + " ", message)
+    message = re.sub(
+        rf"\b({pattern})=(\S?)",
+        lambda m: _mapping_flag(m.group(1)) + (" " + m.group(2) if m.group(2) else ""),
+        message,
+    )
     return message
 
 

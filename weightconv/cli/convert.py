@@ -215,7 +215,7 @@ def _run(
             force=args.force,
             progress=_Sized(bar),
         )
-    report.verb = verb or getattr(args, "verb", "convert")
+    report.verb = verb or str(getattr(args, "verb", None) or "convert")
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

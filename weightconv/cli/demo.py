@@ -114,7 +114,7 @@ def _demo(args: argparse.Namespace) -> int:
         return EXIT_OK
     from weightconv.verify import verify
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for verb, _, output, _ in steps:
         result = verify(output, against=model, prototxt=prototxt)
         rows.append(

@@ -188,7 +188,7 @@ def _show_tensor(args: argparse.Namespace, layers: list[Layer]) -> int:
 
 
 def _formats(args: argparse.Namespace) -> int:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": f.name,
             "title": f.title,

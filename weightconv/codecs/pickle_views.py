@@ -24,7 +24,7 @@ import struct
 from typing import Any
 
 MIN_BYTES = 64 * 1024
-_OPS = pickletools.code2op
+_OPS: dict[str, Any] = pickletools.code2op  # type: ignore[attr-defined]
 _BINBYTES, _BINBYTES8, _BINSTRING, _BYTEARRAY8 = b"B", b"\x8e", b"T", b"\x96"
 _SHORT_BINBYTES, _SHORT_BINSTRING, _FRAME, _STOP = b"C", b"U", b"\x95", b"."
 _LENGTHS = {

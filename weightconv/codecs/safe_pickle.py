@@ -56,6 +56,8 @@ class _Global:
     """An admitted global as the pickle sees it: callable, but BUILD cannot change it."""
 
     __slots__ = ("_call", "_name")
+    _call: Callable[..., Any]
+    _name: str
 
     def __init__(self, name: str, call: Callable[..., Any]) -> None:
         object.__setattr__(self, "_name", name)
@@ -238,21 +240,21 @@ def _empty_bytes(*args: Any) -> bytes:
     return b""
 
 
+_ADMITTED: list[tuple[str, str, Callable[..., Any]]] = [
+    ("numpy.core.multiarray", "_reconstruct", _reconstruct),
+    ("numpy._core.multiarray", "_reconstruct", _reconstruct),
+    ("numpy.core.multiarray", "scalar", _scalar),
+    ("numpy._core.multiarray", "scalar", _scalar),
+    ("numpy.core.numeric", "_frombuffer", _frombuffer),
+    ("numpy._core.numeric", "_frombuffer", _frombuffer),
+    ("numpy", "dtype", _DtypeStub),
+    ("_codecs", "encode", _codecs_encode),
+    ("builtins", "bytes", _empty_bytes),
+    ("__builtin__", "bytes", _empty_bytes),
+    ("collections", "OrderedDict", OrderedDict),
+]
 _ALLOWED: dict[tuple[str, str], _Global] = {
-    (module, name): _Global(f"{module}.{name}", call)
-    for module, name, call in [
-        ("numpy.core.multiarray", "_reconstruct", _reconstruct),
-        ("numpy._core.multiarray", "_reconstruct", _reconstruct),
-        ("numpy.core.multiarray", "scalar", _scalar),
-        ("numpy._core.multiarray", "scalar", _scalar),
-        ("numpy.core.numeric", "_frombuffer", _frombuffer),
-        ("numpy._core.numeric", "_frombuffer", _frombuffer),
-        ("numpy", "dtype", _DtypeStub),
-        ("_codecs", "encode", _codecs_encode),
-        ("builtins", "bytes", _empty_bytes),
-        ("__builtin__", "bytes", _empty_bytes),
-        ("collections", "OrderedDict", OrderedDict),
-    ]
+    (module, name): _Global(f"{module}.{name}", call) for module, name, call in _ADMITTED
 }
 _ALLOWED["numpy", "ndarray"] = _NDARRAY
 
@@ -287,7 +289,7 @@ def load(file: IO[bytes], *, name: str, views: Mapping[bytes, memoryview] | None
     except _Refused as refused:
         raise UnsafeInputError(
             f"{name}: refusing to {refused.what} from the pickle: a weight dict holds only "
-            f"dicts, lists, strings, numbers and arrays; pass --trust-pickle only if you "
+            f"dicts, lists, strings, numbers and arrays; pass trust_pickle=True only if you "
             f"trust this file"
         ) from None
     finally:

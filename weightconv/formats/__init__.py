@@ -112,7 +112,7 @@ class Format:
         """Where the module's read/write keywords and the declared options differ."""
         problems = []
         module = self.implementation()
-        pairs = [("read", self.read_options, set())]
+        pairs: list[tuple[str, type[Options], set[str]]] = [("read", self.read_options, set())]
         if self.write_options is not None:
             pairs.append(("write", self.write_options, {"force", "progress"}))
         for function, options, extra in pairs:
@@ -238,7 +238,7 @@ def detect(path: str | os.PathLike[str], name: str | None = None) -> Format:
     if lowered.endswith((".prototxt", ".pbtxt")):
         raise FormatError(
             f"{target}: a prototxt holds a net definition, not weights; "
-            f"pass it with --prototxt beside the .caffemodel"
+            f"give it as prototxt= beside the .caffemodel"
         )
     if not head:
         raise FormatError(f"{target}: file is empty")
@@ -259,5 +259,6 @@ def for_output(path: str | os.PathLike[str], name: str | None = None) -> Format:
         return get("ckpt")
     writable = ", ".join(f"{f.name} ({'/'.join(f.suffixes)})" for f in FORMATS if f.can_write)
     raise UsageError(
-        f"{path}: cannot tell the output format from the name; use --to (writable: {writable})"
+        f"{path}: cannot tell the output format from the name; give dst_format= "
+        f"(writable: {writable})"
     )

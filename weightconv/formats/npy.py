@@ -211,7 +211,7 @@ def _layers(content: dict[Any, Any], name: str) -> tuple[list[Layer], str]:
         Layer(
             name=layer_name,
             kind=_guess_kind(tensors),
-            tensors=tensors,
+            tensors=dict(tensors),
             source_type="npy",
             layout=CANONICAL,
         )
@@ -363,7 +363,13 @@ def write(
         handle.write(_APPEND + _TUPLE + _BUILD + _STOP)
         size = handle.tell()
     return WriteResult(
-        **counts, bytes=size, files=[os.fspath(path)], skipped=skipped, detail={"flavour": flavour}
+        layers=counts["layers"],
+        tensors=counts["tensors"],
+        parameters=counts["parameters"],
+        bytes=size,
+        files=[os.fspath(path)],
+        skipped=skipped,
+        detail={"flavour": flavour},
     )
 
 
@@ -415,7 +421,7 @@ def _write_tensor(
     written = 0
     for chunk in chunks(array, CHUNK_BYTES):
         data = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8)
-        handle.write(data)
+        handle.write(data.data)
         written += data.nbytes
         if progress is not None:
             progress.advance(data.nbytes)

@@ -19,6 +19,7 @@ from weightconv.arrays import (
 )
 from weightconv.errors import ShapeError
 from weightconv.model.layers import CAFFE, CANONICAL, Kind, Layer, WeightSet
+from weightconv.model.tensors import Tensor
 
 
 def canonical_layers(weights: WeightSet) -> Iterator[Layer]:
@@ -40,15 +41,16 @@ def to_canonical(layer: Layer) -> Layer:
         return layer
     if layer.layout != CAFFE:
         raise ShapeError(f"layer {layer.name!r}: unknown layout {layer.layout!r}")
-    tensors = dict(layer.tensors)
+    tensors: dict[str, Tensor] = dict(layer.tensors)
     if layer.kind == Kind.CONV and "weights" in tensors:
-        tensors["weights"] = conv_oihw_to_hwio_into(tensors["weights"])
+        tensors["weights"] = conv_oihw_to_hwio_into(np.asarray(tensors["weights"]))
     elif layer.kind == Kind.DECONV and "weights" in tensors:
-        tensors["weights"] = deconv_caffe_to_tf(tensors["weights"])
+        tensors["weights"] = deconv_caffe_to_tf(np.asarray(tensors["weights"]))
     elif layer.kind == Kind.DENSE and "weights" in tensors:
-        tensors["weights"] = _caffe_dense_to_canonical(layer, tensors["weights"])
+        tensors["weights"] = _caffe_dense_to_canonical(layer, np.asarray(tensors["weights"]))
     elif layer.kind == Kind.BATCHNORM and "scale_factor" in tensors:
-        tensors = batchnorm_caffe_to_moments(tensors)
+        arrays = {role: np.asarray(t) for role, t in tensors.items()}
+        tensors = dict(batchnorm_caffe_to_moments(arrays))
     return replace(layer, tensors=tensors, layout=CANONICAL)
 
 
@@ -61,8 +63,8 @@ def _caffe_dense_to_canonical(
         if layer.params.get("follows_spatial"):
             raise ShapeError(
                 f"layer {layer.name!r}: its input is a spatial blob of unknown height and width "
-                f"({in_out.shape[0]} inputs); pass the deploy prototxt (--prototxt) or "
-                f"--input-shape C,H,W so the C,H,W -> H,W,C flatten order can be fixed"
+                f"({in_out.shape[0]} inputs); give the deploy prototxt (prototxt=) or the net's "
+                f"input_shape=C,H,W so the C,H,W -> H,W,C flatten order can be fixed"
             )
         return contiguous_copy(in_out, into)
     if len(shape) == 3 and shape[1] * shape[2] > 1:

@@ -200,7 +200,7 @@ class WeightSet:
         """The layers that hold at least one tensor, in order."""
         return [layer for layer in self.layers if layer.tensors]
 
-    def tensors(self) -> Iterator[tuple[Layer, str, np.ndarray]]:
+    def tensors(self) -> Iterator[tuple[Layer, str, Tensor]]:
         """Every (layer, role, array) in order, in the layout the layers are in."""
         for layer in self.layers:
             for role, array in layer.tensors.items():
@@ -230,7 +230,8 @@ class WeightSet:
                 for n in names
             )
 
-        kept, dropped = [], []
+        kept: list[Layer] = []
+        dropped: list[Layer] = []
         for layer in self.layers:
             wanted = (not only or matches(layer, only)) and not matches(layer, skip)
             (kept if wanted else dropped).append(layer)
