@@ -5,7 +5,6 @@ on the command line; the library and the CLI give byte-identical outputs."""
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -298,7 +297,7 @@ def test_library_messages_say_option_names_and_the_cli_says_flags(capsys, tmp_pa
 
 def test_npy2ckpt_creates_the_folder_and_says_so(capsys, tmp_path):
     weightconv.save(_small(), tmp_path / "m.npy")
-    code, out, err = run(
+    code, _out, err = run(
         capsys, "npy2ckpt", tmp_path / "m.npy", "-o", tmp_path / "ckpt" / "deep" / "m.ckpt"
     )
     assert code == 0 and (tmp_path / "ckpt" / "deep" / "m.ckpt.index").exists()
@@ -316,7 +315,7 @@ def test_a_failed_conversion_removes_the_folder_it_created(tmp_path):
 
 def test_map_with_an_output_writes_it(capsys, tmp_path):
     weightconv.save(_small(), tmp_path / "m.npy")
-    code, out, _ = run(
+    code, _out, _ = run(
         capsys, "map", tmp_path / "m.npy", "-o", tmp_path / "o.ckpt", "--names", "keras"
     )
     assert code == 0 and (tmp_path / "o.ckpt.index").exists()

@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
 from weightconv.errors import MappingError
 from weightconv.model.tensors import LazyTensor, Tensor
 
