@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ from weightconv.lrn import CaffeLRN
 from weightconv.nets import AlexNet, Architecture
 from weightconv.nets.alexnet import describe
 from weightconv.testing import synthetic
-from weightconv.verify.core import (
+from weightconv.verify import (
     IMAGENET_MEAN_BGR,
     Preprocessing,
     imagenet_labels,
@@ -339,7 +340,8 @@ def test_padded_max_pooling_matches_the_numpy_oracle():
     """Caffe pads max pooling with nothing that can win (negative inputs show it) and drops
     a last window starting in the padding (3x3/2, pad 1 on 6 -> 4, not 3)."""
     from weightconv.formats.caffe.net import LayerDef
-    from weightconv.nets.alexnet import Step, _caffe_max_pool, _tf
+    from weightconv.nets.architecture import Step
+    from weightconv.nets.tf_ops import caffe_max_pool, import_tensorflow
 
     from . import numpy_forward as nf
 
@@ -358,8 +360,10 @@ def test_padded_max_pooling_matches_the_numpy_oracle():
             },
         )
         expected = nf.pooling(layer, x.astype(np.float64), [])
-        got = _caffe_max_pool(
-            _tf(), x, Step("pool", "pool", (kernel, kernel), (stride, stride), (pad, pad))
+        got = caffe_max_pool(
+            import_tensorflow(),
+            x,
+            Step("pool", "pool", (kernel, kernel), (stride, stride), (pad, pad)),
         ).numpy()
         assert got.shape == expected.shape, (kernel, stride, pad)
         np.testing.assert_array_equal(got, expected.astype(np.float32))
@@ -546,3 +550,163 @@ def test_published_caffenet_card_reports_a_mismatch(caffenet):
     assert "top-5 differ" in report or "top-1 differs" in report
     assert any("4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46" in note for note in result.notes)
     assert any("states no tolerance" in note for note in result.notes)
+
+
+# --- closed reader options ---------------------------------------------------------------
+
+
+def test_an_unknown_reader_option_is_refused_by_the_reader(alexnet):
+    with pytest.raises(UsageError, match=r"the npy reader takes no option 'bogus'"):
+        verify(
+            alexnet.npy, against=alexnet.model, prototxt=alexnet.prototxt, read_options={"bogus": 1}
+        )
+    with pytest.raises(UsageError, match=r"takes no option 'trust_pickle'"):
+        verify(
+            alexnet.converted("ckpt"),
+            against=alexnet.model,
+            prototxt=alexnet.prototxt,
+            read_options={"trust_pickle": True},
+        )
+    with pytest.raises(UsageError, match=r"read_options= apply to a weight file"):
+        verify(
+            weightconv.load(alexnet.npy),
+            against=alexnet.model,
+            prototxt=alexnet.prototxt,
+            read_options={"trust_pickle": True},
+        )
+
+
+@oracle
+def test_trust_pickle_reaches_the_npy_reader(alexnet, capsys):
+    result = verify(
+        alexnet.npy,
+        against=alexnet.model,
+        prototxt=alexnet.prototxt,
+        count=2,
+        format="npy",
+        read_options={"trust_pickle": True},
+    )
+    assert result.passed, result.report()
+    argv = ["verify", str(alexnet.npy), "--against", str(alexnet.model)]
+    argv += ["--prototxt", str(alexnet.prototxt), "--count", "2", "--trust-pickle", "--from", "npy"]
+    assert cli.main(argv) == 0, capsys.readouterr()
+
+
+# --- a card away from its images -----------------------------------------------------------
+
+
+def _png_files(folder: Path, count: int, seed: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index, image in enumerate(synthetic_images(count, seed=seed, size=(200, 260))):
+        files.append(folder / f"p{index}.png")
+        assert cv2.imwrite(str(files[-1]), image)
+    return files
+
+
+@oracle
+def test_a_copied_card_is_pointed_at_its_images(alexnet, tmp_path, capsys):
+    """The card's expected predictions are OpenCV's; a copy of the card in another folder
+    finds its images through `images=` / ``--image``, matched by sha256 or file name."""
+    files = _png_files(tmp_path / "images", 2, seed=9)
+    card_path = tmp_path / "cards" / "card.json"
+    card_path.parent.mkdir()
+    write_card(alexnet.model, card_path, prototxt=alexnet.prototxt, images=files)
+    copied = tmp_path / "elsewhere" / "deeper" / "card.json"
+    copied.parent.mkdir(parents=True)
+    shutil.copy(card_path, copied)
+
+    with pytest.raises(
+        UsageError,
+        match=r"card\.json: image 0 \(\.\./images/p0\.png\) is not at .*p0\.png; give its "
+        r"location with images=PATH",
+    ):
+        verify(alexnet.npy, card=copied, prototxt=alexnet.prototxt)
+    base = ["verify", str(alexnet.npy), "--card", str(copied), "--prototxt", str(alexnet.prototxt)]
+    assert cli.main(base) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "image 0 (../images/p0.png) is not at" in err and "--image PATH" in err
+
+    # pointed at the originals, one by one or by their folder: a pass
+    result = verify(alexnet.npy, card=copied, prototxt=alexnet.prototxt, images=files[::-1])
+    assert result.passed, result.report()
+    assert [image["image"] for image in result.images] == ["p0.png", "p1.png"]
+    assert cli.main([*base, "--image", str(tmp_path / "images")]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+    # a renamed copy is found by its sha256; the image not given is not checked, and said so
+    renamed = tmp_path / "renamed" / "holiday.png"
+    renamed.parent.mkdir()
+    shutil.copy(files[1], renamed)
+    result = verify(alexnet.npy, card=copied, prototxt=alexnet.prototxt, images=[renamed])
+    assert result.passed and result.summary["images"] == 1
+    assert result.images[0]["image"] == "p1.png"
+    assert "the card's image p0.png was not given and not checked" in result.notes
+
+    # an image the card does not have: refused in one line, naming it and the card's images
+    stranger = _png_files(tmp_path / "strangers", 1, seed=11)[0].rename(tmp_path / "dog.png")
+    with pytest.raises(
+        UsageError,
+        match=r"dog\.png: not an image of .*card\.json: none of its 2 images has this sha256 "
+        r"or file name \(p0\.png, p1\.png\)",
+    ) as raised:
+        verify(alexnet.npy, card=copied, prototxt=alexnet.prototxt, images=[files[0], stranger])
+    assert "\n" not in str(raised.value)
+    assert cli.main([*base, "--image", str(stranger)]) == 2
+    assert "not an image of" in capsys.readouterr().err
+
+
+def test_given_images_that_do_not_match_the_card_are_refused(tmp_path):
+    """Refused before any image is decoded: no OpenCV needed."""
+    from weightconv.verify import card_inputs
+
+    original = tmp_path / "cat.jpg"
+    original.write_bytes(b"the pixels the card was made with")
+    top5 = [{"class": 1, "prob": 0.5}]
+    card = {
+        "_path": str(tmp_path / "card.json"),
+        "images": [
+            {
+                "file": "cat.jpg",
+                "sha256": hashlib.sha256(original.read_bytes()).hexdigest(),
+                "top5": top5,
+            }
+        ],
+    }
+    edited_cat = tmp_path / "edited" / "cat.jpg"
+    edited_cat.parent.mkdir()
+    edited_cat.write_bytes(b"other pixels")
+    with pytest.raises(CheckFailed, match=r"edited/cat\.jpg: not the image the card was made"):
+        card_inputs(card, images=[edited_cat])
+    with pytest.raises(UsageError, match=r"the card's cat\.jpg is given twice, also as"):
+        card_inputs(card, images=[original, original])
+    with pytest.raises(UsageError, match=r"dog\.jpg: no such image"):
+        card_inputs(card, images=[tmp_path / "dog.jpg"])
+    synthetic_card = {
+        "_path": "synthetic.json",
+        "images": [{"synthetic": {"index": 0}, "top5": top5}],
+    }
+    with pytest.raises(UsageError, match=r"whose inputs are all synthetic"):
+        card_inputs(synthetic_card, images=[original])
+
+
+@oracle
+def test_verify_with_a_card_uses_the_cards_preprocessing(alexnet, tmp_path, capsys):
+    """A card made with another pixel scale is verified with that scale, from the library and
+    from the command line, unless a flag overrides it."""
+    card_path = tmp_path / "scaled.json"
+    card = write_card(
+        alexnet.model,
+        card_path,
+        prototxt=alexnet.prototxt,
+        count=3,
+        preprocessing=Preprocessing(scale=200.0),
+    )
+    assert card["preprocessing"]["scale"] == 200.0
+    assert verify(alexnet.npy, card=card_path, prototxt=alexnet.prototxt).passed
+    argv = ["verify", str(alexnet.npy), "--card", str(card_path), "--prototxt"]
+    argv.append(str(alexnet.prototxt))
+    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--scale", "255"]) == 1
+    capsys.readouterr()

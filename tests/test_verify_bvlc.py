@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.oracle, pytest.mark.corpus, pytest.mark.slow]
 )
 def test_conversions_of_bvlc_shaped_models_verify(tmp_path, variant, prototxt):
     pytest.importorskip("cv2", reason="opencv-python-headless (test extra) absent")
-    from weightconv.verify.core import verify
+    from weightconv.verify import verify
 
     deploy = corpus_file(prototxt)
     model = tmp_path / f"{variant}.caffemodel"

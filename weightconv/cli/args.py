@@ -26,6 +26,10 @@ _FLAG_OF = {
     "fc_inputs": "--fc-input",
     "only": "--only",
     "skip": "--skip",
+    "against": "--against",
+    "card": "--card",
+    "images": "--image",
+    "channel_order": "--channels",
 }
 
 

@@ -53,7 +53,8 @@ def add(verbs: Any) -> None:
         action="append",
         default=[],
         help="an image to classify (repeatable; a folder adds "
-        "its images); default: built-in synthetic inputs",
+        "its images); default: built-in synthetic inputs (for --card: "
+        "the card's images, found beside the card)",
     )
     checking.add_argument(
         "--count",
@@ -77,7 +78,7 @@ def add(verbs: Any) -> None:
     checking.add_argument(
         "--mean-mode",
         choices=("channel", "image"),
-        default="channel",
+        default=None,
         help="subtract the mean file's per-channel average (default, as "
         "Caffe's example does) or the resized image",
     )
@@ -91,7 +92,7 @@ def add(verbs: Any) -> None:
     checking.add_argument(
         "--scale",
         type=float,
-        default=255.0,
+        default=None,
         help="pixel scale after reading in [0, 1] (default 255)",
     )
     checking.add_argument(
@@ -293,21 +294,25 @@ def _size2(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _preprocessing(args: argparse.Namespace) -> Any:
-    from weightconv.verify.core import IMAGENET_MEAN_BGR, Preprocessing
+_PREPROCESSING_FLAGS = ("size", "scale", "mean", "mean_file", "mean_mode")
 
+
+def _preprocessing(args: argparse.Namespace, *, card: bool = False) -> Any:
+    """The preprocessing the flags ask for; None for a card when no flag asks (the card's)."""
+    from weightconv.nets.architecture import prototxt_input_size
+    from weightconv.verify import IMAGENET_MEAN_BGR, Preprocessing
+
+    if card and all(getattr(args, name) is None for name in _PREPROCESSING_FLAGS):
+        return None
     size = args.size
     if size is None and getattr(args, "prototxt", None) is not None:
-        from weightconv.formats.caffe.net import net_def_from_message, parse_prototxt
-        from weightconv.nets.alexnet import net_input_size
-
-        size = net_input_size(net_def_from_message(parse_prototxt(args.prototxt)[0]))
+        size = prototxt_input_size(args.prototxt)
     return Preprocessing(
-        size=tuple(size or (227, 227)),
-        scale=args.scale,
+        size=size or (227, 227),
+        scale=255.0 if args.scale is None else args.scale,
         mean_bgr=args.mean or IMAGENET_MEAN_BGR,
         mean_file=str(args.mean_file) if args.mean_file else None,
-        mean_mode=args.mean_mode,
+        mean_mode=args.mean_mode or "channel",
     )
 
 
@@ -328,7 +333,7 @@ def _image_files(paths: list[Path]) -> list[Path] | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from weightconv.verify.core import Tolerance, verify
+    from weightconv.verify import Tolerance, verify
 
     if (args.against is None) == (args.card is None):
         raise UsageError(
@@ -340,11 +345,6 @@ def _verify(args: argparse.Namespace) -> int:
         tolerance = Tolerance(
             prob=1e-4 if args.prob_tol is None else args.prob_tol, logit=args.logit_tol
         )
-    options: dict[str, Any] = {}
-    if args.src_format:
-        options["format"] = args.src_format
-    if args.trust_pickle:
-        options["trust_pickle"] = True
     result = verify(
         args.weights,
         against=args.against,
@@ -353,12 +353,13 @@ def _verify(args: argparse.Namespace) -> int:
         images=_image_files(args.images),
         count=args.count,
         seed=args.seed,
-        preprocessing=_preprocessing(args),
+        preprocessing=_preprocessing(args, card=args.card is not None),
         tolerance=tolerance,
         variant=args.variant,
         channel_order=args.channels,
         top=args.top,
-        **options,
+        format=args.src_format,
+        read_options={"trust_pickle": True} if args.trust_pickle else None,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=json_default))
@@ -368,7 +369,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _reference(args: argparse.Namespace) -> int:
-    from weightconv.verify.core import write_card
+    from weightconv.verify import write_card
 
     card = write_card(
         args.model,
