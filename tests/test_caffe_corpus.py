@@ -191,7 +191,7 @@ def test_v1_caffemodel_without_prototxt_asks_for_the_fc_input_size():
     model = corpus_file("caffe/cifar10_v1/cifar10_quick_iter_5000.caffemodel")
     ws = weightconv.load(model)
     assert ws.source.detail["encoding"] == "V1"
-    with pytest.raises(weightconv.ShapeError, match=r"ip1.*--input-shape"):
+    with pytest.raises(weightconv.ShapeError, match=r"ip1.*input_shape="):
         list(canonical_layers(ws))
     ws = weightconv.load(model, input_shape=(3, 32, 32))
     canonical = {layer.name: layer for layer in canonical_layers(ws)}

@@ -22,6 +22,7 @@ import os
 import pickle
 import pickletools
 import struct
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -456,11 +457,15 @@ def _write_direct(handle: IO[bytes], direct: DirectWeights, progress: Progress |
         base = start - start % mmap.ALLOCATIONGRANULARITY
         mapping = mmap.mmap(handle.fileno(), start + nbytes - base, offset=base)
         populate_for_writing(mapping)
+        view = np.frombuffer(mapping, dtype=dtype, count=count, offset=start - base).reshape(shape)
         try:
-            fill(
-                np.frombuffer(mapping, dtype=dtype, count=count, offset=start - base).reshape(shape)
-            )
+            fill(view)
+        except BaseException as exc:
+            # The failed frames still hold the view, and a mapping with live views cannot close.
+            traceback.clear_frames(exc.__traceback__)
+            raise
         finally:
+            del view
             mapping.close()
         handle.seek(start + nbytes)
         if progress is not None:

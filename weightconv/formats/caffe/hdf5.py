@@ -2,8 +2,9 @@
 
 The file holds only blobs; layer types, order and shapes come from the prototxt.
 Without one, layers are listed in the file's (alphabetical) order and their kinds
-follow from the blob ranks, which is enough to inspect but not to reorder a
-fully-connected layer that follows a convolution.
+follow from the blob ranks, which is enough to inspect; a fully-connected layer is then
+converted only where its input shape is known (never, as the order says nothing about
+which layer feeds which).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 
 from weightconv.errors import FormatError, UsageError
 from weightconv.formats.caffe import net as caffe_net
+from weightconv.formats.caffe.assemble import RawLayer, assemble
 from weightconv.formats.caffe.net import LayerDef, NetDef
-from weightconv.formats.caffe.reader import RawLayer, assemble
 from weightconv.model import WeightSet
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -84,12 +85,16 @@ def read(
             f"{source.name}: no prototxt; layers in the file's order with kinds "
             f"taken from blob ranks (4-D convolution, 2-D inner product)"
         )
-        if any(raw.definition.type == "Convolution" for raw in raw_layers):
-            for raw in raw_layers:
-                if raw.definition.type == "InnerProduct":
-                    raw.definition.params["follows_spatial"] = True
     model_net = NetDef(name="", encoding="HDF5", layers=[raw.definition for raw in raw_layers])
     detail = {"encoding": "HDF5", "prototxt": str(prototxt) if prototxt is not None else None}
     return assemble(
-        source, "caffe-h5", raw_layers, model_net, deploy_net, input_shape, notes, detail
+        source,
+        "caffe-h5",
+        raw_layers,
+        model_net,
+        deploy_net,
+        input_shape,
+        notes,
+        detail,
+        in_net_order=False,
     )

@@ -1,26 +1,57 @@
-"""Caffe net definitions: V0, V1 and V2 layers in one form, and blob-shape inference.
+"""Caffe net definitions: V0, V1 and V2 layer messages normalised into one form
+(`LayerDef`, `NetDef`, declared in `netdef`), with the parameters a converter needs.
 
-The shapes matter for weights in one place: an InnerProduct that follows a
-spatial blob stores its inputs flattened C, H, W, and moving it to TensorFlow's
-H, W, C order needs that blob's C, H and W. They come from the net's input size
-and Caffe's own output-size arithmetic (conv rounds down, pooling rounds up and
-clips), so this module reproduces that arithmetic.
+This is the module the rest of weightconv takes Caffe net facts from: it re-exports the
+definitions (`netdef`), the shape arithmetic and data flow (`shapes`) and the prototxt
+parser (`prototxt`), which live in their own modules.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from weightconv._proto import caffe_pb2
 from weightconv.errors import FormatError
-from weightconv.model import Kind
+from weightconv.formats.caffe.netdef import KIND_OF_TYPE, LayerDef, NetDef
+from weightconv.formats.caffe.prototxt import parse_prototxt
+from weightconv.formats.caffe.shapes import (
+    SHAPE_PRESERVING,
+    SPATIAL_PRODUCERS,
+    chained_in_file_order,
+    conv_output_size,
+    feeds_from_spatial,
+    has_links,
+    infer_blob_shapes,
+    pool_output_size,
+    reads_flat_input,
+)
+
+__all__ = [
+    "KIND_OF_TYPE",
+    "SHAPE_PRESERVING",
+    "SPATIAL_PRODUCERS",
+    "FormatError",
+    "LayerDef",
+    "NetDef",
+    "chained_in_file_order",
+    "conv_output_size",
+    "conv_params",
+    "feeds_from_spatial",
+    "has_links",
+    "infer_blob_shapes",
+    "layer_def_from_v0",
+    "layer_def_from_v1",
+    "layer_def_from_v2",
+    "lrn_params",
+    "net_def_from_message",
+    "net_inputs",
+    "parse_prototxt",
+    "pool_output_size",
+    "pool_params",
+    "reads_flat_input",
+]
 
 V1_TYPE_NAMES = {
     "ABSVAL": "AbsVal",
@@ -92,85 +123,6 @@ V0_TYPE_NAMES = {
     "padding": "Padding",
 }
 
-KIND_OF_TYPE = {
-    "Convolution": Kind.CONV,
-    "Deconvolution": Kind.DECONV,
-    "InnerProduct": Kind.DENSE,
-    "LRN": Kind.LRN,
-    "Pooling": Kind.POOL,
-    "PReLU": Kind.PRELU,
-    "BatchNorm": Kind.BATCHNORM,
-    "Scale": Kind.SCALE,
-    "Bias": Kind.BIAS,
-    "Input": Kind.INPUT,
-    "Data": Kind.INPUT,
-    "ImageData": Kind.INPUT,
-    "HDF5Data": Kind.INPUT,
-    "MemoryData": Kind.INPUT,
-    "DummyData": Kind.INPUT,
-    "WindowData": Kind.INPUT,
-    "ReLU": Kind.RELU,
-    "Softmax": Kind.SOFTMAX,
-    "Dropout": Kind.DROPOUT,
-}
-
-#: Layers whose every top has the shape of their first bottom.
-SHAPE_PRESERVING = {
-    "ReLU",
-    "PReLU",
-    "ELU",
-    "Sigmoid",
-    "TanH",
-    "AbsVal",
-    "BNLL",
-    "Power",
-    "Exp",
-    "Log",
-    "Dropout",
-    "LRN",
-    "BatchNorm",
-    "Scale",
-    "Bias",
-    "MVN",
-    "Softmax",
-    "Threshold",
-    "Clip",
-    "Swish",
-    "Split",
-    "Eltwise",
-}
-
-#: Layers whose output keeps the input's spatial layout (so an InnerProduct after them
-#: sees a C, H, W blob).
-SPATIAL_PRODUCERS = {"Convolution", "Deconvolution", "Pooling", "Padding", "Crop", "Concat"}
-
-
-@dataclass
-class LayerDef:
-    """One layer of a net definition, whatever Caffe version spelled it."""
-
-    name: str
-    type: str
-    bottoms: list[str] = field(default_factory=list)
-    tops: list[str] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
-    phase: str | None = None
-
-    @property
-    def kind(self) -> str:
-        return KIND_OF_TYPE.get(self.type, Kind.OTHER)
-
-
-@dataclass
-class NetDef:
-    name: str
-    encoding: str
-    layers: list[LayerDef]
-    #: Net-level inputs (`input:` with `input_dim`/`input_shape`): blob name -> full shape.
-    inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
 # --- net definitions -----------------------------------------------------------------------
 
 
@@ -178,7 +130,7 @@ def net_def_from_message(net: caffe_pb2.NetParameter) -> NetDef:
     """Normalise a parsed NetParameter (V0, V1 or V2) into a NetDef."""
     if len(net.layer) and len(net.layers):
         raise FormatError("the net mixes V2 `layer` and V1 `layers` entries, which Caffe refuses")
-    inputs = _net_inputs(net)
+    inputs = net_inputs(net)
     if len(net.layers):
         is_v0 = any(v1.HasField("layer") for v1 in net.layers)
         layers = [
@@ -192,7 +144,8 @@ def net_def_from_message(net: caffe_pb2.NetParameter) -> NetDef:
     return NetDef(name=net.name, encoding=encoding, layers=layers, inputs=inputs)
 
 
-def _net_inputs(net: caffe_pb2.NetParameter) -> dict[str, tuple[int, ...]]:
+def net_inputs(net: caffe_pb2.NetParameter) -> dict[str, tuple[int, ...]]:
+    """Net-level inputs (`input` with `input_shape` or 4 `input_dim` each): blob -> shape."""
     inputs: dict[str, tuple[int, ...]] = {}
     dims = list(net.input_dim)
     for index, blob in enumerate(net.input):
@@ -384,241 +337,3 @@ def _params_for(layer_type: str, lp: Message) -> dict[str, Any]:
     if layer_type == "Crop" and isinstance(lp, caffe_pb2.LayerParameter):
         return {"axis": lp.crop_param.axis, "offset": list(lp.crop_param.offset)}
     return {}
-
-
-# --- prototxt ------------------------------------------------------------------------------
-
-_FIELD_NAME = re.compile(r"\b([A-Za-z_]\w*)\s*(?=[:{<])")
-_STRING_OR_COMMENT = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|#[^\n]*")
-
-
-def _known_field_names() -> set[str]:
-    names: set[str] = set()
-
-    def walk(descriptor: Any) -> None:
-        for fld in descriptor.fields:
-            names.add(fld.name)
-        for nested in descriptor.nested_types:
-            walk(nested)
-
-    for message in caffe_pb2.DESCRIPTOR.message_types_by_name.values():
-        walk(message)
-    return names
-
-
-def parse_prototxt(path: str | Path) -> tuple[caffe_pb2.NetParameter, list[str]]:
-    """Parse a net definition in text format; fields our schema lacks are skipped with a note."""
-    source = Path(path)
-    try:
-        raw = source.read_bytes()
-    except FileNotFoundError:
-        raise FormatError(f"{source}: no such prototxt") from None
-    except OSError as exc:
-        raise FormatError(f"{source}: cannot be read: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FormatError(
-            f"{source}: not a text prototxt (not UTF-8 text; "
-            f"a binary .caffemodel goes first, the prototxt after --prototxt)"
-        ) from None
-    net = caffe_pb2.NetParameter()
-    notes: list[str] = []
-    try:
-        text_format.Parse(text, net)
-    except text_format.ParseError as strict_error:
-        net = caffe_pb2.NetParameter()
-        try:
-            text_format.Parse(text, net, allow_unknown_field=True)
-        except text_format.ParseError as exc:
-            raise FormatError(f"{source}: not a Caffe net definition: {exc}") from None
-        unknown = _unknown_fields(text)
-        listed = ", ".join(f"{name} (line {line})" for name, line in unknown) or str(strict_error)
-        notes.append(
-            f"{source.name}: skipped fields the Caffe schema does not know "
-            f"(not needed for weights): {listed}"
-        )
-    if not len(net.layer) and not len(net.layers):
-        raise FormatError(f"{source}: defines no layers; is it a Caffe net definition?")
-    return net, notes
-
-
-def _unknown_fields(text: str) -> list[tuple[str, int]]:
-    known = _known_field_names()
-    stripped = _STRING_OR_COMMENT.sub(lambda m: " " * len(m.group(0)), text)
-    seen: dict[str, int] = {}
-    for match in _FIELD_NAME.finditer(stripped):
-        name = match.group(1)
-        if name not in known and name not in seen:
-            seen[name] = stripped.count("\n", 0, match.start()) + 1
-    return list(seen.items())
-
-
-# --- shapes --------------------------------------------------------------------------------
-
-
-def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
-    """Caffe convolution: floor((size + 2 pad - (dilation (kernel - 1) + 1)) / stride) + 1."""
-    extent = dilation * (kernel - 1) + 1
-    return (size + 2 * pad - extent) // stride + 1
-
-
-def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil: bool = True) -> int:
-    """Caffe pooling: rounds up by default, then drops a last window that starts in the padding."""
-    span = size + 2 * pad - kernel
-    out = (math.ceil(span / stride) if ceil else span // stride) + 1
-    if pad and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
-def infer_blob_shapes(
-    net: NetDef, input_shape: tuple[int, ...] | None = None
-) -> dict[str, tuple[int, ...]]:
-    """Shapes (N, C, H, W) or (N, K) of every blob that can be worked out, by name.
-
-    `input_shape` (C, H, W) fills in data layers whose size the definition does not give.
-    """
-    shapes: dict[str, tuple[int, ...]] = dict(net.inputs)
-    for layer in net.layers:
-        if layer.phase == "TRAIN" and any(top in shapes for top in layer.tops):
-            continue
-        try:
-            outputs = _layer_output_shapes(layer, shapes, input_shape)
-        except (ArithmeticError, IndexError, KeyError, ValueError):
-            outputs = None
-        if outputs is None:
-            continue
-        for top, shape in zip(layer.tops, outputs, strict=False):
-            if shape is not None and all(d > 0 for d in shape):
-                shapes[top] = shape
-    return shapes
-
-
-Shape = tuple[int, ...]
-
-
-def _layer_output_shapes(
-    layer: LayerDef, shapes: dict[str, Shape], input_shape: Shape | None
-) -> list[Shape | None] | None:
-    kind_type = layer.type
-    p = layer.params
-    if kind_type in ("Input", "DummyData", "MemoryData"):
-        declared = [s for s in p.get("shapes", []) if all(d > 0 for d in s)]
-        if declared:
-            return [declared[min(i, len(declared) - 1)] for i in range(len(layer.tops))]
-    if layer.kind == Kind.INPUT:
-        if input_shape is not None and layer.tops:
-            return [(1, *input_shape)] + [None] * (len(layer.tops) - 1)
-        return None
-    bottoms = [shapes.get(b) for b in layer.bottoms]
-    if not bottoms or bottoms[0] is None:
-        return None
-    first = bottoms[0]
-    if kind_type == "Convolution":
-        n, _, h, w = first
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p["kernel"], p["stride"], p["pad"], p["dilation"]
-        return [
-            (
-                n,
-                p["num_output"],
-                conv_output_size(h, kh, sh, ph, dh),
-                conv_output_size(w, kw, sw, pw, dw),
-            )
-        ]
-    if kind_type == "Deconvolution":
-        n, _, h, w = first
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p["kernel"], p["stride"], p["pad"], p["dilation"]
-        return [
-            (
-                n,
-                p["num_output"],
-                sh * (h - 1) + dh * (kh - 1) + 1 - 2 * ph,
-                sw * (w - 1) + dw * (kw - 1) + 1 - 2 * pw,
-            )
-        ]
-    if kind_type == "Pooling":
-        n, c, h, w = first
-        if p["global_pooling"]:
-            return [(n, c, 1, 1)]
-        (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
-        return [
-            (
-                n,
-                c,
-                pool_output_size(h, kh, sh, ph, p["ceil"]),
-                pool_output_size(w, kw, sw, pw, p["ceil"]),
-            )
-        ]
-    if kind_type == "Padding":
-        n, c, h, w = first
-        return [(n, c, h + 2 * p["pad"], w + 2 * p["pad"])]
-    if kind_type == "InnerProduct":
-        return [(first[0], p["num_output"])]
-    if kind_type in SHAPE_PRESERVING:
-        return [first] * len(layer.tops)
-    if kind_type == "Flatten":
-        axis = p.get("axis", 1)
-        end = p.get("end_axis", -1) % len(first)
-        return [(*first[:axis], math.prod(first[axis : end + 1]), *first[end + 1 :])]
-    if kind_type == "Concat":
-        if any(b is None for b in bottoms):
-            return None
-        axis = p.get("axis", 1) % len(first)
-        total = sum(b[axis] for b in bottoms if b is not None)
-        return [(*first[:axis], total, *first[axis + 1 :])]
-    if kind_type == "Slice":
-        axis = p.get("axis", 1) % len(first)
-        points = [0, *p.get("slice_points", []), first[axis]]
-        if len(points) == 2:
-            step = first[axis] // len(layer.tops)
-            points = [i * step for i in range(len(layer.tops) + 1)]
-        return [
-            (*first[:axis], points[i + 1] - points[i], *first[axis + 1 :])
-            for i in range(len(layer.tops))
-        ]
-    if kind_type == "Reshape":
-        return [_reshape(first, p)]
-    if kind_type == "Crop" and len(bottoms) > 1 and bottoms[1] is not None:
-        axis = p.get("axis", 2) % len(first)
-        return [(*first[:axis], *bottoms[1][axis:])]
-    return None
-
-
-def _reshape(shape: tuple[int, ...], p: dict[str, Any]) -> tuple[int, ...] | None:
-    if p.get("axis", 0) != 0 or p.get("num_axes", -1) != -1:
-        return None
-    dims = list(p.get("dims", []))
-    out = [shape[i] if d == 0 else d for i, d in enumerate(dims)]
-    if out.count(-1) == 1:
-        known = math.prod(d for d in out if d != -1)
-        out[out.index(-1)] = math.prod(shape) // known
-    return tuple(out)
-
-
-def feeds_from_spatial(net: NetDef, blob: str) -> bool:
-    """Whether `blob` is (through shape-keeping layers) the output of a spatial layer or a
-    data layer, so that an InnerProduct on it flattens C, H, W."""
-    producers = {
-        top: layer for layer in net.layers for top in layer.tops if top not in layer.bottoms
-    }
-    in_place = {}
-    for layer in net.layers:
-        for top in layer.tops:
-            if top in layer.bottoms:
-                in_place.setdefault(top, []).append(layer)
-    seen = set()
-    while blob not in seen:
-        seen.add(blob)
-        if blob in net.inputs:
-            return True
-        layer = producers.get(blob)
-        if layer is None:
-            return False
-        if layer.type in SPATIAL_PRODUCERS or layer.kind == Kind.INPUT:
-            return True
-        if layer.type in SHAPE_PRESERVING and layer.bottoms:
-            blob = layer.bottoms[0]
-            continue
-        return False
-    return False

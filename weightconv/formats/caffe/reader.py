@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import mmap
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -35,10 +34,11 @@ from weightconv.codecs.protowire import (
     packed_varints,
     read_varint,
 )
-from weightconv.errors import FormatError, ShapeError
+from weightconv.errors import FormatError
 from weightconv.formats.caffe import net as caffe_net
-from weightconv.formats.caffe.net import LayerDef, NetDef
-from weightconv.model import CAFFE, Kind, Layer, Provenance, WeightSet
+from weightconv.formats.caffe.assemble import RawLayer, assemble
+from weightconv.formats.caffe.net import NetDef
+from weightconv.model import Layer, WeightSet
 
 NET_LAYER_V2 = 100
 NET_LAYERS_V1 = 2
@@ -49,16 +49,6 @@ V0_BLOBS = 50
 
 #: Field number -> wire types allowed at the top level of a NetParameter.
 _NET_FIELDS = {1: {2}, 2: {2}, 3: {2}, 4: {0, 2}, 5: {0}, 6: {2}, 7: {0}, 8: {2}, 100: {2}}
-
-ROLES = {
-    Kind.CONV: ("weights", "biases"),
-    Kind.DECONV: ("weights", "biases"),
-    Kind.DENSE: ("weights", "biases"),
-    Kind.PRELU: ("alpha",),
-    Kind.BATCHNORM: ("mean", "variance", "scale_factor"),
-    Kind.SCALE: ("scale", "offset"),
-    Kind.BIAS: ("biases",),
-}
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -106,16 +96,6 @@ def _plausible_layer(payload: bytes) -> bool:
     return 1 <= number <= 1002 and wire_type in (VARINT, LENGTH_DELIMITED, FIXED32)
 
 
-@dataclass
-class RawLayer:
-    """A layer as the .caffemodel holds it: its definition and its blobs (Caffe layout)."""
-
-    definition: LayerDef
-    blobs: list[np.ndarray] = field(default_factory=list)
-    #: Where the layer's bytes are in the file, for releasing its pages once written.
-    span: tuple[int, int] | None = None
-
-
 def read(
     path: str | os.PathLike[str],
     *,
@@ -124,9 +104,12 @@ def read(
 ) -> WeightSet:
     """Read a .caffemodel into a WeightSet whose layers are in Caffe layout.
 
-    `prototxt` (a deploy net definition) gives the blob shapes needed to reorder the
-    first fully-connected layer; `input_shape` (C, H, W) does the same for nets whose
-    data layer has no size.
+    `prototxt` (a deploy net definition) gives the blob shapes that fix the row order of
+    a fully-connected layer on a spatial blob; `input_shape` (C, H, W) does the same for
+    nets whose data layer has no size, and for files whose layers carry no bottom/top
+    links, which it has read as a chain in file order (the shapes that chain implies are
+    checked against every weighted layer's blobs). Without them such a layer is kept as
+    stored, and converting it to the canonical layout raises ShapeError.
 
     Example::
 
@@ -134,8 +117,8 @@ def read(
         ws["conv1"].tensors["weights"].shape   # (20, 1, 5, 5)
     """
     source = Path(path)
-    buffer = _map(source)
-    model_net, raw_layers = parse_caffemodel(buffer, source)
+    mapping = _map(source)
+    model_net, raw_layers = parse_caffemodel(memoryview(mapping), source)
     notes: list[str] = []
     deploy_net = None
     if prototxt is not None:
@@ -151,12 +134,12 @@ def read(
         source, "caffemodel", raw_layers, model_net, deploy_net, input_shape, notes, detail
     )
     weights.release = _page_releaser(
-        buffer, {raw.definition.name: raw.span for raw in raw_layers if raw.span}
+        mapping, {raw.definition.name: raw.span for raw in raw_layers if raw.span}
     )
     return weights
 
 
-def _page_releaser(buffer: mmap.mmap, spans: dict[str, tuple[int, int]]) -> Any:
+def _page_releaser(buffer: mmap.mmap, spans: dict[str, tuple[int, int]]) -> Callable[[Layer], None]:
     """Drop a layer's pages of the mapped file from this process's memory. Its arrays stay
     valid: touching them again reads the pages back from the file."""
 
@@ -177,7 +160,7 @@ def _map(source: Path) -> mmap.mmap:
         return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def parse_caffemodel(buffer: mmap.mmap | bytes, source: Path) -> tuple[NetDef, list[RawLayer]]:
+def parse_caffemodel(buffer: memoryview | bytes, source: Path) -> tuple[NetDef, list[RawLayer]]:
     """Walk a binary NetParameter: the net's header and each layer with its blobs."""
     header = bytearray()
     v2_spans: list[tuple[int, int]] = []
@@ -228,13 +211,13 @@ def parse_caffemodel(buffer: mmap.mmap | bytes, source: Path) -> tuple[NetDef, l
         name=net.name,
         encoding=encoding,
         layers=[raw.definition for raw in layers],
-        inputs=caffe_net._net_inputs(net),
+        inputs=caffe_net.net_inputs(net),
     )
     return net_def, layers
 
 
 def _split_fields(
-    buffer: mmap.mmap | bytes, start: int, end: int, blob_field: int
+    buffer: memoryview | bytes, start: int, end: int, blob_field: int
 ) -> tuple[bytes, list[tuple[int, int]]]:
     rest = bytearray()
     blobs = []
@@ -248,7 +231,7 @@ def _split_fields(
     return bytes(rest), blobs
 
 
-def _read_v2_layer(buffer: mmap.mmap | bytes, start: int, end: int) -> RawLayer:
+def _read_v2_layer(buffer: memoryview | bytes, start: int, end: int) -> RawLayer:
     rest, blob_spans = _split_fields(buffer, start, end, V2_BLOBS)
     message = caffe_pb2.LayerParameter.FromString(rest)
     definition = caffe_net.layer_def_from_v2(message)
@@ -258,7 +241,7 @@ def _read_v2_layer(buffer: mmap.mmap | bytes, start: int, end: int) -> RawLayer:
     )
 
 
-def _read_v1_layer(buffer: mmap.mmap | bytes, start: int, end: int) -> RawLayer:
+def _read_v1_layer(buffer: memoryview | bytes, start: int, end: int) -> RawLayer:
     rest = bytearray()
     blob_spans: list[tuple[int, int]] = []
     is_v0 = False
@@ -287,7 +270,7 @@ def _read_v1_layer(buffer: mmap.mmap | bytes, start: int, end: int) -> RawLayer:
 
 
 def _read_blob(
-    buffer: mmap.mmap | bytes, start: int, end: int, layer: str, index: int
+    buffer: memoryview | bytes, start: int, end: int, layer: str, index: int
 ) -> np.ndarray:
     legacy: dict[int, int] = {}
     dims: list[int] | None = None
@@ -333,198 +316,3 @@ def _read_blob(
             f"{data.size}"
         )
     return data.reshape(shape)
-
-
-# --- from raw layers to a WeightSet --------------------------------------------------------
-
-
-def assemble(
-    source: Path,
-    format_name: str,
-    raw_layers: list[RawLayer],
-    model_net: NetDef | None,
-    deploy_net: NetDef | None,
-    input_shape: tuple[int, ...] | None,
-    notes: list[str],
-    detail: dict[str, Any],
-) -> WeightSet:
-    """Pair blobs with layer definitions (the prototxt's when given) into a WeightSet."""
-    blobs_by_name: dict[str, list[np.ndarray]] = {}
-    model_defs: dict[str, LayerDef] = {}
-    for raw in raw_layers:
-        if raw.blobs and raw.definition.name not in blobs_by_name:
-            blobs_by_name[raw.definition.name] = raw.blobs
-        model_defs.setdefault(raw.definition.name, raw.definition)
-    net = deploy_net or model_net
-    if net is None:
-        raise FormatError(f"{source}: no layer definitions")
-    if deploy_net is not None and blobs_by_name:
-        described = {layer.name for layer in deploy_net.layers}
-        if not described & set(blobs_by_name):
-            sample = ", ".join(list(blobs_by_name)[:4])
-            raise FormatError(
-                f"{source}: the prototxt describes none of its weighted layers "
-                f"({sample}, ...): caffemodel and prototxt do not match"
-            )
-    shapes = caffe_net.infer_blob_shapes(net, input_shape)
-    ws = WeightSet(source=Provenance(str(source), format_name, detail))
-    for message in notes:
-        ws.note(message)
-    placed: set[str] = set()
-    for definition in net.layers:
-        if definition.name in placed:
-            continue
-        placed.add(definition.name)
-        blobs = blobs_by_name.get(definition.name, [])
-        expects_weights = definition.kind in (Kind.CONV, Kind.DENSE, Kind.DECONV)
-        if not blobs and expects_weights and deploy_net is not None and model_net is not None:
-            ws.note(
-                f"layer {definition.name!r} ({definition.type}) is in the prototxt "
-                f"but the caffemodel holds no weights for it"
-            )
-        ws.layers.append(_make_layer(definition, blobs, net, shapes, ws, source))
-    if deploy_net is not None:
-        for name, blobs in blobs_by_name.items():
-            if name not in placed:
-                definition = model_defs.get(name, LayerDef(name=name, type="Unknown"))
-                ws.note(
-                    f"layer {name!r} holds weights but is not in the prototxt; "
-                    f"kept with its caffemodel definition"
-                )
-                ws.layers.append(_make_layer(definition, blobs, model_net or net, {}, ws, source))
-    ws.channel_order = _channel_order(ws)
-    return ws
-
-
-def _make_layer(
-    definition: LayerDef,
-    blobs: list[np.ndarray],
-    net: NetDef,
-    shapes: dict[str, tuple[int, ...]],
-    ws: WeightSet,
-    source: Path,
-) -> Layer:
-    kind = definition.kind
-    roles = ROLES.get(kind, ())
-    if len(blobs) > len(roles):
-        extra = [f"blob{i}" for i in range(len(roles), len(blobs))]
-        roles = (*roles, *extra)
-        if kind == Kind.OTHER or len(ROLES.get(kind, ())) < len(blobs):
-            ws.note(
-                f"layer {definition.name!r} ({definition.type}): "
-                f"{len(extra)} blob(s) with no known role kept as {', '.join(extra)}"
-            )
-    tensors = {
-        role: _normalise_blob(kind, role, blob) for role, blob in zip(roles, blobs, strict=False)
-    }
-    layer = Layer(
-        name=definition.name,
-        kind=kind,
-        tensors=tensors,
-        params=dict(definition.params),
-        source_type=definition.type,
-        layout=CAFFE,
-        bottoms=tuple(definition.bottoms),
-        tops=tuple(definition.tops),
-    )
-    bottom_shape = shapes.get(definition.bottoms[0]) if definition.bottoms else None
-    if kind == Kind.DENSE:
-        if bottom_shape is not None:
-            layer.input_shape = tuple(bottom_shape[1:])
-        elif definition.bottoms:
-            layer.params["follows_spatial"] = caffe_net.feeds_from_spatial(
-                net, definition.bottoms[0]
-            )
-    elif kind in (Kind.CONV, Kind.DECONV) and bottom_shape is not None:
-        layer.input_shape = tuple(bottom_shape[1:])
-    _check_against_definition(layer, source)
-    return layer
-
-
-def _normalise_blob(kind: str, role: str, blob: np.ndarray) -> np.ndarray:
-    """Drop the leading 1s of legacy 4-D blobs: V1 files store (1, 1, out, in) dense weights
-    and (1, 1, 1, n) bias vectors."""
-    if (
-        kind == Kind.DENSE
-        and role == "weights"
-        and blob.ndim > 2
-        and all(d == 1 for d in blob.shape[:-2])
-    ):
-        return blob.reshape(blob.shape[-2:])
-    if (
-        role in ("biases", "alpha", "mean", "variance", "scale_factor", "scale", "offset")
-        and blob.ndim > 1
-        and sum(d != 1 for d in blob.shape) <= 1
-    ):
-        return blob.reshape(-1)
-    return blob
-
-
-def _check_against_definition(layer: Layer, source: Path) -> None:
-    weights = layer.tensors.get("weights")
-    if weights is None:
-        return
-    p = layer.params
-    where = f"{source}: layer {layer.name!r}"
-    if layer.kind == Kind.CONV:
-        if weights.ndim != 4:
-            raise ShapeError(
-                f"{where}: convolution weights must be 4-D, the blob is {_shape(weights.shape)}"
-            )
-        out, per_group, kh, kw = weights.shape
-        expected_out = p.get("num_output") or out
-        group = p.get("group") or 1
-        kernel = tuple(p.get("kernel") or (kh, kw))
-        in_channels = layer.input_shape[0] if layer.input_shape else per_group * group
-        expected = (expected_out, in_channels // group, *kernel)
-        if weights.shape != expected or in_channels % group:
-            raise ShapeError(
-                f"{where}: caffemodel/prototxt mismatch: the net definition "
-                f"implies weights {_shape(expected)} (num_output {expected_out}, "
-                f"{in_channels} input channels, group {group}, kernel "
-                f"{kernel[0]}x{kernel[1]}), the caffemodel blob is "
-                f"{_shape(weights.shape)}"
-            )
-    elif layer.kind == Kind.DENSE:
-        if weights.ndim != 2:
-            raise ShapeError(
-                f"{where}: inner-product weights must be 2-D, the blob is {_shape(weights.shape)}"
-            )
-        outputs, inputs = weights.shape[::-1] if p.get("transpose") else weights.shape
-        expected_out = p.get("num_output") or outputs
-        expected_in = int(np.prod(layer.input_shape)) if layer.input_shape else inputs
-        if (outputs, inputs) != (expected_out, expected_in):
-            blob_note = f" ({_shape(layer.input_shape)})" if layer.input_shape else ""
-            raise ShapeError(
-                f"{where}: caffemodel/prototxt mismatch: the net definition "
-                f"implies {expected_out} outputs x {expected_in} inputs{blob_note}, "
-                f"the caffemodel blob is {_shape(weights.shape)}"
-            )
-    biases = layer.tensors.get("biases")
-    if biases is not None and layer.kind in (Kind.CONV, Kind.DENSE):
-        outputs = (
-            weights.shape[0]
-            if layer.kind == Kind.CONV or not p.get("transpose")
-            else weights.shape[1]
-        )
-        if biases.shape != (outputs,):
-            raise ShapeError(
-                f"{where}: biases are {_shape(biases.shape)} but the layer has {outputs} outputs"
-            )
-
-
-def _shape(shape: tuple[int, ...] | None) -> str:
-    return "x".join(str(d) for d in shape) if shape else "()"
-
-
-def _channel_order(ws: WeightSet) -> str | None:
-    for layer in ws.layers:
-        if layer.kind == Kind.CONV and "weights" in layer.tensors:
-            if layer.tensors["weights"].shape[1] == 3 and (layer.params.get("group") or 1) == 1:
-                ws.note(
-                    "channel order of the first layer taken as BGR (Caffe's convention "
-                    "for 3-channel image models)"
-                )
-                return "bgr"
-            return None
-    return None
