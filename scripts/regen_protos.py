@@ -31,8 +31,15 @@ def main() -> int:
             file=sys.stderr,
         )
     for proto in sorted(PROTO_DIR.glob("*.proto")):
-        rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={OUT_DIR}",
-                          f"--pyi_out={OUT_DIR}", str(proto)])
+        rc = protoc.main(
+            [
+                "protoc",
+                f"-I{PROTO_DIR}",
+                f"--python_out={OUT_DIR}",
+                f"--pyi_out={OUT_DIR}",
+                str(proto),
+            ]
+        )
         if rc != 0:
             print(f"protoc failed on {proto}", file=sys.stderr)
             return rc

@@ -7,6 +7,7 @@ where the writer under test cannot make them (partitioned variables, V1 files).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -21,7 +22,9 @@ import weightconv
 from weightconv import cli
 from weightconv._proto import tf_checkpoint_pb2 as pb
 from weightconv.codecs import crc32c, ordered_code, sstable
-from weightconv.formats.ckpt import bundle as ckpt
+from weightconv.formats.ckpt import format as ckpt
+from weightconv.formats.ckpt import shards as ckpt_shards
+from weightconv.formats.ckpt.naming import locate
 from weightconv.mapping import Mapping
 from weightconv.model import Layer, WeightSet
 
@@ -126,7 +129,7 @@ def test_files_and_state_file(tmp_path):
         'all_model_checkpoint_paths: "model.ckpt-200"',
     ]
     # the folder now means its latest checkpoint
-    assert ckpt.locate(tmp_path).path == tmp_path / "model.ckpt-200"
+    assert locate(tmp_path).path == tmp_path / "model.ckpt-200"
 
 
 def test_index_layout_by_hand(tmp_path):
@@ -280,18 +283,18 @@ def test_every_way_of_naming_a_checkpoint(tmp_path):
     weightconv.save(_weights(), folder / "model.ckpt-1000")
     expected = folder / "model.ckpt-1000"
     for spelled in [expected, f"{expected}.index", f"{expected}.data-00000-of-00001", folder]:
-        assert ckpt.locate(spelled).path == expected, spelled
+        assert locate(spelled).path == expected, spelled
         assert weightconv.load(spelled).names() == ["conv1", "fc6", "fc7"]
     alone = tmp_path / "variables"
     alone.mkdir()
     weightconv.save(_weights(), alone / "variables", write_state=False, format="ckpt")
-    assert ckpt.locate(alone).path == alone / "variables"  # a SavedModel's variables/
+    assert locate(alone).path == alone / "variables"  # a SavedModel's variables/
 
 
 def test_state_file_with_absolute_path_from_another_machine(tmp_path):
     weightconv.save(_weights(), tmp_path / "export", write_state=False, format="ckpt")
     (tmp_path / "checkpoint").write_text('model_checkpoint_path: "/tmp/elsewhere/export"\n')
-    assert ckpt.locate(tmp_path).path == tmp_path / "export"
+    assert locate(tmp_path).path == tmp_path / "export"
 
 
 def test_listing_does_not_touch_the_data_file(tmp_path):
@@ -480,7 +483,7 @@ def test_v1_checkpoint_every_field(tmp_path):
     }
     path = tmp_path / "old.ckpt"
     _v1_file(path, tensors)
-    where = ckpt.locate(path)
+    where = locate(path)
     assert where.version == 1
     ws = weightconv.load(path, flat=True)
     assert ws.source.detail["version"] == "V1 (tensor_slice)"
@@ -674,3 +677,274 @@ def test_shard_plan_with_empty_trailing_tensors(tmp_path, shards):
     assert summary.detail["shards"] == shards
     assert len(list(tmp_path.glob("e.ckpt.data-*"))) == shards
     assert weightconv.load(tmp_path / "e.ckpt")["z"].tensors["empty"].shape == (0, 3)
+
+
+# Training state is listed, not carried ------------------------------------------------------
+
+
+def _with_training_state(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((4, 3)).astype("f4")
+    flat = WeightSet(
+        layers=[
+            Layer("dense/kernel", tensors={"value": kernel}),
+            Layer("dense/bias", tensors={"value": np.ones(3, "f4")}),
+            Layer("global_step", tensors={"value": np.array(7, "i8")}),
+            Layer("dense/kernel/Adam", tensors={"value": kernel}),
+            Layer("dense/kernel/Adam_1", tensors={"value": kernel}),
+            Layer("labels", tensors={"value": np.array([b"cat", b"dog"], dtype=object)}),
+        ]
+    )
+    weightconv.save(flat, tmp_path / "k.ckpt")
+    return tmp_path / "k.ckpt"
+
+
+def test_training_state_is_set_aside_and_listed(tmp_path):
+    prefix = _with_training_state(tmp_path)
+    ws = weightconv.load(prefix)
+    assert ws.names() == ["dense"]
+    assert [(a.name, a.shape, a.dtype, a.nbytes, a.reason) for a in ws.set_aside] == [
+        ("global_step", (), "int64", 8, "training state"),
+        ("dense/kernel/Adam", (4, 3), "float32", 48, "training state"),
+        ("dense/kernel/Adam_1", (4, 3), "float32", 48, "training state"),
+        # lengths (1 byte each), their 4-byte checksum, then "catdog"
+        ("labels", (2,), "string", 2 + 4 + 6, "strings, not weights"),
+    ]
+    assert not weightconv.load(prefix, flat=True).set_aside  # flat: every tensor a layer
+    # a conversion carries only the layers
+    weightconv.convert(prefix, tmp_path / "out.npy")
+    assert list(np.load(tmp_path / "out.npy", allow_pickle=True).item()) == ["dense"]
+
+
+def test_inspect_json_lists_every_tensor_and_marks_training_state(tmp_path, capsys):
+    prefix = _with_training_state(tmp_path)
+    assert cli.main(["inspect", str(prefix), "--json"]) == 0
+    rows = {row["name"]: row["status"] for row in json.loads(capsys.readouterr().out)["tensors"]}
+    assert rows == {
+        "dense/kernel": "weights",
+        "dense/bias": "weights",
+        "global_step": "training state",
+        "dense/kernel/Adam": "training state",
+        "dense/kernel/Adam_1": "training state",
+        "labels": "strings, not weights",
+    }
+    # the stored index is the independent account of what the file holds
+    keys = {k.decode() for k, _ in sstable.TableReader(f"{prefix}.index").items() if k}
+    assert set(rows) == keys
+
+
+# Shard plans ----------------------------------------------------------------------------------
+
+#: VGG16's weighted layers: (name, kernel shape, outputs), float32.
+_VGG16 = [
+    *(
+        (f"conv{block}_{i + 1}", (3, 3, cin if i == 0 else cout, cout), cout)
+        for block, cin, cout, count in [
+            (1, 3, 64, 2),
+            (2, 64, 128, 2),
+            (3, 128, 256, 3),
+            (4, 256, 512, 3),
+            (5, 512, 512, 3),
+        ]
+        for i in range(count)
+    ),
+    ("fc6", (25088, 4096), 4096),
+    ("fc7", (4096, 4096), 4096),
+    ("fc8", (4096, 1000), 1000),
+]
+
+
+def _vgg16_sizes() -> list[int]:
+    sizes = []
+    for _, kernel, outputs in _VGG16:
+        sizes += [4 * int(np.prod(kernel)), 4 * outputs]
+    return sizes
+
+
+def _shard_bytes(sizes: list[int], plan: list[int]) -> list[int]:
+    totals = [0] * (max(plan) + 1)
+    for size, shard in zip(sizes, plan, strict=True):
+        totals[shard] += size
+    return totals
+
+
+def test_vgg16_in_four_shards():
+    """The report that started it: 470 MB, 16 KB, 67 MB, 16 MB. fc6's kernel (411 MB) needs
+    a file of its own; the rest is split as evenly as runs of whole tensors allow."""
+    sizes = _vgg16_sizes()
+    plan = ckpt_shards.plan_shards(sizes, 4)
+    conv = sum(sizes[:26])
+    fc6_w, fc6_b, fc7_w, fc7_b, fc8_w, fc8_b = sizes[26:]
+    assert fc6_w == 25088 * 4096 * 4
+    assert _shard_bytes(sizes, plan) == [conv, fc6_w, fc6_b + fc7_w, fc7_b + fc8_w + fc8_b]
+
+
+def _vgg_like_sizes(rng: np.random.Generator) -> list[int]:
+    """A network's tensors in order: conv kernels growing with depth, tiny biases, then a few
+    fully connected kernels, the first of them most of the model."""
+    sizes = []
+    channels = int(rng.integers(3, 16))
+    for _ in range(int(rng.integers(4, 16))):
+        out = channels * int(rng.choice([1, 2]))
+        sizes += [9 * channels * out * 4, out * 4]
+        channels = out
+    width = int(rng.integers(256, 4096))
+    for inputs in [channels * 49, width, width]:
+        sizes += [inputs * width * 4, width * 4]
+    return sizes
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_shards_are_balanced(seed):
+    sizes = _vgg_like_sizes(np.random.default_rng(seed))
+    for shards in range(1, 9):
+        plan = ckpt_shards.plan_shards(sizes, shards)
+        assert plan == sorted(plan)  # runs in writing order, so reading keeps the layer order
+        totals = _shard_bytes(sizes, plan)
+        assert len(totals) == shards and min(totals) > 0
+        assert max(totals) <= max(sizes) + sum(sizes) / shards
+
+
+def _exhaustive(sizes: list[int], count: int, limit: int | None) -> tuple[int, int] | None:
+    """(largest file, sum of squared file sizes) of the best split of `sizes` into `count`
+    runs, trying every split; with `limit`, only files within it or of one tensor count."""
+    best = None
+    for cuts in itertools.combinations(range(1, len(sizes)), count - 1):
+        bounds = [0, *cuts, len(sizes)]
+        runs = [sizes[a:b] for a, b in itertools.pairwise(bounds)]
+        if limit is not None and any(sum(r) > limit and len(r) > 1 for r in runs):
+            continue
+        totals = [sum(r) for r in runs]
+        key = (0 if limit is not None else max(totals), sum(t * t for t in totals))
+        best = key if best is None or key < best else best
+    return best
+
+
+def test_shard_plan_is_the_best_of_every_split():
+    rng = np.random.default_rng(1)
+    for _ in range(400):
+        sizes = [int(s) for s in rng.choice([1, 2, 3, 5, 8, 13, 100, 400], rng.integers(1, 9))]
+        shards = int(rng.integers(1, 7))
+        limit = [None, None, 10, 50, 150][int(rng.integers(5))]
+        plan = ckpt_shards.plan_shards(sizes, shards, limit)
+        count = max(plan) + 1
+        assert plan == sorted(plan) and set(plan) == set(range(count))
+        fewest = min(shards, len(sizes))
+        if limit is not None:
+            fewest = max(fewest, min(c for c in range(1, 10) if _exhaustive(sizes, c, limit)))
+        assert count == fewest, (sizes, shards, limit)
+        totals = _shard_bytes(sizes, plan)
+        got = (0 if limit is not None else max(totals), sum(t * t for t in totals))
+        assert got == _exhaustive(sizes, count, limit), (sizes, shards, limit, plan)
+
+
+def test_empty_tensors_never_make_a_file_of_their_own():
+    assert ckpt_shards.plan_shards([0, 0, 5, 0, 3, 0], 2) == [0, 0, 0, 0, 1, 1]
+    assert ckpt_shards.plan_shards([400, 12, 8, 4, 0], 4) == [0, 1, 2, 3, 3]
+    # fewer tensors with data than files: then every tensor may have a file
+    assert ckpt_shards.plan_shards([5, 0, 0], 3) == [0, 1, 2]
+
+
+def test_fewer_tensors_than_shards_says_so(tmp_path):
+    ws = WeightSet(layers=[Layer("fc", tensors={"weights": np.ones((3, 2), "f4")})])
+    result = weightconv.save(ws, tmp_path / "f.ckpt", shards=4)
+    assert result.detail["shards"] == 1
+    assert [p.name for p in tmp_path.glob("f.ckpt.data-*")] == ["f.ckpt.data-00000-of-00001"]
+    assert any("shards=4" in note and "only 1 tensors" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("options", [{"shards": 0}, {"shards": -2}, {"max_shard_size": 0}])
+def test_shard_options_out_of_range_are_refused(tmp_path, options):
+    with pytest.raises(weightconv.UsageError, match=next(iter(options))):
+        weightconv.save(_weights(), tmp_path / "r.ckpt", **options)
+    assert not list(tmp_path.iterdir())
+
+
+def test_tensor_over_max_shard_size_has_its_own_file_and_a_note(tmp_path):
+    ws = WeightSet(
+        layers=[
+            Layer("a", tensors={"weights": np.ones(1000, "f4")}),
+            Layer("big", tensors={"weights": np.ones((300, 200), "f4")}),
+            Layer("c", tensors={"weights": np.ones(1000, "f4"), "biases": np.ones(10, "f4")}),
+        ]
+    )
+    result = weightconv.save(ws, tmp_path / "m.ckpt", max_shard_size=100_000)
+    entries = {
+        k.decode(): pb.BundleEntryProto.FromString(bytes(v))
+        for k, v in sstable.TableReader(tmp_path / "m.ckpt.index").items()
+        if k
+    }
+    shard = entries["big/weights"].shard_id
+    assert [n for n, e in entries.items() if e.shard_id == shard] == ["big/weights"]
+    alone = tmp_path / f"m.ckpt.data-{shard:05d}-of-{result.detail['shards']:05d}"
+    assert alone.stat().st_size == 300 * 200 * 4
+    assert all(p.stat().st_size <= 100_000 for p in tmp_path.glob("m.ckpt.data-*") if p != alone)
+    (note,) = result.notes
+    assert "'big/weights'" in note and "240,000 bytes" in note
+    assert "max_shard_size=100,000" in note and "--" not in note
+    # the CLI names the option as its flag
+    code, _out, err = _run(
+        "convert", str(tmp_path / "m.ckpt"), str(tmp_path / "n.ckpt"), "--max-shard-size", "100000"
+    )
+    assert code == 0 and "--max-shard-size 100,000" in err
+
+
+# The state file -------------------------------------------------------------------------------
+
+
+def test_write_state_false_leaves_the_state_file_alone(tmp_path):
+    weightconv.save(_weights(), tmp_path / "model.ckpt-1")
+    before = (tmp_path / "checkpoint").read_bytes()
+    weightconv.save(_weights(), tmp_path / "model.ckpt-2", write_state=False)
+    assert (tmp_path / "checkpoint").read_bytes() == before
+    assert locate(tmp_path).path == tmp_path / "model.ckpt-1"
+    weightconv.save(_weights(), tmp_path / "model.ckpt-3", write_state=True)
+    state = (tmp_path / "checkpoint").read_text().splitlines()
+    assert state == [
+        'model_checkpoint_path: "model.ckpt-3"',
+        'all_model_checkpoint_paths: "model.ckpt-1"',
+        'all_model_checkpoint_paths: "model.ckpt-3"',
+    ]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    weightconv.save(_weights(), fresh / "model.ckpt", write_state=False)
+    assert not (fresh / "checkpoint").exists()
+
+
+def test_no_write_state_flag(tmp_path):
+    weightconv.save(_weights(), tmp_path / "w.npy")
+    weightconv.save(_weights(), tmp_path / "model.ckpt-1")
+    before = (tmp_path / "checkpoint").read_bytes()
+    out = str(tmp_path / "model.ckpt-2")
+    assert cli.main(["npy2ckpt", str(tmp_path / "w.npy"), "-o", out, "--no-write-state", "-q"]) == 0
+    assert (tmp_path / "checkpoint").read_bytes() == before
+    assert Path(f"{out}.index").is_file()
+
+
+# Partitioned variables, refused when their slices do not tile the tensor ---------------------
+
+
+def test_overlapping_slices_are_refused(tmp_path):
+    """Two listings of rows 0..1 of a 4-row tensor add up to its 4 rows while rows 2..3 are
+    never read: that must be refused, not filled with whatever memory held."""
+    piece = np.arange(6, dtype="f4").tobytes()
+    whole = pb.BundleEntryProto(dtype=pb.DT_FLOAT)
+    whole.shape.dim.add(size=4)
+    whole.shape.dim.add(size=3)
+    for _ in range(2):
+        extent = whole.slices.add()
+        extent.extent.add(start=0, length=2)
+        extent.extent.add()
+    entry = pb.BundleEntryProto(
+        dtype=pb.DT_FLOAT, size=len(piece), crc32c=crc32c.mask(crc32c.value(piece))
+    )
+    entry.shape.dim.add(size=2)
+    entry.shape.dim.add(size=3)
+    entries = {
+        b"w": whole.SerializeToString(),
+        ordered_code.encode_slice_key("w", [(0, 2), (0, -1)]): entry.SerializeToString(),
+    }
+    _write_bundle(tmp_path / "dup", entries, piece)
+    ws = weightconv.load(tmp_path / "dup", flat=True)
+    with pytest.raises(weightconv.FormatError, match=r"'w': slices 0,2:- and 0,2:- overlap"):
+        np.asarray(ws["w"].tensors["value"])

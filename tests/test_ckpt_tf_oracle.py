@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 import weightconv
-from weightconv.formats.ckpt import bundle as ckpt
+from weightconv.codecs import sstable
+from weightconv.formats.ckpt import format as ckpt
+from weightconv.formats.ckpt.naming import locate
 from weightconv.mapping import Mapping
 from weightconv.model import Layer, WeightSet
 
@@ -80,7 +82,7 @@ def test_v1_sliced_tensor_tensorflow_refuses_we_reassemble(tf_reference):
 def test_state_file_from_a_saver(tf_reference):
     reference = _by_name(tf_reference)["saver_v2_scoped"]
     folder = Path(reference["prefix"]).parent
-    assert str(ckpt.locate(folder).path) == reference["checkpoint_state"]["latest_checkpoint"]
+    assert str(locate(folder).path) == reference["checkpoint_state"]["latest_checkpoint"]
 
 
 @pytest.mark.corpus
@@ -226,3 +228,123 @@ def test_same_arrays_same_bytes_as_tensorflows_saver(tf_reference, tmp_path):
         theirs = Path(f"{prefix}{suffix}").read_bytes()
         mine = (tmp_path / f"model.ckpt{suffix}").read_bytes()
         assert mine == theirs, suffix
+
+
+# What inspect lists --------------------------------------------------------------------------
+
+#: Per reference checkpoint, the tensors that are no layer's (tests/tf_oracle.py writes them).
+SET_ASIDE = {
+    "saver_v2_dtypes": {
+        "global_step": "training state",
+        "dtypes/string": "strings, not weights",
+        "dtypes/string_scalar": "strings, not weights",
+    },
+    "saver_v2_scoped": {
+        "my/conv1/weights/Adam": "training state",
+        "my/conv1/weights/Adam_1": "training state",
+    },
+    "partitioned": {},
+    "sharded": {"shard1/names": "strings, not weights"},
+    "object_based": {
+        "_CHECKPOINTABLE_OBJECT_GRAPH": "training state",
+        "save_counter/.ATTRIBUTES/VARIABLE_VALUE": "training state",
+    },
+    "sharded_policy": {"_CHECKPOINTABLE_OBJECT_GRAPH": "training state"},
+    "saver_v1": {"v1/string": "strings, not weights"},
+    "saver_v1_partitioned": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SET_ASIDE))
+def test_inspect_lists_every_tensor_tensorflow_lists(tf_reference, name):
+    """weightconv.inspect lists exactly what tf.train.load_checkpoint's variable-to-shape map
+    lists, names and shapes; optimizer slots, step counters and the object graph are marked,
+    and no conversion carries them."""
+    reference = _by_name(tf_reference)[name]
+    inventory = weightconv.inspect(reference["prefix"])
+    listed = sorted([t.name, list(t.shape)] for t in inventory.tensors)
+    assert listed == sorted(reference["variables"])
+    marked = {t.name: t.status for t in inventory.tensors if t.status != "weights"}
+    assert marked == SET_ASIDE[name]
+    carried = {
+        layer.tensor_name(role) for layer, role, _ in weightconv.load(reference["prefix"]).tensors()
+    }
+    assert carried.isdisjoint(SET_ASIDE[name])
+
+
+# Balanced shards ------------------------------------------------------------------------------
+
+
+def _vgg_like() -> WeightSet:
+    """VGG16 at an eighth of its width: the same spread of sizes (fc6's kernel most of it)."""
+    rng = np.random.default_rng(16)
+    layers = []
+    channels = 3
+    for block, (width, count) in enumerate([(8, 2), (16, 2), (32, 3), (64, 3), (64, 3)], 1):
+        for i in range(count):
+            layers.append(
+                Layer(
+                    f"conv{block}_{i + 1}",
+                    tensors={
+                        "weights": rng.standard_normal((3, 3, channels, width)).astype("f4"),
+                        "biases": rng.standard_normal(width).astype("f4"),
+                    },
+                )
+            )
+            channels = width
+    for name, inputs, outputs in [("fc6", 7 * 7 * 64, 512), ("fc7", 512, 512), ("fc8", 512, 125)]:
+        layers.append(
+            Layer(
+                name,
+                tensors={
+                    "weights": rng.standard_normal((inputs, outputs)).astype("f4"),
+                    "biases": rng.standard_normal(outputs).astype("f4"),
+                },
+            )
+        )
+    return WeightSet(layers=layers)
+
+
+def test_tensorflow_restores_a_balanced_four_shard_checkpoint(tmp_path):
+    weights = _vgg_like()
+    prefix = tmp_path / "vgg.ckpt"
+    result = weightconv.save(weights, prefix, shards=4)
+    data = sorted(tmp_path.glob("vgg.ckpt.data-*"))
+    assert [p.name for p in data] == [f"vgg.ckpt.data-{i:05d}-of-00004" for i in range(4)]
+    sizes = [p.stat().st_size for p in data]
+    largest = max(array.nbytes for _, _, array in weights.tensors())
+    assert min(sizes) > 0 and max(sizes) <= largest + sum(sizes) / 4
+    assert sum(sizes) == result.bytes - Path(f"{prefix}.index").stat().st_size
+    keys = [k for k, _ in sstable.TableReader(f"{prefix}.index").items()]
+    assert keys == sorted(keys)
+    # the layers read back in the order they were written, across the files
+    assert weightconv.load(prefix).names() == weights.names()
+    flat = {layer.tensor_name(role): array for layer, role, array in weights.tensors()}
+    restored = run_oracle("restore", str(prefix), *flat)
+    assert "error" not in restored, restored
+    for name, array in flat.items():
+        assert restored["restored"][name]["shape"] == list(array.shape), name
+        assert restored["restored"][name]["sha256"] == tensor_digest(array), name
+
+
+# The state file -------------------------------------------------------------------------------
+
+
+def test_tensorflow_follows_our_state_file(tmp_path):
+    """TensorFlow, given the folder, opens the checkpoint our state file names: the one
+    written with write_state=True, not the later one written with write_state=False."""
+    rng = np.random.default_rng(4)
+
+    def one(name: str) -> WeightSet:
+        return WeightSet(layers=[Layer(name, tensors={"weights": rng.standard_normal(5)})])
+
+    first, second, third = one("first"), one("second"), one("third")
+    weightconv.save(first, tmp_path / "model.ckpt-1")
+    weightconv.save(second, tmp_path / "model.ckpt-2", write_state=True)
+    weightconv.save(third, tmp_path / "model.ckpt-3", write_state=False)
+    seen = run_oracle("read", str(tmp_path))
+    assert "error" not in seen, seen
+    assert seen["tensors"]["second/weights"]["sha256"] == tensor_digest(
+        second["second"].tensors["weights"]
+    )
+    assert sorted(seen["tensors"]) == ["second/weights"]

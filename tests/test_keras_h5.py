@@ -7,6 +7,8 @@
 - Writing: Keras 3 (and Keras 2) load every file we write, in both layouts, into the real
   models, which then compute the same outputs as the models whose weights were set
   directly; given the model, our ``.weights.h5`` is byte for byte the one Keras writes.
+- Inspecting lists every dataset h5py sees, optimizer state set aside as such; a mapping's
+  renames are the layer names h5py finds in what we write; ``.keras`` is never written.
 
 Keras runs only in subprocesses (tests/keras_oracle.py); this process never imports it.
 """
@@ -25,11 +27,14 @@ import h5py
 import numpy as np
 import pytest
 
+import weightconv
 from weightconv import formats
+from weightconv.cli import main
 from weightconv.errors import FormatError, MappingError, OutputExistsError, ShapeError, UsageError
 from weightconv.formats.caffe import hdf5 as caffe_h5
-from weightconv.formats.keras_h5 import core as keras_h5
+from weightconv.formats.keras_h5 import format as keras_h5
 from weightconv.model import CANONICAL, Kind, Layer, WeightSet
+from weightconv.testing import synthetic
 
 from .conftest import corpus_file
 from .keras_oracle import KERAS2_MODELS, MODELS, digest, load_source, run_oracle
@@ -631,3 +636,201 @@ def test_writer_refusals(tmp_path):
     with pytest.raises(ShapeError):
         keras_h5.write(bad_bias, tmp_path / "b.weights.h5")
     assert _leftovers(tmp_path) == ["w.weights.h5"]
+
+
+# 6. Everything the file holds is listed; names as mapped; .keras is read only ----------------
+
+#: Where Keras keeps optimizer state: Keras 3 ``optimizer/vars/<i>``, legacy full-model
+#: files ``optimizer_weights/...``.
+OPTIMIZER_GROUPS = ("optimizer/", "optimizer_weights/")
+
+
+def _check_inventory(path: str, listing: dict[str, Any]) -> int:
+    """`weightconv.inspect` lists exactly the datasets h5py found, each once, with h5py's
+    shape and dtype; what it sets aside is the optimizer state. Returns how much that is."""
+    inventory = weightconv.inspect(path)
+    names = [t.name for t in inventory.tensors]
+    assert len(names) == len(set(names))
+    assert set(names) == set(listing["datasets"])
+    for entry in inventory.tensors:
+        dataset = listing["datasets"][entry.name]
+        assert list(entry.shape) == dataset["shape"], entry.name
+        dtype = dataset["dtype"]
+        if dtype == "void16":  # Keras 3's legacy writer: bfloat16 as unmarked opaque data
+            dtype = "bfloat16"
+        assert entry.dtype == dtype, entry.name
+    aside = {t.name: t.status for t in inventory.tensors if t.status != "weights"}
+    state = {d for d in listing["datasets"] if d.startswith(OPTIMIZER_GROUPS)}
+    assert set(aside) == state
+    assert set(aside.values()) <= {keras_h5.OPTIMIZER_STATE}
+    assert inventory.totals["set_aside"] == len(state)
+    return len(state)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("model", MODELS)
+def test_inspect_lists_every_dataset_keras3_writes(saved, model):
+    files = saved["keras3"]["models"][model]["files"]
+    state = {kind: _check_inventory(file["path"], file) for kind, file in files.items()}
+    if model == "alexnet":  # trained one step, so all but the weights-only files hold state
+        assert state["plain_weights_h5"] == state["legacy_h5"] == 0
+        assert state["weights_h5"] and state["keras"] and state["full_h5"]
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("model", KERAS2_MODELS)
+def test_inspect_lists_every_dataset_keras2_writes(saved, model):
+    files = _keras2(saved)["models"][model]["files"]
+    state = {kind: _check_inventory(file["path"], file) for kind, file in files.items()}
+    if model == "alexnet":
+        assert state["k2full_h5"] and not state["k2_h5"]
+
+
+@pytest.mark.corpus
+def test_corpus_digits_inventory_is_h5py_listing():
+    path = corpus_file("keras/digits.weights.h5")
+    datasets: dict[str, Any] = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(
+            lambda name, obj: (
+                datasets.__setitem__(name, {"shape": list(obj.shape), "dtype": obj.dtype.name})
+                if isinstance(obj, h5py.Dataset)
+                else None
+            )
+        )
+    assert _check_inventory(str(path), {"datasets": datasets}) == 14
+
+
+def _written_names(path: Path) -> tuple[list[str], list[str]]:
+    """(layer names, weight names) as h5py finds them: Keras 2's ``layer_names`` and
+    ``weight_names`` attributes, or the ``name`` attributes of Keras 3's vars groups."""
+    with h5py.File(path, "r") as handle:
+        if "layer_names" in handle.attrs:
+            layers = [str(n) for n in handle.attrs["layer_names"]]
+            weights = [str(w) for n in layers for w in handle[n].attrs["weight_names"]]
+            return layers, weights
+        groups: list[str] = []
+        handle.visititems(
+            lambda name, obj: (
+                groups.append(name)
+                if isinstance(obj, h5py.Group) and name.endswith("/vars") and "name" in obj.attrs
+                else None
+            )
+        )
+        return [str(handle[g].attrs["name"]) for g in groups], []
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("lenet")
+    net = synthetic.build("lenet", seed=3)
+    model, prototxt = folder / "lenet.caffemodel", folder / "lenet.prototxt"
+    net.write_caffemodel(model)
+    prototxt.write_text(net.deploy_prototxt)
+    return model, prototxt
+
+
+@pytest.mark.parametrize(
+    ("flags", "layers"),
+    [
+        (["--map", "MAP"], ["c1", "conv2", "ip1", "classifier"]),
+        (["--scope", "net/"], ["net/conv1", "net/conv2", "net/ip1", "net/ip2"]),
+        (["--names", "keras"], ["conv1", "conv2", "ip1", "ip2"]),
+        (
+            ["--names", "slim", "--net", "lenet"],
+            ["lenet/conv1", "lenet/conv2", "lenet/ip1", "lenet/ip2"],
+        ),
+    ],
+)
+def test_mapped_names_are_the_names_written(capsys, tmp_path, lenet, flags, layers):
+    """The repro: ``convert lenet.caffemodel ren.h5 --prototxt ... --map ren.toml``."""
+    model, prototxt = lenet
+    map_file = tmp_path / "ren.toml"
+    map_file.write_text(
+        '[[rename]]\nfrom = "^conv1/"\nto = "c1/"\n\n'
+        '[[rename]]\nfrom = "^ip2/"\nto = "classifier/"\n'
+    )
+    flags = [str(map_file) if flag == "MAP" else flag for flag in flags]
+    k2, k3 = tmp_path / "ren.h5", tmp_path / "ren.weights.h5"
+    for target, layout in ((k2, "keras2"), (k3, "keras3")):
+        argv = ["convert", model, target, "--prototxt", prototxt, *flags, "--keras-layout", layout]
+        assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    written, weight_names = _written_names(k2)
+    assert written == layers
+    assert weight_names == [f"{n}/{v}:0" for n in layers for v in ("kernel", "bias")]
+    assert _written_names(k3)[0] == layers
+    # and they read back under those names
+    assert [layer.name for layer in keras_h5.read(k2).weighted_layers()] == layers
+    assert [layer.name for layer in keras_h5.read(k3).weighted_layers()] == layers
+
+
+def test_a_rename_that_splits_a_layer_is_refused(capsys, tmp_path, lenet):
+    model, prototxt = lenet
+    map_file = tmp_path / "half.toml"
+    map_file.write_text('[[rename]]\nfrom = "^conv1/weights$"\nto = "c1/weights"\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    for target in ("half.weights.h5", "half.h5"):
+        code = main(
+            [
+                "convert",
+                str(model),
+                str(out / target),
+                "--prototxt",
+                str(prototxt),
+                "--map",
+                str(map_file),
+                *(["--keras-layout", "keras2"] if target == "half.h5" else []),
+            ]
+        )
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert "'conv1'" in err and "c1/weights" in err and "conv1/biases" in err
+    assert _leftovers(out) == []
+
+
+def test_keras_archives_are_read_but_not_written(capsys, tmp_path):
+    source = tmp_path / "x.npy"
+    np.save(source, {"fc": {"weights": np.ones((3, 2), np.float32)}}, allow_pickle=True)
+    for extra in ([], ["--to", "keras-h5"]):
+        code = main(["convert", str(source), str(tmp_path / "out.keras"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert "out.keras" in err and ".keras" in err and "read but not written" in err
+        assert ".weights.h5" in err and ".h5" in err
+    assert _leftovers(tmp_path) == ["x.npy"]
+    with pytest.raises(UsageError) as exc:
+        formats.for_output(tmp_path / "out.keras")
+    assert "keras-h5 writes .weights.h5, .h5, .hdf5" in _one_line(exc)
+    with pytest.raises(UsageError) as exc:
+        formats.for_output(tmp_path / "out.unknown")
+    assert ".keras" not in _one_line(exc) and ".weights.h5" in str(exc.value)
+    with pytest.raises(UsageError) as exc:
+        keras_h5.check_output(tmp_path / "w.keras", force=True)
+    message = _one_line(exc)
+    assert "w.weights.h5 (Keras 3)" in message and "w.h5 (Keras 2" in message
+    assert formats.for_output(tmp_path / "w.weights.h5").name == "keras-h5"
+    assert formats.for_output(tmp_path / "w.h5").name == "keras-h5"
+
+
+def test_datasets_in_no_keras_place_are_set_aside(tmp_path):
+    ws = WeightSet([Layer("fc", Kind.DENSE, {"weights": np.ones((3, 2), np.float32)})])
+    path = tmp_path / "w.h5"
+    keras_h5.write(ws, path, keras_layout="keras2")
+    with h5py.File(path, "r+") as handle:
+        handle["extra/stray"] = np.arange(6, dtype=np.int16).reshape(2, 3)
+    inventory = weightconv.inspect(path)
+    rows = {t.name: t for t in inventory.tensors}
+    assert set(rows) == {"fc/fc/kernel:0", "extra/stray"}
+    stray = rows["extra/stray"]
+    assert (stray.status, stray.shape, stray.dtype, stray.bytes) == (
+        keras_h5.OUTSIDE_LAYOUT,
+        (2, 3),
+        "int16",
+        12,
+    )
+    assert keras_h5.list_datasets(path)["unlisted"] == ["extra/stray"]
+    assert any("extra/stray" in note for note in inventory.notes)

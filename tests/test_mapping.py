@@ -130,7 +130,7 @@ def test_bgr_to_rgb_flips_only_the_first_conv(alexnet):
 
 def test_channel_order_unknown_must_be_stated(tmp_path):
     ws = WeightSet(layers=[Layer("conv1", tensors={"weights": np.zeros((3, 3, 3, 4), "f4")})])
-    with pytest.raises(weightconv.MappingError, match="--source-channels"):
+    with pytest.raises(weightconv.MappingError, match="source_channels=rgb"):
         Mapping(input_channels="rgb").apply(ws)
     mapped = Mapping(input_channels="rgb", source_channels="bgr").apply(ws)
     assert mapped.channel_order == "rgb"
@@ -210,11 +210,11 @@ def test_fc_input_that_does_not_fit_names_both_shapes(tmp_path):
     ws = WeightSet(
         layers=[Layer("fc6", kind="dense", tensors={"weights": np.zeros((6 * 6 * 256, 8), "f4")})]
     )
-    with pytest.raises(weightconv.MappingError, match=r"fc6/weights.*--fc-input fc6=H,W,C"):
+    with pytest.raises(weightconv.MappingError, match=r"fc6/weights.*fc_inputs=fc6=H,W,C"):
         Mapping(fc_as_conv=True).apply(ws)
     with pytest.raises(
         weightconv.ShapeError,
-        match=r"fc6/weights: --fc-input 7x7x256 = 12544 "
+        match=r"fc6/weights: fc_inputs=fc6=7,7,256 = 12544 "
         r"does not match its 9216 inputs",
     ):
         Mapping(fc_as_conv=True, fc_inputs={"fc6": (7, 7, 256)}).apply(ws)

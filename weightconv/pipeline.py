@@ -21,7 +21,7 @@ from weightconv._util.progress import Progress
 from weightconv.errors import UsageError
 from weightconv.formats import Format
 from weightconv.formats.base import Options, WriteResult, describe_names
-from weightconv.mapping import Mapping
+from weightconv.mapping import RULES, Mapping
 from weightconv.model import WeightSet
 from weightconv.model.canonical import canonicalization_steps
 from weightconv.reports import (
@@ -261,6 +261,7 @@ def diff(
         raise UsageError(f"skip={sorted(unmatched)[0]}: matches no layer or tensor of {a} or {b}")
     notes: list[str] = []
     mapped = []
+    unused_by_side = []
     order_a = loaded[0].channel_order
     for index, (weights, side) in enumerate(zip(loaded, sides_given, strict=True)):
         plan = side.mapping or mapping or Mapping()
@@ -271,11 +272,16 @@ def diff(
                 f"b's first convolution compared in a's channel order "
                 f"({order.upper()} -> {order_a.upper()})"
             )
-        mapped.append(plan.apply(weights))
+        result, unused = plan.plan(weights)
+        mapped.append(result)
+        unused_by_side.append(set(unused))
         if order is None:
             notes.append(
                 f"{'ab'[index]}: the file does not record its channel order; compared as stored"
             )
+    # a shared rule must change something on at least one side
+    for name in sorted(unused_by_side[0] & unused_by_side[1]):
+        raise UsageError(f"mapping rule {name}: {RULES[name]} in {a} or in {b}")
     rows = compare_tensors(mapped[0], mapped[1], atol, rtol)
     return DiffReport(
         a=FileRef(os.fspath(a), fmts[0].name),

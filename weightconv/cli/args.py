@@ -190,7 +190,7 @@ def translate(message: str) -> str:
     message = re.sub(rf"\b({pattern})=True\b", lambda m: _mapping_flag(m.group(1)), message)
     message = re.sub(rf"\boption '({pattern})'", lambda m: _mapping_flag(m.group(1)), message)
     message = re.sub(
-        rf"\b({pattern})=(\S?)",
+        rf"\b({pattern})=([^\s),;:]?)",
         lambda m: _mapping_flag(m.group(1)) + (" " + m.group(2) if m.group(2) else ""),
         message,
     )

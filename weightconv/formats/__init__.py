@@ -51,10 +51,19 @@ class Format:
     output_suffix: str | None = None
     #: True when the module recognises inputs by location (``claims``), not only by content.
     by_location: bool = False
+    #: The suffixes the writer writes, when fewer than those read; None: `suffixes`.
+    write_suffixes: tuple[str, ...] | None = None
 
     @property
     def can_write(self) -> bool:
         return self.write_options is not None
+
+    @property
+    def writable_suffixes(self) -> tuple[str, ...]:
+        """The suffixes an output of this format may have (none when read only)."""
+        if not self.can_write:
+            return ()
+        return self.suffixes if self.write_suffixes is None else self.write_suffixes
 
     def implementation(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -162,7 +171,7 @@ FORMATS: list[Format] = [
         "ckpt",
         "TensorFlow checkpoint (V2 TensorBundle; V1 read-only)",
         (".ckpt", ".index"),
-        "weightconv.formats.ckpt.bundle",
+        "weightconv.formats.ckpt.format",
         "ckpt",
         CkptReadOptions,
         CkptWriteOptions,
@@ -172,11 +181,12 @@ FORMATS: list[Format] = [
         "keras-h5",
         "Keras HDF5 weights (.weights.h5, legacy .h5, .keras)",
         (".weights.h5", ".h5", ".hdf5", ".keras"),
-        "weightconv.formats.keras_h5.core",
+        "weightconv.formats.keras_h5.format",
         "h5",
         NoOptions,
         KerasWriteOptions,
         output_suffix=".weights.h5",
+        write_suffixes=(".weights.h5", ".h5", ".hdf5"),
     ),
 ]
 
@@ -253,11 +263,20 @@ def for_output(path: str | os.PathLike[str], name: str | None = None) -> Format:
         return get(name)
     lowered = Path(path).name.lower()
     for fmt in FORMATS:
-        if fmt.can_write and any(lowered.endswith(suffix) for suffix in fmt.suffixes):
+        if any(lowered.endswith(suffix) for suffix in fmt.writable_suffixes):
             return fmt
     if CHECKPOINT_STEP.search(lowered):
         return get("ckpt")
-    writable = ", ".join(f"{f.name} ({'/'.join(f.suffixes)})" for f in FORMATS if f.can_write)
+    writable = ", ".join(
+        f"{f.name} ({'/'.join(f.writable_suffixes)})" for f in FORMATS if f.can_write
+    )
+    for fmt in FORMATS:
+        read_only = [s for s in fmt.suffixes if fmt.can_write and lowered.endswith(s)]
+        if read_only:
+            raise UsageError(
+                f"{path}: {read_only[0]} files are read but not written here; {fmt.name} "
+                f"writes {', '.join(fmt.writable_suffixes)}"
+            )
     raise UsageError(
         f"{path}: cannot tell the output format from the name; give dst_format= "
         f"(writable: {writable})"

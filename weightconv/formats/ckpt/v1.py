@@ -10,13 +10,14 @@ are decoded with vectorised NumPy.
 
 Example::
 
-    infos, detail = ckpt_v1.list_tensors("vgg_16.ckpt")
+    infos, detail = v1.list_tensors("vgg_16.ckpt")
     kernel = infos[0].load()
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,13 @@ import numpy as np
 from weightconv.codecs import ordered_code, protowire, sstable
 from weightconv.errors import FormatError
 from weightconv.formats.ckpt import dtypes as tf_types
+from weightconv.formats.ckpt.slices import (
+    Extent,
+    TensorInfo,
+    assemble,
+    describe_extents,
+    extents_of,
+)
 
 # TensorProto field numbers.
 _CONTENT, _FLOAT, _DOUBLE, _INT, _STRING, _SCOMPLEX = 4, 5, 6, 7, 8, 9
@@ -55,10 +63,9 @@ _FIELDS: dict[int, tuple[int, str]] = {
 }
 
 
-def list_tensors(path: str | os.PathLike[str]) -> tuple[list[Any], dict[str, Any]]:
+def list_tensors(path: str | os.PathLike[str]) -> tuple[list[TensorInfo], dict[str, Any]]:
     """The tensors a V1 checkpoint declares (values read lazily) and facts about it."""
     from weightconv._proto import tf_checkpoint_pb2 as pb
-    from weightconv.formats.ckpt.bundle import TensorInfo
 
     label = os.fspath(path)
     with sstable.TableReader(path, mapped=Path(path).stat().st_size >= (1 << 20)) as table:
@@ -75,10 +82,7 @@ def list_tensors(path: str | os.PathLike[str]) -> tuple[list[Any], dict[str, Any
     infos = []
     for tensor in message.meta.tensor:
         shape = tuple(int(d.size) for d in tensor.shape.dim)
-        slices = [
-            [(int(e.start), int(e.length) if e.HasField("length") else -1) for e in s.extent]
-            for s in tensor.slice
-        ]
+        slices = extents_of(tensor.slice)
         dtype = int(tensor.type)
         itemsize = tf_types.numpy_dtype(dtype, label).itemsize if dtype in _FIELDS else 0
         infos.append(
@@ -104,8 +108,8 @@ def _bind(
     name: str,
     dtype: int,
     shape: tuple[int, ...],
-    slices: list[list[tuple[int, int]]],
-) -> Any:
+    slices: list[list[Extent]],
+) -> Callable[[], np.ndarray]:
     return lambda: reader.read(name, dtype, shape, slices)
 
 
@@ -114,10 +118,8 @@ class _SliceReader:
         self.path = path
 
     def read(
-        self, name: str, dtype: int, shape: tuple[int, ...], slices: list[list[tuple[int, int]]]
+        self, name: str, dtype: int, shape: tuple[int, ...], slices: list[list[Extent]]
     ) -> np.ndarray:
-        from weightconv.formats.ckpt.bundle import _describe_extents, _region
-
         what = f"{self.path}: tensor {name!r}"
         if not slices:
             raise FormatError(f"{what}: the header lists no stored slices for it")
@@ -129,31 +131,18 @@ class _SliceReader:
             ):
                 values = self._slice(table, name, slices[0], dtype, numpy_dtype, shape, what)
                 return values.reshape(shape)
-            full = np.empty(shape, dtype=numpy_dtype)
-            covered = 0
-            for extents in slices:
-                region = _region(extents, shape, what)
-                target = full[region]
-                values = self._slice(
-                    table,
-                    name,
-                    extents,
-                    dtype,
-                    numpy_dtype,
-                    target.shape,
-                    f"{what} slice {_describe_extents(extents)}",
-                )
-                full[region] = values.reshape(target.shape)
-                covered += target.size
-            if covered != full.size:
-                raise FormatError(f"{what}: its slices cover {covered} of {full.size} elements")
-            return full
+
+            def read_piece(extents: list[Extent], piece_shape: tuple[int, ...]) -> np.ndarray:
+                where = f"{what} slice {describe_extents(extents)}"
+                return self._slice(table, name, extents, dtype, numpy_dtype, piece_shape, where)
+
+            return assemble(shape, numpy_dtype, slices, read_piece, what)
 
     def _slice(
         self,
         table: sstable.TableReader,
         name: str,
-        extents: list[tuple[int, int]],
+        extents: list[Extent],
         dtype: int,
         numpy_dtype: np.dtype[Any],
         shape: tuple[int, ...],

@@ -1,43 +1,21 @@
-"""From the tensors a file holds to the tensors another format or network expects.
-
-A `Mapping` turns a WeightSet (in any layout) into the WeightSet a writer lays out:
-canonical layout, then the rules the user asked for, each by name and shape:
-
-- name schemes: ``keep`` (as the source names them), ``tf1`` (``conv1_1/weights``), ``slim``
-  (``vgg_16/conv1/conv1_1/weights``), ``keras`` (``conv1/kernel``); a scope prefix;
-- fully-connected layers as slim's convolutions (``fc6`` (25088, 4096) <-> (7, 7, 512, 4096))
-  and back;
-- BGR <-> RGB on the first convolution's input channels, from the recorded source order;
-- grouped convolutions split into per-group kernels (``conv2_group0``, ``conv2_group1``) or
-  merged back;
-- a user map file (JSON or TOML) with regex renames, skips and per-tensor transforms.
-
-Nothing is computed until a writer asks for a tensor: the mapped tensors are `LazyTensor`s,
-and the last converted source layer is the only one kept, so memory stays near one layer.
-`Mapping.explain` lists every output tensor with its source, shapes and transforms.
-
-Example::
-
-    mapping = Mapping(names="slim", net="vgg_16", fc_as_conv=True)
-    mapped = mapping.apply(weightconv.load("vgg16.caffemodel", prototxt="deploy.prototxt"))
-    weightconv.save(mapped, "vgg_16.ckpt")
-"""
+"""The work of a mapping: each source layer planned into output tensors that are computed only
+when a writer asks for them, one source layer converted at a time."""
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
-import json
+import functools
 import re
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from weightconv import arrays
-from weightconv.errors import MappingError, ShapeError, UsageError
+from weightconv.errors import MappingError, ShapeError
+from weightconv.mapping.options import MappingOptions
+from weightconv.mapping.rules import TensorRule
 from weightconv.model import (
     CANONICAL,
     Kind,
@@ -50,231 +28,9 @@ from weightconv.model import (
 )
 from weightconv.model import canonical as layout
 
-NAME_SCHEMES = ("keep", "tf1", "slim", "keras", "caffe")
-CHANNEL_ORDERS = ("rgb", "bgr")
 _KERAS_ROLES = {"weights": "kernel", "biases": "bias"}
 _SLIM_BLOCK = re.compile(r"^(conv\d+)_\d+$")
 _GROUP_PART = re.compile(r"^(?P<base>.+)_group(?P<index>\d+)$")
-TRANSFORM_KEYS = ("reshape", "transpose", "flip_axis")
-
-
-@dataclass
-class TensorRule:
-    """Per-tensor transforms from a map file, applied in the order listed here."""
-
-    reshape: tuple[int, ...] | None = None
-    transpose: tuple[int, ...] | None = None
-    flip_axis: int | None = None
-
-    def apply(self, array: np.ndarray, name: str) -> np.ndarray:
-        if self.reshape is not None:
-            if int(np.prod(self.reshape)) != array.size:
-                raise ShapeError(
-                    f"{name}: cannot reshape {tuple(array.shape)} to {self.reshape} (map file)"
-                )
-            array = array.reshape(self.reshape)
-        if self.transpose is not None:
-            if sorted(self.transpose) != list(range(array.ndim)):
-                raise ShapeError(
-                    f"{name}: transpose {self.transpose} does not fit shape "
-                    f"{tuple(array.shape)} (map file)"
-                )
-            array = array.transpose(self.transpose)
-        if self.flip_axis is not None:
-            if not -array.ndim <= self.flip_axis < array.ndim:
-                raise ShapeError(
-                    f"{name}: flip_axis {self.flip_axis} does not fit shape "
-                    f"{tuple(array.shape)} (map file)"
-                )
-            array = np.flip(array, axis=self.flip_axis)
-        return array
-
-    def shape(self, shape: tuple[int, ...], name: str) -> tuple[int, ...]:
-        return self.apply(np.empty(shape, dtype=np.bool_), name).shape
-
-    def describe(self) -> list[str]:
-        steps = []
-        if self.reshape is not None:
-            steps.append(f"reshape to {list(self.reshape)} (map file)")
-        if self.transpose is not None:
-            steps.append(f"transpose axes {list(self.transpose)} (map file)")
-        if self.flip_axis is not None:
-            steps.append(f"flip axis {self.flip_axis} (map file)")
-        return steps
-
-
-@dataclass
-class MapFile:
-    """A user's mapping: regex renames of full tensor names, skips, per-tensor transforms.
-
-    JSON::
-
-        {"rename": [{"from": "^vgg_16/conv(\\\\d)/conv\\\\d_(\\\\d)/", "to": "conv\\\\1_\\\\2/"}],
-         "skip": ["fc8"],
-         "tensors": {"fc6/weights": {"reshape": [7, 7, 512, 4096]}}}
-
-    TOML has the same keys (``[[rename]]`` tables, ``[tensors."fc6/weights"]``). Tensor
-    keys are source tensor names (globs allowed), as ``weightconv inspect`` lists them.
-    """
-
-    renames: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
-    skip: list[str] = field(default_factory=list)
-    tensors: dict[str, TensorRule] = field(default_factory=dict)
-    #: Where the rules were read from, for reports.
-    source: str = ""
-
-    @classmethod
-    def load(cls, path: str | Path) -> MapFile:
-        target = Path(path)
-        try:
-            text = target.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"{target}: cannot read the map file: {exc.strerror}") from None
-        try:
-            if target.suffix.lower() == ".toml":
-                import tomllib
-
-                data = tomllib.loads(text)
-            else:
-                data = json.loads(text)
-        except (ValueError, TypeError) as exc:
-            raise UsageError(
-                f"{target}: not valid {target.suffix.lstrip('.') or 'JSON'}: {exc}"
-            ) from None
-        return cls.from_dict(data, str(target))
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "map file") -> MapFile:
-        if not isinstance(data, dict):
-            raise UsageError(f"{where}: expected a table with rename/skip/tensors")
-        unknown = set(data) - {"rename", "skip", "tensors"}
-        if unknown:
-            raise UsageError(
-                f"{where}: unknown keys {sorted(unknown)} (known: rename, skip, tensors)"
-            )
-        renames = []
-        for item in data.get("rename", []):
-            if not isinstance(item, dict) or set(item) != {"from", "to"}:
-                raise UsageError(f"{where}: each rename needs exactly 'from' and 'to'")
-            try:
-                renames.append((re.compile(item["from"]), str(item["to"])))
-            except re.error as exc:
-                raise UsageError(f"{where}: rename pattern {item['from']!r}: {exc}") from None
-        skip = [str(s) for s in data.get("skip", [])]
-        tensors = {}
-        for name, spec in data.get("tensors", {}).items():
-            if not isinstance(spec, dict) or set(spec) - set(TRANSFORM_KEYS):
-                raise UsageError(
-                    f"{where}: tensor {name!r}: transforms must be among "
-                    f"{', '.join(TRANSFORM_KEYS)}"
-                )
-            tensors[name] = TensorRule(
-                reshape=tuple(int(n) for n in spec["reshape"]) if "reshape" in spec else None,
-                transpose=tuple(int(n) for n in spec["transpose"]) if "transpose" in spec else None,
-                flip_axis=int(spec["flip_axis"]) if "flip_axis" in spec else None,
-            )
-        return cls(renames, skip, tensors, where)
-
-    def rule_for(self, source_name: str) -> TensorRule | None:
-        for pattern, rule in self.tensors.items():
-            if fnmatch.fnmatchcase(source_name, pattern):
-                return rule
-        return None
-
-    def rename(self, name: str) -> str:
-        for pattern, replacement in self.renames:
-            name = pattern.sub(replacement, name)
-        return name
-
-
-@dataclass
-class Mapping:
-    """What to do to a WeightSet on its way to a writer; see the module docstring."""
-
-    names: str = "keep"
-    net: str = ""
-    scope: str = ""
-    fc_as_conv: bool = False
-    fc_as_dense: bool = False
-    fc_pattern: str = "fc*"
-    fc_inputs: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-    input_channels: str | None = None
-    source_channels: str | None = None
-    split_groups: bool = False
-    merge_groups: bool = False
-    map_file: MapFile | None = None
-
-    def __post_init__(self) -> None:
-        if self.names not in NAME_SCHEMES:
-            raise UsageError(
-                f"unknown name scheme {self.names!r}; known: {', '.join(NAME_SCHEMES)}"
-            )
-        for order in (self.input_channels, self.source_channels):
-            if order is not None and order not in CHANNEL_ORDERS:
-                raise UsageError(f"channel order must be rgb or bgr, got {order!r}")
-        if self.fc_as_conv and self.fc_as_dense:
-            raise UsageError("--fc-as-conv and --fc-as-dense contradict each other")
-        if self.split_groups and self.merge_groups:
-            raise UsageError("--split-groups and --merge-groups contradict each other")
-        if self.names == "slim" and not self.net:
-            raise UsageError("slim names need the net's scope: --net vgg_16 (or alexnet_v2, ...)")
-        if self.scope and not self.scope.endswith("/"):
-            self.scope += "/"
-
-    @classmethod
-    def option_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    def changed(self) -> dict[str, Any]:
-        """The options that differ from the defaults, by name (a map file by its path)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            default = f.default_factory() if f.default_factory is not MISSING else f.default
-            if value != default:
-                out[f.name] = value.source if isinstance(value, MapFile) else value
-        return out
-
-    def replace(self, **changes: Any) -> Mapping:
-        return dataclasses.replace(self, **changes)
-
-    def is_identity(self) -> bool:
-        return (
-            self.names == "keep"
-            and not self.scope
-            and not self.fc_as_conv
-            and not self.fc_as_dense
-            and self.input_channels is None
-            and not self.split_groups
-            and not self.merge_groups
-            and self.map_file is None
-        )
-
-    def apply(self, weights: WeightSet) -> WeightSet:
-        """The mapped WeightSet, in canonical layout, its tensors computed on demand."""
-        return _Mapper(self, weights).run()
-
-    def explain(self, weights: WeightSet) -> list[dict[str, Any]]:
-        """Every output tensor: source name and shape -> target name and shape, transforms."""
-        mapped = self.apply(weights)
-        rows = []
-        for layer in mapped.layers:
-            for role, tensor in layer.tensors.items():
-                origin = layer.origins[role]
-                rows.append(
-                    {
-                        "from": origin.source,
-                        "from_shape": _listed(origin.source_shape),
-                        "to": layer.tensor_name(role),
-                        "to_shape": list(tensor.shape),
-                        "dtype": str(tensor.dtype),
-                        "transforms": list(origin.transforms),
-                    }
-                )
-        return rows
-
-
-# The work -------------------------------------------------------------------------------------
 
 
 class _Cache:
@@ -308,8 +64,8 @@ class _Out:
     transforms: list[str]
 
 
-class _Mapper:
-    def __init__(self, mapping: Mapping, weights: WeightSet) -> None:
+class Mapper:
+    def __init__(self, mapping: MappingOptions, weights: WeightSet) -> None:
         self.mapping = mapping
         self.weights = weights
         self.cache = _Cache()
@@ -317,6 +73,8 @@ class _Mapper:
         #: Kind and (mapped) weights shape of the previous weighted layer.
         self.previous: tuple[str, tuple[int, ...] | None] = (Kind.OTHER, None)
         self.previous_name = ""
+        #: The rules that changed at least one tensor (see `RULES`).
+        self.used: set[str] = set()
 
     def run(self) -> WeightSet:
         m = self.mapping
@@ -336,12 +94,14 @@ class _Mapper:
                 for n in [source.name, *map(source.tensor_name, source.tensors)]
             ):
                 skipped_by_file.append(source.name)
+                self.used.add("map_file")
                 continue
             outs = self._plan_layer(source)
             kind = _canonical_kind(source, outs)
             flip = False
             if kind == Kind.CONV and not first_conv_done and "weights" in outs:
                 first_conv_done = True
+                self.used.add("input_channels")
                 flip = m.input_channels is not None and m.input_channels != (
                     m.source_channels or self.weights.channel_order
                 )
@@ -352,9 +112,10 @@ class _Mapper:
                 tensor_name = source.tensor_name(role)
                 rule = m.map_file.rule_for(tensor_name) if m.map_file else None
                 if rule is not None:
+                    self.used.add("map_file")
                     self._chain(
                         out,
-                        lambda a, r=rule, n=tensor_name: r.apply(a, n),
+                        functools.partial(_apply_rule, rule, tensor_name),
                         rule.shape(out.shape, tensor_name),
                         rule.describe(),
                     )
@@ -423,15 +184,13 @@ class _Mapper:
                 f"channels, the kernel is {list(out.shape)}"
             )
         source_order = self.mapping.source_channels or self.weights.channel_order
+        target_order = str(self.mapping.input_channels)
         self._chain(
             out,
             arrays.flip_input_channels,
             out.shape,
-            [
-                f"input channels {source_order.upper()} -> "  # type: ignore[union-attr]
-                f"{self.mapping.input_channels.upper()}"
-            ],
-        )  # type: ignore[union-attr]
+            [f"input channels {str(source_order).upper()} -> {target_order.upper()}"],
+        )
 
     def _layout_rules(self, source: Layer, role: str, out: _Out, kind: str) -> None:
         m = self.mapping
@@ -439,14 +198,16 @@ class _Mapper:
             return
         if m.fc_as_conv and kind == Kind.DENSE and len(out.shape) == 2:
             hwc = self._fc_input(source, out.shape[0])
+            self.used.add("fc_as_conv")
             self._chain(
                 out,
-                lambda a, s=hwc: arrays.dense_to_fc_conv(a, s),
+                functools.partial(_dense_to_fc_conv, hwc),
                 (*hwc, out.shape[1]),
                 [f"dense -> fc-as-conv {hwc[0]}x{hwc[1]}x{hwc[2]}"],
             )
         elif m.fc_as_dense and len(out.shape) == 4:
             h, w, c, n = out.shape
+            self.used.add("fc_as_dense")
             self._chain(
                 out, arrays.fc_conv_to_dense, (h * w * c, n), [f"fc-as-conv {h}x{w}x{c} -> dense"]
             )
@@ -456,7 +217,8 @@ class _Mapper:
         if given is not None:
             if given[0] * given[1] * given[2] != inputs:
                 raise ShapeError(
-                    f"{source.name}/weights: --fc-input {'x'.join(map(str, given))} "
+                    f"{source.name}/weights: fc_inputs={_leaf(source.name)}="
+                    f"{','.join(map(str, given))} "
                     f"= {given[0] * given[1] * given[2]} does not match its "
                     f"{inputs} inputs"
                 )
@@ -471,8 +233,14 @@ class _Mapper:
             return (h, w, c)
         if shape is not None:
             return (1, 1, inputs)
-        if source.layout == "caffe" and not source.params.get("follows_spatial", False):
-            return (1, 1, inputs)
+        if source.layout == "caffe":
+            if not source.params.get("follows_spatial", False):
+                return (1, 1, inputs)  # the reader proved its input flat
+            raise ShapeError(
+                f"{source.name}/weights: laying it out as a convolution needs the C,H,W of its "
+                f"input, a spatial blob of unknown height and width ({inputs} inputs); read "
+                f"the caffemodel with prototxt=P or input_shape=C,H,W"
+            )
         previous_kind, previous_shape = self.previous
         if previous_kind == Kind.DENSE and previous_shape and previous_shape[-1] == inputs:
             return (1, 1, inputs)  # fed by the dense layer before it: fc7 after fc6
@@ -486,7 +254,7 @@ class _Mapper:
         raise MappingError(
             f"{source.name}/weights: laying it out as a convolution needs the "
             f"height, width and channels of its input ({inputs} values); read "
-            f"the caffemodel with its prototxt or pass --fc-input "
+            f"the caffemodel with its prototxt or give fc_inputs="
             f"{_leaf(source.name)}=H,W,C"
         )
 
@@ -510,7 +278,7 @@ class _Mapper:
                     )
                     self._chain(
                         piece,
-                        lambda a, i=index, g=groups: arrays.split_groups(a, g)[i],
+                        functools.partial(_group_part, groups, index),
                         (*out.shape[:-1], out.shape[-1] // groups),
                         [f"group {index} of {groups}"],
                     )
@@ -519,6 +287,7 @@ class _Mapper:
                 parts.append(
                     self._layer(source, name, tensors, kind, {**source.params, "group": 1})
                 )
+            self.used.add("split_groups")
             return parts
         name = source.name if m.names == "keep" else _leaf(source.name)
         return [self._layer(source, name, outs, kind, dict(source.params))]
@@ -545,7 +314,10 @@ class _Mapper:
                 full = join_tensor_name(layer_path, role)
             full = m.scope + full
             if m.map_file:
-                full = m.map_file.rename(full)
+                renamed = m.map_file.rename(full)
+                if renamed != full:
+                    self.used.add("map_file")
+                full = renamed
             tensors[role] = LazyTensor(out.shape, out.dtype, _loader(out))
             stored[role] = full
             origin[role] = TensorOrigin(
@@ -614,7 +386,7 @@ class _Mapper:
                 tensors[role] = LazyTensor(
                     shape,
                     parts[0].dtype,
-                    lambda ps=parts: arrays.merge_groups([np.asarray(p) for p in ps]),
+                    functools.partial(_merged, parts),
                 )
                 origin[role] = TensorOrigin(
                     ", ".join(part.tensor_name(role) for part in run),
@@ -631,6 +403,7 @@ class _Mapper:
             )
             owners[id(layer)] = owners.get(id(run[-1]), run[-1])
             merged.append(layer)
+            self.used.add("merge_groups")
             index += len(run)
         return merged
 
@@ -653,14 +426,30 @@ class _Mapper:
         if source is None:
             raise MappingError(
                 "the source's channel order is not recorded in it; say which it "
-                "is with --source-channels rgb|bgr before asking for "
-                f"--input-channels {m.input_channels}"
+                "is with source_channels=rgb|bgr before asking for "
+                f"input_channels={m.input_channels}"
             )
         return m.input_channels or source
 
 
-def _listed(shape: Any) -> list[Any]:
-    return [_listed(part) if isinstance(part, tuple) else part for part in shape]
+def _apply_rule(rule: TensorRule, name: str, array: np.ndarray) -> np.ndarray:
+    return rule.apply(array, name)
+
+
+def _dense_to_fc_conv(hwc: tuple[int, int, int], array: np.ndarray) -> np.ndarray:
+    return arrays.dense_to_fc_conv(array, hwc)
+
+
+def _group_part(groups: int, index: int, array: np.ndarray) -> np.ndarray:
+    return arrays.split_groups(array, groups)[index]
+
+
+def _merged(parts: list[Any]) -> np.ndarray:
+    return arrays.merge_groups([np.asarray(part) for part in parts])
+
+
+def listed(shape: Any) -> list[Any]:
+    return [listed(part) if isinstance(part, tuple) else part for part in shape]
 
 
 def _leaf(name: str) -> str:

@@ -1,0 +1,249 @@
+"""Writing V2 checkpoints, and planning which data file each tensor goes to.
+
+Tensors are written in the order of the weight set's layers, each into its data file in
+one pass (checksummed as it goes); the index is written last, its keys sorted as a table
+needs. Everything goes to temporary names renamed into place at the end, the index last,
+so a checkpoint is either complete or absent.
+
+Which data file each tensor goes to is planned by `shards.plan_shards`: runs of
+consecutive tensors, as even in size as whole tensors allow.
+
+Example::
+
+    write(ws, "out/model.ckpt", shards=4)   # out/model.ckpt.index, .data-0000{0..3}-of-00004
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from weightconv._util.files import chunks, publish, temporary_beside
+from weightconv._util.memory import release_pages
+from weightconv._util.progress import Progress
+from weightconv.codecs import crc32c, sstable
+from weightconv.errors import MappingError, OutputExistsError, UsageError
+from weightconv.formats.base import WriteResult
+from weightconv.formats.ckpt import dtypes as tf_types
+from weightconv.formats.ckpt.bundle import BUNDLE_VERSION_PRODUCER
+from weightconv.formats.ckpt.naming import (
+    data_filename,
+    data_files,
+    index_filename,
+    output_paths,
+    prefix_of,
+    update_state_file,
+)
+from weightconv.formats.ckpt.shards import plan_shards
+from weightconv.formats.ckpt.strings import encode_strings
+from weightconv.model import WeightSet
+from weightconv.model.canonical import canonical_layers
+
+#: Tensors are converted and written in pieces of this size.
+WRITE_CHUNK_BYTES = 16 << 20
+
+
+@dataclass
+class _Planned:
+    layer_index: int
+    role: str
+    name: str
+    nbytes: int
+    shard: int = 0
+
+
+def check_output(path: str | os.PathLike[str], force: bool) -> None:
+    """Refuse when a checkpoint with this prefix exists (unless `force`)."""
+    prefix = prefix_of(path)
+    folder = prefix.parent
+    if not folder.is_dir():
+        raise UsageError(f"{prefix}: folder {folder} does not exist")
+    existing = [p for p in [index_filename(prefix), *data_files(prefix)] if p.exists()]
+    if existing and not force:
+        raise OutputExistsError(
+            f"{prefix}: a checkpoint with this prefix exists "
+            f"({existing[0].name}); pass force=True to overwrite it"
+        )
+
+
+def write(
+    weights: WeightSet,
+    path: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    shards: int = 1,
+    max_shard_size: int | None = None,
+    write_state: bool = True,
+    progress: Progress | None = None,
+) -> WriteResult:
+    """Write `weights` as a V2 checkpoint with prefix `path`, in the canonical layout.
+
+    Tensor names are ``layer/role`` (or the name the tensor was read under). Tensors go to
+    `shards` data files of sizes as even as whole tensors in order allow, or, with
+    `max_shard_size`, to as many files as keep each under that size (at least `shards`);
+    a tensor larger than `max_shard_size` gets a file of its own and a note. The folder's
+    ``checkpoint`` state file is pointed at the new prefix unless `write_state` is false.
+
+    Example::
+
+        result = write(ws, "out/model.ckpt", shards=2)
+        result.files   # [out/model.ckpt.index, out/model.ckpt.data-00000-of-00002, ...]
+    """
+    from weightconv._proto import tf_checkpoint_pb2 as pb
+
+    prefix = prefix_of(path)
+    check_output(prefix, force)
+    planned = _list_tensors(weights, str(prefix))
+    sizes = [item.nbytes for item in planned]
+    assignment = plan_shards(sizes, shards, max_shard_size, str(prefix))
+    count = assignment[-1] + 1
+    for item, shard in zip(planned, assignment, strict=True):
+        item.shard = shard
+    notes = _plan_notes(planned, shards, max_shard_size, count)
+    temps: list[tuple[Path, Path]] = []
+    entries: dict[bytes, bytes] = {}
+    handles: dict[int, BinaryIO] = {}
+    offsets = dict.fromkeys(range(count), 0)
+    try:
+        for shard in range(count):
+            handles[shard] = _temp_beside(data_filename(prefix, shard, count), temps)
+        by_layer: dict[int, list[_Planned]] = {}
+        for item in planned:
+            by_layer.setdefault(item.layer_index, []).append(item)
+        position = 0
+        for layer in canonical_layers(weights):
+            while position < len(weights.layers) and position not in by_layer:
+                position += 1
+            items = by_layer[position]
+            position += 1
+            for item in items:
+                array = np.asarray(layer.tensors[item.role])
+                handle = handles[item.shard]
+                entry = _write_tensor(handle, array, f"{prefix}: tensor {item.name!r}", progress)
+                entry.shard_id = item.shard
+                entry.offset = offsets[item.shard]
+                offsets[item.shard] += entry.size
+                entries[item.name.encode("utf-8")] = entry.SerializeToString()
+        for handle in handles.values():
+            handle.close()
+        header = pb.BundleHeaderProto(num_shards=count, endianness=pb.BundleHeaderProto.LITTLE)
+        header.version.producer = BUNDLE_VERSION_PRODUCER
+        index_handle = _temp_beside(index_filename(prefix), temps)
+        with index_handle:
+            table = sstable.TableWriter(index_handle)
+            table.add(b"", header.SerializeToString())
+            for key in sorted(entries):
+                table.add(key, entries[key])
+            index_bytes = table.finish()
+        _remove_stale_shards(prefix, count)
+        for temp, final in temps:  # data first, the index last: it is what makes a checkpoint
+            publish(temp, final)
+        temps.clear()
+    except BaseException:
+        for handle in handles.values():
+            handle.close()
+        for temp, _ in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        raise
+    if write_state:
+        update_state_file(prefix)
+    return WriteResult(
+        layers=len(weights.weighted_layers()),
+        tensors=len(planned),
+        parameters=weights.parameter_count,
+        bytes=sum(offsets.values()) + index_bytes,
+        files=[str(p) for p in output_paths(prefix, count)],
+        notes=notes,
+        detail={"shards": count},
+    )
+
+
+def _list_tensors(weights: WeightSet, target: str) -> list[_Planned]:
+    planned: list[_Planned] = []
+    seen: set[str] = set()
+    for index, layer in enumerate(weights.layers):
+        for role, tensor in layer.tensors.items():
+            name = layer.tensor_name(role)
+            if name in seen:
+                raise MappingError(f"{target}: two tensors would both be named {name!r}")
+            seen.add(name)
+            planned.append(_Planned(index, role, name, int(tensor.nbytes)))
+    if not planned:
+        raise MappingError(f"{target}: nothing to write (no tensors)")
+    return planned
+
+
+def _plan_notes(
+    planned: list[_Planned], shards: int, max_shard_size: int | None, count: int
+) -> list[str]:
+    notes = []
+    if count < shards:
+        notes.append(
+            f"shards={shards}, but there are only {len(planned)} tensors: wrote {count} data "
+            f"files, one tensor each"
+        )
+    if max_shard_size is not None:
+        for item in planned:
+            if item.nbytes > max_shard_size:
+                notes.append(
+                    f"tensor {item.name!r} is {item.nbytes:,} bytes, more than "
+                    f"max_shard_size={max_shard_size:,}; it gets a data file of its own "
+                    f"(data-{item.shard:05d}-of-{count:05d})"
+                )
+    return notes
+
+
+# Writing tensors ---------------------------------------------------------------------------
+
+
+def _temp_beside(final: Path, temps: list[tuple[Path, Path]]) -> BinaryIO:
+    fd, temporary = temporary_beside(final)
+    temps.append((temporary, final))
+    return os.fdopen(fd, "wb")
+
+
+def _remove_stale_shards(prefix: Path, count: int) -> None:
+    """With force=True, data files of an older checkpoint with another shard count go."""
+    keep = {data_filename(prefix, i, count).name for i in range(count)}
+    for stale in data_files(prefix):
+        if stale.name not in keep:
+            stale.unlink()
+
+
+def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Progress | None) -> Any:
+    """Write one tensor's bytes; its ``BundleEntryProto`` without shard and offset."""
+    from weightconv._proto import tf_checkpoint_pb2 as pb
+
+    entry = pb.BundleEntryProto()
+    entry.dtype = tf_types.from_numpy(array.dtype, what)  # type: ignore[assignment]
+    entry.shape.SetInParent()  # present even for scalars, as TensorFlow writes it
+    for n in array.shape:
+        entry.shape.dim.add(size=int(n))
+    if entry.dtype == tf_types.STRING:
+        lengths, payload, crc = encode_strings(array)
+        handle.write(lengths)
+        handle.write(payload)
+        entry.size = len(lengths) + len(payload)
+        entry.crc32c = crc32c.mask(crc)
+        return entry
+    dtype = array.dtype.newbyteorder("<")
+    crc = 0
+    size = 0
+    for chunk in chunks(array, WRITE_CHUNK_BYTES):
+        data = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8)
+        handle.write(data.data)
+        crc = crc32c.extend(crc, data)
+        size += data.nbytes
+        if progress is not None:
+            progress.advance(data.nbytes)
+        del data
+        release_pages(chunk)
+    entry.size = size
+    entry.crc32c = crc32c.mask(crc)
+    return entry
