@@ -257,3 +257,43 @@ def test_real_lenet_stripped_of_its_links(tmp_path):
     weightconv.convert(stripped, tmp_path / "rest.npy", skip=["ip1"])
     rest = np.load(tmp_path / "rest.npy", allow_pickle=True).item()
     np.testing.assert_array_equal(rest["ip2"][0], blobs["ip2"][0].T)
+
+
+def test_an_inner_product_after_a_flatten_gets_the_row_reorder(tmp_path):
+    """Caffe's Flatten keeps C,H,W order, so fc after `Flatten(pool1)` needs the same
+    C,H,W -> H,W,C reorder as fc reading pool1 itself. Expected rows by index arithmetic on
+    the blob protobuf decodes."""
+    from google.protobuf import text_format
+
+    from weightconv._proto import caffe_pb2
+
+    rng = np.random.default_rng(4)
+    net = caffe_pb2.NetParameter(name="flat")
+    data = net.layer.add(name="data", type="Input", top=["data"])
+    data.input_param.shape.add().dim.extend([1, 3, 4, 4])
+    conv = net.layer.add(name="conv1", type="Convolution", bottom=["data"], top=["conv1"])
+    conv.convolution_param.num_output = 2
+    conv.convolution_param.kernel_size.append(1)
+    net.layer.add(name="relu1", type="ReLU", bottom=["conv1"], top=["conv1"])
+    net.layer.add(name="flat", type="Flatten", bottom=["conv1"], top=["flat"])
+    fc = net.layer.add(name="fc1", type="InnerProduct", bottom=["flat"], top=["fc1"])
+    fc.inner_product_param.num_output = 3
+    deploy = text_format.MessageToString(net)
+    for layer, shape in [(conv, (2, 3, 1, 1)), (fc, (3, 2 * 4 * 4))]:
+        for blob_shape in (shape, shape[:1]):
+            blob = layer.blobs.add()
+            blob.shape.dim.extend(blob_shape)
+            blob.data.extend(rng.standard_normal(int(np.prod(blob_shape))).astype(np.float32))
+    model = tmp_path / "flat.caffemodel"
+    model.write_bytes(net.SerializeToString())
+    (tmp_path / "deploy.prototxt").write_text(deploy)
+    weightconv.convert(model, tmp_path / "flat.npy", prototxt=tmp_path / "deploy.prototxt")
+    written = np.load(tmp_path / "flat.npy", allow_pickle=True).item()["fc1"][0]
+    caffe = np.array(
+        caffe_pb2.NetParameter.FromString(model.read_bytes()).layer[4].blobs[0].data,
+        dtype=np.float32,
+    ).reshape(3, 2, 4, 4)
+    for h in range(4):
+        for w in range(4):
+            for c in range(2):
+                assert np.array_equal(written[(h * 4 + w) * 2 + c], caffe[:, c, h, w])

@@ -610,7 +610,7 @@ def test_writer_refusals(tmp_path):
         ]
     )
     with pytest.raises(UsageError) as exc:
-        keras_h5.write(ws, tmp_path / "w.h5")  # keras3 needs .weights.h5
+        keras_h5.write(ws, tmp_path / "w.h5", keras_layout="keras3")  # needs .weights.h5
     assert "w.weights.h5" in _one_line(exc)
     with pytest.raises(UsageError):
         keras_h5.write(ws, tmp_path / "w.weights.h5", keras_layout="keras2")
@@ -636,6 +636,12 @@ def test_writer_refusals(tmp_path):
     with pytest.raises(ShapeError):
         keras_h5.write(bad_bias, tmp_path / "b.weights.h5")
     assert _leftovers(tmp_path) == ["w.weights.h5"]
+    # without a layout, the name decides: a plain .h5 is Keras 2's save_weights layout
+    (tmp_path / "legacy").mkdir()
+    plain = tmp_path / "legacy" / "plain.h5"
+    assert keras_h5.write(ws, plain).detail["keras_layout"] == "keras2"
+    with h5py.File(plain, "r") as handle:
+        assert "layer_names" in handle.attrs and "layers" not in handle
 
 
 # 6. Everything the file holds is listed; names as mapped; .keras is read only ----------------

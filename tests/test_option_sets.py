@@ -92,7 +92,7 @@ def test_a_conversion_applies_every_option_or_writes_nothing(case):
             "shards": 1,
             "max_shard_size": None,
             "write_state": True,
-            "keras_layout": "keras3",
+            "keras_layout": None,
         }
         assert report.options["write"] == {k: v for k, v in write.items() if v != defaults[k]}
         assert report.options["mapping"] == mapping.changed()

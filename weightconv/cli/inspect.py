@@ -86,8 +86,8 @@ def _inspect(args: argparse.Namespace) -> int:
 def _render(inventory: Inventory, quiet: bool) -> None:
     detail = ", ".join(f"{k} {v}" for k, v in inventory.detail.items() if v not in (None, ""))
     print(
-        f"{inventory.input.path}: {inventory.title}{' (' + detail + ')' if detail else ''}; "
-        f"layout {inventory.layout}"
+        f"{inventory.input.path}: {inventory.input.format}"
+        f"{' (' + detail + ')' if detail else ''}; layout {inventory.layout}"
     )
     rows = inventory.tensors
     width = max([len(r.name) for r in rows] + [6])

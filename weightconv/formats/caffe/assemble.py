@@ -163,6 +163,12 @@ class _LayerInputs:
         linked = self.linked.layers[position] if position is not None else None
         bottom = linked.bottoms[0] if linked is not None and linked.bottoms else None
         bottom_shape = self.shapes.get(bottom) if bottom is not None else None
+        if layer.kind == Kind.DENSE and bottom is not None and position is not None:
+            # Caffe's Flatten keeps C,H,W order, so an InnerProduct after one reads the spatial
+            # blob as if directly: its rows need the same C,H,W -> H,W,C reorder.
+            unflattened = self._before_flatten(bottom, position)
+            if unflattened is not None:
+                bottom_shape = unflattened
         if layer.kind in (Kind.CONV, Kind.DECONV, Kind.DENSE) and bottom_shape is not None:
             layer.input_shape = tuple(bottom_shape[1:])
         elif layer.kind == Kind.DENSE:
@@ -178,6 +184,20 @@ class _LayerInputs:
             layer.params["follows_spatial"] = bool(layer.params.get("follows_spatial")) or not flat
         _check_against_definition(layer, source, self.basis, self.hint)
         return layer
+
+    def _before_flatten(self, blob: str, position: int) -> tuple[int, ...] | None:
+        """The shape of the blob a whole-blob Flatten made `blob` from, if one did."""
+        for earlier in reversed(self.linked.layers[:position]):
+            if blob not in earlier.tops:
+                continue
+            if blob in earlier.bottoms:  # in place (ReLU, Dropout, ...): look further back
+                continue
+            whole = earlier.params.get("axis", 1) == 1 and earlier.params.get("end_axis", -1) == -1
+            if earlier.type == "Flatten" and whole and earlier.bottoms:
+                shape = self.shapes.get(earlier.bottoms[0])
+                return shape if shape is not None and len(shape) == 4 else None
+            return None
+        return None
 
 
 def _make_layer(definition: LayerDef, blobs: list[np.ndarray], ws: WeightSet) -> Layer:

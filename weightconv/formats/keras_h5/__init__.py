@@ -14,10 +14,12 @@ LAYOUTS = ("keras3", "keras2")
 
 @dataclass(frozen=True)
 class KerasWriteOptions(Options):
-    keras_layout: Literal["keras3", "keras2"] = option(
-        "keras3",
+    keras_layout: Literal["keras3", "keras2"] | None = option(
+        None,
         choices=LAYOUTS,
-        help="keras3: the .weights.h5 Keras 3 writes (default); keras2: Keras 2's save_weights .h5",
+        help="keras3: the .weights.h5 Keras 3 writes; keras2: Keras 2's save_weights .h5. "
+        "Default: keras3 for a name ending in .weights.h5, keras2 for another .h5 or .hdf5 "
+        "(Keras 3 loads weights only from .weights.h5 names)",
     )
     model: str | os.PathLike[str] | dict[str, Any] | None = option(
         None,

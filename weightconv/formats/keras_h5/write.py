@@ -72,7 +72,7 @@ def write(
     path: str | os.PathLike[str],
     *,
     force: bool = False,
-    keras_layout: str = "keras3",
+    keras_layout: str | None = None,
     model: str | os.PathLike[str] | dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> WriteResult:
@@ -84,9 +84,11 @@ def write(
     not build or a shape that does not fit raises before anything is left on disk. Returns
     counts (``layers, tensors, parameters, bytes, skipped, keras_layout, notes``).
     """
+    target = Path(path)
+    if keras_layout is None:
+        keras_layout = layout_for_name(target)
     if keras_layout not in LAYOUTS:
         raise UsageError(f"unknown Keras layout {keras_layout!r}; known: {', '.join(LAYOUTS)}")
-    target = Path(path)
     _check_output_name(target, keras_layout)
     root = node_of(load_model_config(model), str(model)) if model is not None else None
     if root is not None and not root.is_model:
@@ -135,6 +137,15 @@ def _archive_refusal(target: Path) -> str:
         f"{target.with_name(stem + '.weights.h5')} (Keras 3) or "
         f'{target.with_name(stem + ".h5")} (Keras 2, keras_layout="keras2")'
     )
+
+
+def layout_for_name(target: Path) -> str:
+    """The layout an output's name calls for: keras3 for ``.weights.h5``, keras2 for any other
+    ``.h5``/``.hdf5`` (Keras 3 loads weights only from ``.weights.h5`` names)."""
+    lowered = target.name.lower()
+    if lowered.endswith((".h5", ".hdf5")) and not lowered.endswith(".weights.h5"):
+        return "keras2"
+    return "keras3"
 
 
 def _check_output_name(target: Path, layout: str) -> None:
