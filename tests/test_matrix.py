@@ -1,7 +1,8 @@
 """Every ordered pair of formats round-trips a generated AlexNet-shaped model bit-exactly.
 
 The Caffe model is converted to each format, and each of those to every other format, with
-the CLI's short verbs; every result must hold exactly the tensors of the direct Caffe ->
+the library's `convert` (what the CLI's short verbs run; tests/test_contract.py shows the two
+write the same bytes); every result must hold exactly the tensors of the direct Caffe ->
 canonical conversion (itself checked against OpenCV's Caffe importer in
 test_opencv_oracle.py), same names, shapes, dtypes and bytes.
 """
@@ -14,12 +15,12 @@ import numpy as np
 import pytest
 
 import weightconv
-from weightconv import cli
 from weightconv.model.canonical import canonical_layers
 from weightconv.testing.synthetic import build
 
 #: format -> (short-verb spelling, output suffix)
 FORMATS = {"npy": ("npy", ".npy"), "ckpt": ("ckpt", ".ckpt"), "h5": ("h5", ".weights.h5")}
+FORMAT_NAMES = {"npy": "npy", "ckpt": "ckpt", "h5": "keras-h5"}
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +38,12 @@ def converted(tmp_path_factory):
         for role, t in layer.tensors.items()
     }
     paths = {}
-    for fmt, (verb, suffix) in FORMATS.items():
+    for fmt, (_verb, suffix) in FORMATS.items():
         paths[fmt] = folder / f"from_caffe{suffix}"
-        assert (
-            cli.main(
-                [
-                    f"caffe2{verb}",
-                    str(folder / "alexnet.caffemodel"),
-                    "--prototxt",
-                    str(folder / "deploy.prototxt"),
-                    "-o",
-                    str(paths[fmt]),
-                    "-q",
-                ]
-            )
-            == 0
+        report = weightconv.convert(
+            folder / "alexnet.caffemodel", paths[fmt], prototxt=folder / "deploy.prototxt"
         )
+        assert report.output.path == str(paths[fmt])
     return folder, reference, paths
 
 
@@ -83,7 +74,10 @@ def test_caffe_to_each_format(converted, fmt):
 @pytest.mark.parametrize(("source", "target"), list(itertools.permutations(FORMATS, 2)))
 def test_each_ordered_pair(converted, tmp_path, source, target):
     _, reference, paths = converted
-    verb = f"{FORMATS[source][0]}2{FORMATS[target][0]}"
     output = tmp_path / f"out{FORMATS[target][1]}"
-    assert cli.main([verb, str(paths[source]), "-o", str(output), "-q"]) == 0
+    report = weightconv.convert(paths[source], output)
+    assert (report.input.format, report.output.format) == (
+        FORMAT_NAMES[source],
+        FORMAT_NAMES[target],
+    )
     _assert_reference(output, reference)

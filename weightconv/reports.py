@@ -25,7 +25,8 @@ class FileRef:
         return {"path": self.path, "format": self.format}
 
 
-def _document(verb: str, ok: bool, body: dict[str, Any]) -> dict[str, Any]:
+def document(verb: str, ok: bool, body: dict[str, Any]) -> dict[str, Any]:
+    """A ``--json`` document: the keys every verb's document has, then `body`."""
     return {"schema_version": SCHEMA_VERSION, "ok": ok, "verb": verb, **plain(body)}
 
 
@@ -51,7 +52,7 @@ class ConversionReport:
     verb: str = "convert"
 
     def to_dict(self) -> dict[str, Any]:
-        return _document(
+        return document(
             self.verb,
             True,
             {
@@ -127,7 +128,7 @@ class Inventory:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return _document(
+        return document(
             "inspect",
             True,
             {
@@ -233,7 +234,7 @@ class DiffReport:
         return all(row["status"] in ("equal", "close") for row in self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
-        return _document(
+        return document(
             "diff",
             self.equal,
             {

@@ -14,6 +14,7 @@ from weightconv.cli import args as common
 from weightconv.cli.inspect import json_default
 from weightconv.errors import EXIT_BAD_INPUT, EXIT_OK, UsageError
 from weightconv.mapping import CHANNEL_ORDERS
+from weightconv.reports import document
 
 positive_int = common.positive_int
 
@@ -231,7 +232,7 @@ def _lrn(args: argparse.Namespace) -> int:
         )
     failed = [row for row in rows if "error" in row]
     if args.json:
-        print(json.dumps({"ok": not failed, "layers": rows}, indent=2))
+        print(json.dumps(document("lrn", not failed, {"layers": rows}), indent=2))
     else:
         for row in rows:
             c = row["caffe"]
@@ -362,7 +363,12 @@ def _verify(args: argparse.Namespace) -> int:
         read_options={"trust_pickle": True} if args.trust_pickle else None,
     )
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2, default=json_default))
+        verdict = result.to_dict()
+        print(
+            json.dumps(
+                document("verify", bool(verdict.pop("ok")), verdict), indent=2, default=json_default
+            )
+        )
     else:
         print(result.report(all_images=not args.quiet))
     return result.exit_code
@@ -387,7 +393,9 @@ def _reference(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"ok": True, "card": str(args.output), **card}, indent=2, default=json_default
+                document("reference", True, {"card": str(args.output), **card}),
+                indent=2,
+                default=json_default,
             )
         )
     else:
