@@ -376,6 +376,8 @@ def test_json_documents_carry_a_schema_version_and_the_verb(capsys, tmp_path):
         (["diff", tmp_path / "m.npy", tmp_path / "o.ckpt"], "diff"),
         (["map", tmp_path / "m.npy", "--explain"], "map"),
         (["formats"], "formats"),
+        (["lrn", "--local-size", "5", "--alpha", "1e-4"], "lrn"),
+        (["demo", "--dir", tmp_path / "demo", "--width", "0.0625", "--no-verify"], "demo"),
     ]:
         code, out, _ = run(capsys, *argv, "--json")
         document = json.loads(out)
