@@ -41,6 +41,7 @@ from weightconv.verify.inputs import (
     SYNTHETIC_GENERATOR,
     Inputs,
     Preprocessing,
+    file_digest,
     file_sha256,
     make_inputs,
     portable_path,
@@ -315,12 +316,7 @@ def write_card(
 
 
 def file_sha1(path: Path) -> str:
-    """The sha1 of a file's bytes, hex (how Caffe's model zoo identifies a .caffemodel)."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "sha1")
 
 
 def is_caffe(path: Path, format: str | None = None) -> bool:

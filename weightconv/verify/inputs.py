@@ -309,13 +309,15 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, hex."""
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The digest of a file's bytes, hex: sha256 for images, sha1 for models (as Caffe's model
+    zoo identifies a .caffemodel)."""
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def portable_path(path: Path, base: Path) -> str:
