@@ -287,6 +287,14 @@ def test_a_bad_option_value_is_one_line_and_a_hint(capsys, tmp_path):
     assert code == 2 and len(lines) == 2 and "--shards" in lines[0] and "--help" in lines[1]
 
 
+def test_a_usage_error_with_json_is_a_json_document(capsys, tmp_path):
+    code, out, err = run(capsys, "npy2ckpt", tmp_path / "m.npy", "--shards", "many", "--json")
+    document = json.loads(out)
+    assert code == 2 and document["ok"] is False and document["exit_code"] == 2
+    assert document["verb"] == "npy2ckpt" and "--shards" in document["error"]
+    assert len(err.strip().splitlines()) == 2
+
+
 def test_library_messages_say_option_names_and_the_cli_says_flags(capsys, tmp_path):
     weightconv.save(_small(), tmp_path / "m.npy")
     with pytest.raises(weightconv.OutputExistsError, match=r"force=True"):

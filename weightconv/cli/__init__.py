@@ -55,9 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
+        args = parser.parse_args(words)
+    except common.CommandLineError as exc:
+        exc.render()
+        if "--json" in words:
+            verb = next((w for w in words if not w.startswith("-")), None)
+            print(json.dumps(_error_document(verb, f"{exc.prog}: {exc.message}", exc.exit_code)))
+        return exc.exit_code
+    except SystemExit as exc:  # --help, --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_BAD_INPUT
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
@@ -89,18 +96,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report_error(args: argparse.Namespace, message: str, code: int) -> None:
     if getattr(args, "json", False):
-        print(
-            json.dumps(
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "ok": False,
-                    "verb": getattr(args, "verb", None),
-                    "error": message,
-                    "exit_code": code,
-                }
-            )
-        )
+        print(json.dumps(_error_document(getattr(args, "verb", None), message, code)))
     print(f"weightconv: error: {message}", file=sys.stderr)
+
+
+def _error_document(verb: str | None, message: str, code: int) -> dict[str, object]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "ok": False,
+        "verb": verb,
+        "error": message,
+        "exit_code": code,
+    }
 
 
 if __name__ == "__main__":

@@ -37,11 +37,25 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and a hint, exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise CommandLineError(self.prog, message)
+
+
+class CommandLineError(Exception):
+    """A usage error argparse found: rendered by `main` as one line and a hint (and, with
+    --json, as a JSON error document)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.message = message
+
+    def render(self) -> None:
+        print(f"{self.prog}: error: {self.message}", file=sys.stderr)
         print(
             f"hint: see `{self.prog} --help` for the usage, options and examples", file=sys.stderr
         )
-        raise SystemExit(EXIT_BAD_INPUT)
 
 
 def arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
