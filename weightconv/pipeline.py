@@ -378,14 +378,7 @@ def _route(
                 f"({describe_names(sorted(read_names))}) nor the {target.name} writer "
                 f"({describe_names(sorted(write_names))}){mapping_hint}"
             )
-    return (
-        source.reader_options(
-            reading if not isinstance(read_options, Options) or named else read_options
-        ),
-        target.writer_options(
-            writing if not isinstance(write_options, Options) or named else write_options
-        ),
-    )
+    return source.reader_options(reading), target.writer_options(writing)
 
 
 def _as_mapping(options: Any) -> MappingType[str, Any]:
