@@ -845,12 +845,11 @@ def test_empty_tensors_never_make_a_file_of_their_own():
     assert ckpt_shards.plan_shards([5, 0, 0], 3) == [0, 1, 2]
 
 
-def test_fewer_tensors_than_shards_says_so(tmp_path):
+def test_fewer_tensors_than_shards_is_refused(tmp_path):
     ws = WeightSet(layers=[Layer("fc", tensors={"weights": np.ones((3, 2), "f4")})])
-    result = weightconv.save(ws, tmp_path / "f.ckpt", shards=4)
-    assert result.detail["shards"] == 1
-    assert [p.name for p in tmp_path.glob("f.ckpt.data-*")] == ["f.ckpt.data-00000-of-00001"]
-    assert any("shards=4" in note and "only 1 tensors" in note for note in result.notes)
+    with pytest.raises(weightconv.UsageError, match=r"shards=4, but there are only 1 tensors"):
+        weightconv.save(ws, tmp_path / "f.ckpt", shards=4)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("options", [{"shards": 0}, {"shards": -2}, {"max_shard_size": 0}])

@@ -37,6 +37,10 @@ class OutputExistsError(WeightconvError):
     """The output exists and `force` was not given."""
 
 
+class OutputError(WeightconvError):
+    """The output cannot be written: the disk is full, the folder is read-only or not ours."""
+
+
 class CheckFailed(WeightconvError):
     """A comparison or verification found a difference."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from weightconv import formats
+from weightconv._util.files import output_error
 from weightconv._util.progress import Progress
 from weightconv.errors import UsageError
 from weightconv.formats import Format
@@ -447,8 +448,9 @@ def _output_folder(path: str | os.PathLike[str]) -> Iterator[str | None]:
         raise UsageError(f"{path}: {probe} is not a folder")
     try:
         folder.mkdir(parents=True)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot create folder {folder}: {exc.strerror}") from None
+    except OSError as exc:  # a read-only file system, a full disk: OutputError
+        problem = f"cannot create folder {folder}: {exc.strerror}"
+        raise (output_error(folder, exc) or UsageError(f"{path}: {problem}")) from None
     try:
         yield os.fspath(folder)
     except BaseException:

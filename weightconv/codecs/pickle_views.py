@@ -18,10 +18,14 @@ Example::
 
 from __future__ import annotations
 
+import mmap
+import os
 import pickletools
 import secrets
 import struct
 from typing import Any
+
+from weightconv.errors import FormatError
 
 MIN_BYTES = 64 * 1024
 _OPS: dict[str, Any] = pickletools.code2op  # type: ignore[attr-defined]
@@ -164,3 +168,94 @@ def _argument_end(op: Any, data: memoryview, pos: int, size: int) -> int | None:
     (length,) = struct.unpack_from(fmt, data, pos)
     end = pos + width + length
     return end if length >= 0 and end <= size else None
+
+
+_PUT, _LONG_BINPUT = b"p", b"r"
+_WIDTHS = {
+    pickletools.TAKEN_FROM_ARGUMENT1: ("<B", 1),
+    pickletools.TAKEN_FROM_ARGUMENT4: ("<i", 4),
+    pickletools.TAKEN_FROM_ARGUMENT4U: ("<I", 4),
+    pickletools.TAKEN_FROM_ARGUMENT8U: ("<Q", 8),
+}
+
+
+def length_problem(buffer: Any, start: int) -> str | None:
+    """What in the pickle at `start` declares more than the file holds, or None.
+
+    The unpickler allocates what an opcode declares before it reads: a byte string's
+    length, a frame's, a memo index (the memo grows to it). Each is checked against the
+    bytes that remain (a memo index against the bytes read so far: every memoized object
+    took one opcode at least). `buffer` is bytes or a memory map; no view of it is kept.
+    The walk stops, with None, at STOP or at anything it does not know (the unpickler
+    reports those).
+    """
+    size = len(buffer)
+    pos = start
+    while pos < size:
+        code = bytes(buffer[pos : pos + 1])
+        op = _OPS.get(code.decode("latin1"))
+        if op is None or code == _STOP:
+            return None
+        arg_pos = pos + 1
+        arg = op.arg
+        if arg is None:
+            pos = arg_pos
+            continue
+        n = arg.n
+        if n >= 0:
+            end = arg_pos + n
+            if end > size:
+                return None  # truncated: the unpickler says so
+            if code in (_FRAME, _LONG_BINPUT):
+                fmt = "<Q" if code == _FRAME else "<I"
+                (value,) = struct.unpack_from(fmt, buffer, arg_pos)
+                if code == _FRAME and value > size - end:
+                    return (
+                        f"a frame at byte {pos} declares {value:,} bytes, "
+                        f"{size - end:,} remain in the file"
+                    )
+                if code == _LONG_BINPUT and value > pos:
+                    return f"memo index {value:,} at byte {pos} is past the {pos:,} bytes before it"
+            pos = end
+        elif n == pickletools.UP_TO_NEWLINE:
+            lines = 2 if arg.name == "stringnl_noescape_pair" else 1
+            end = arg_pos
+            for _ in range(lines):
+                newline = buffer.find(b"\n", end, min(size, end + (1 << 16)))
+                if newline < 0:
+                    return None
+                end = newline + 1
+            if code == _PUT:
+                text = bytes(buffer[arg_pos : end - 1]).strip()
+                if text.isdigit() and (len(text) > 20 or int(text) > pos):
+                    return (
+                        f"memo index {text[:24].decode()} at byte {pos} is past the bytes before it"
+                    )
+            pos = end
+        elif n in _WIDTHS:
+            fmt, width = _WIDTHS[n]
+            if arg_pos + width > size:
+                return None
+            (length,) = struct.unpack_from(fmt, buffer, arg_pos)
+            payload = arg_pos + width
+            if length < 0 or length > size - payload:
+                return (
+                    f"{op.name} at byte {pos} declares {length:,} bytes, "
+                    f"{size - payload:,} remain in the file"
+                )
+            pos = payload + length
+        else:
+            return None
+    return None
+
+
+def check_lengths(handle: Any, name: str) -> None:
+    """Refuse the pickle at the file's current position when an opcode declares more than
+    the file holds (`length_problem`), before an unpickler allocates it."""
+    start = handle.tell()
+    if os.fstat(handle.fileno()).st_size <= start:
+        return
+    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+        problem = length_problem(mapping, start)
+    if problem is not None:
+        raise FormatError(f"{name}: truncated or corrupt pickle after the .npy header: {problem}")

@@ -146,6 +146,10 @@ def as_int64(value: int) -> int:
 def packed_array(buf: memoryview | bytes, start: int, end: int, dtype: str) -> np.ndarray:
     """A read-only little-endian view of a packed fixed-width field; no copy."""
     item = np.dtype(dtype).itemsize
+    if not 0 <= start <= end <= len(buf):
+        raise WireError(
+            f"packed field at bytes {start}..{end} lies outside the {len(buf)} bytes there are"
+        )
     if (end - start) % item:
         raise WireError(
             f"packed field of {end - start} bytes is not a whole number of {item}-byte values"

@@ -31,10 +31,10 @@ from typing import IO, Any, Literal
 import numpy as np
 from numpy.lib import format as npformat
 
-from weightconv._util.files import atomic_output, chunks, open_input
+from weightconv._util.files import atomic_output, chunks, open_input, reserve
 from weightconv._util.memory import populate_for_writing, release_pages
 from weightconv._util.progress import Progress
-from weightconv.codecs import pickle_views, safe_pickle
+from weightconv.codecs import npy_header, pickle_views, safe_pickle
 from weightconv.errors import FormatError, MappingError, UsageError, WeightconvError
 from weightconv.formats.base import Options, WriteResult, option
 from weightconv.model import CANONICAL, Kind, Layer, Provenance, WeightSet
@@ -102,7 +102,8 @@ def read(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> WeightS
     """
     name = str(path)
     with open_input(path) as handle:
-        _read_header(handle, name)
+        npy_header.read_weight_dict_header(handle, name)
+        pickle_views.check_lengths(handle, name)
         first = handle.peek(2)[:2]
         protocol = first[1] if first[:1] == pickle.PROTO and len(first) == 2 else None
         mapped = None if trust_pickle else _mapped_pickle(handle)
@@ -115,31 +116,6 @@ def read(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> WeightS
             path=name, format="npy", detail={"flavour": flavour, "pickle_protocol": protocol}
         ),
     )
-
-
-def _read_header(handle: IO[bytes], name: str) -> None:
-    try:
-        version = npformat.read_magic(handle)
-    except ValueError:
-        raise FormatError(
-            f"{name}: not a .npy file (it does not start with the NumPy magic string)"
-        ) from None
-    try:
-        if version == (1, 0):
-            shape, _, dtype = npformat.read_array_header_1_0(handle)
-        elif version == (2, 0):
-            shape, _, dtype = npformat.read_array_header_2_0(handle)
-        else:
-            raise FormatError(
-                f"{name}: .npy format version {version[0]}.{version[1]} is "
-                f"not supported for weight dicts (1.0 and 2.0 are)"
-            )
-    except ValueError as exc:
-        raise FormatError(f"{name}: corrupt or truncated .npy header: {_one_line(exc)}") from None
-    if dtype != np.dtype(object) or shape != ():
-        raise FormatError(
-            f"{name}: holds one {dtype.name} array of shape {shape}, not a weight dict"
-        )
 
 
 def _mapped_pickle(handle: IO[bytes]) -> pickle_views.MappedPickle | None:
@@ -305,7 +281,8 @@ def write(
     counts = {"layers": 0, "tensors": 0, "parameters": 0}
     names: set[str] = set()
     skipped: list[str] = []
-    with atomic_output(path, force) as handle:
+    notes: list[str] = []
+    with atomic_output(path, force, notes=notes) as handle:
         npformat.write_array_header_1_0(
             handle, {"descr": "|O", "fortran_order": False, "shape": ()}
         )
@@ -370,6 +347,7 @@ def write(
         bytes=size,
         files=[os.fspath(path)],
         skipped=skipped,
+        notes=notes,
         detail={"flavour": flavour},
     )
 
@@ -434,8 +412,9 @@ def _write_tensor(
 
 
 def _write_direct(handle: IO[bytes], direct: DirectWeights, progress: Progress | None) -> None:
-    """The array's pickle header, then its bytes made by `fill` right in the file: the file
-    is extended, that region mapped, filled, and unmapped (no intermediate array, no copy
+    """The array's pickle header, then its bytes made by `fill` right in the file: the file's
+    space for them allocated (so a full disk is an OSError here, never a SIGBUS while
+    filling), that region mapped, filled, and unmapped (no intermediate array, no copy
     through write())."""
     shape, source_dtype, fill = direct
     dtype = np.dtype(source_dtype).newbyteorder("<")
@@ -453,7 +432,7 @@ def _write_direct(handle: IO[bytes], direct: DirectWeights, progress: Progress |
     if nbytes:
         handle.flush()
         start = handle.tell()
-        os.ftruncate(handle.fileno(), start + nbytes)
+        reserve(handle.fileno(), start, nbytes)
         base = start - start % mmap.ALLOCATIONGRANULARITY
         mapping = mmap.mmap(handle.fileno(), start + nbytes - base, offset=base)
         populate_for_writing(mapping)

@@ -11,6 +11,7 @@ out, the layer is marked ``follows_spatial`` unless its input is provably flat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,7 +282,7 @@ def _check_against_definition(layer: Layer, source: Path, basis: str, hint: str)
             )
         outputs, inputs = weights.shape[::-1] if p.get("transpose") else weights.shape
         expected_out = p.get("num_output") or outputs
-        expected_in = int(np.prod(layer.input_shape)) if layer.input_shape else inputs
+        expected_in = math.prod(layer.input_shape) if layer.input_shape else inputs
         if (outputs, inputs) != (expected_out, expected_in):
             blob_note = f" ({_dims(layer.input_shape)})" if layer.input_shape else ""
             raise ShapeError(

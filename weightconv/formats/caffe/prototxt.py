@@ -16,6 +16,10 @@ from weightconv.errors import FormatError
 
 _FIELD_NAME = re.compile(r"\b([A-Za-z_]\w*)\s*(?=[:{<])")
 _STRING_OR_COMMENT = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|#[^\n]*")
+_BRACKET = re.compile(r"[{}<>]")
+#: Deeper than any Caffe net (a layer's parameters nest 3 or 4 levels); protobuf's text
+#: parser recurses once per level and would hit Python's recursion limit near 1,000.
+MAX_DEPTH = 100
 
 
 def _known_field_names() -> set[str]:
@@ -48,6 +52,7 @@ def parse_prototxt(path: str | os.PathLike[str]) -> tuple[caffe_pb2.NetParameter
             f"{source}: not a text prototxt (not UTF-8 text; the binary .caffemodel is "
             f"the file read, its net definition goes in prototxt=P)"
         ) from None
+    _refuse_deep_nesting(text, source)
     net = caffe_pb2.NetParameter()
     notes: list[str] = []
     try:
@@ -78,3 +83,20 @@ def _unknown_fields(text: str) -> list[tuple[str, int]]:
         if name not in known and name not in seen:
             seen[name] = stripped.count("\n", 0, match.start()) + 1
     return list(seen.items())
+
+
+def _refuse_deep_nesting(text: str, source: Path) -> None:
+    """Refuse messages nested more than `MAX_DEPTH` deep before the parser recurses into them."""
+    stripped = _STRING_OR_COMMENT.sub(lambda m: " " * len(m.group(0)), text)
+    depth = 0
+    for match in _BRACKET.finditer(stripped):
+        if match.group(0) in "{<":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = stripped.count("\n", 0, match.start()) + 1
+                raise FormatError(
+                    f"{source}: messages nest more than {MAX_DEPTH} deep (line {line}); "
+                    f"not a Caffe net definition"
+                )
+        else:
+            depth = max(depth - 1, 0)

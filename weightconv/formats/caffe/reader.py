@@ -10,6 +10,7 @@ ceiling) read like any other.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections.abc import Callable
@@ -46,6 +47,8 @@ V2_BLOBS = 7
 V1_BLOBS = 6
 V1_V0_LAYER = 1
 V0_BLOBS = 50
+#: Caffe's kMaxBlobAxes: a blob has at most this many axes.
+MAX_BLOB_AXES = 32
 
 #: Field number -> wire types allowed at the top level of a NetParameter.
 _NET_FIELDS = {1: {2}, 2: {2}, 3: {2}, 4: {0, 2}, 5: {0}, 6: {2}, 7: {0}, 8: {2}, 100: {2}}
@@ -308,11 +311,18 @@ def _read_blob(
         shape = tuple(dims)
     else:
         shape = (data.size,)
-    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.int64)) != data.size:
+    if len(shape) > MAX_BLOB_AXES:
+        raise FormatError(
+            f"layer {layer!r} blob {index}: declares {len(shape)} axes; Caffe allows "
+            f"{MAX_BLOB_AXES} at most"
+        )
+    # Python ints: an int64 product of [2**62, 4] wraps to 0 and would match an empty blob.
+    needed = math.prod(shape)
+    if any(d < 0 for d in shape) or needed != data.size:
         raise FormatError(
             f"layer {layer!r} blob {index}: shape "
             f"{'x'.join(map(str, shape)) or '()'} needs "
-            f"{int(np.prod(shape, dtype=np.int64))} values but it holds "
+            f"{needed} values but it holds "
             f"{data.size}"
         )
     return data.reshape(shape)

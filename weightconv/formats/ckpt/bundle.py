@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from weightconv._util.files import open_input
+from weightconv._util.limits import describe_shape, element_count
 from weightconv._util.memory import release_pages
 from weightconv.codecs import crc32c, ordered_code, sstable
 from weightconv.errors import FormatError, MappingError
@@ -116,10 +118,12 @@ class BundleReader:
         if any(n < 0 for n in shape):
             raise FormatError(f"{label}: tensor {name!r} has shape {list(shape)}")
         slices = extents_of(entry_pb.slices)
-        if not slices and not 0 <= entry_pb.shard_id < self.num_shards:
-            raise FormatError(
-                f"{label}: tensor {name!r} is in shard {entry_pb.shard_id} of {self.num_shards}"
-            )
+        if not slices:
+            if not 0 <= entry_pb.shard_id < self.num_shards:
+                raise FormatError(
+                    f"{label}: tensor {name!r} is in shard {entry_pb.shard_id} of {self.num_shards}"
+                )
+            _check_declared_size(name, int(entry_pb.dtype), shape, int(entry_pb.size), label)
         return Entry(
             name,
             int(entry_pb.dtype),
@@ -187,13 +191,8 @@ class BundleReader:
     def _read_entry(self, entry: Entry) -> np.ndarray:
         what = f"{self.prefix}: tensor {entry.name!r}"
         dtype = tf_types.numpy_dtype(entry.dtype, what)
-        mapping = self._shard(entry.shard, entry.name)
+        mapping = self._check_in_shard(entry, what)
         data_path = data_filename(self.prefix, entry.shard, self.num_shards)
-        if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > len(mapping):
-            raise FormatError(
-                f"{what}: bytes {entry.offset}..{entry.offset + entry.size} lie "
-                f"outside {data_path} ({len(mapping)} bytes)"
-            )
         raw = np.frombuffer(mapping, dtype=np.uint8, count=entry.size, offset=entry.offset)
         strings = None
         if entry.dtype == tf_types.STRING:
@@ -208,7 +207,7 @@ class BundleReader:
             )
         if strings is not None:
             return strings
-        count = int(np.prod(entry.shape, dtype=np.int64))
+        count = math.prod(entry.shape)
         if count * dtype.itemsize != entry.size:
             raise FormatError(
                 f"{what}: {entry.size} bytes stored for shape "
@@ -218,6 +217,17 @@ class BundleReader:
         if self.big_endian:
             dtype = dtype.newbyteorder(">")
         return raw.view(dtype).reshape(entry.shape)
+
+    def _check_in_shard(self, entry: Entry, what: str) -> mmap.mmap | bytes:
+        """The entry's data file, once its bytes are known to lie inside it."""
+        mapping = self._shard(entry.shard, entry.name)
+        if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > len(mapping):
+            data_path = data_filename(self.prefix, entry.shard, self.num_shards)
+            raise FormatError(
+                f"{what}: bytes {entry.offset}..{entry.offset + entry.size} lie "
+                f"outside {data_path} ({len(mapping)} bytes)"
+            )
+        return mapping
 
     def release(self, name: str) -> None:
         """Let the kernel drop the mapped pages of tensor `name` (values stay readable)."""
@@ -245,7 +255,20 @@ class BundleReader:
             return self._read_entry(piece)
 
         dtype = tf_types.numpy_dtype(entry.dtype, what)
-        full = assemble(entry.shape, dtype, entry.slices, read_piece, what)
+        # What the stored slices hold bounds the tensor before it is allocated: every
+        # listed slice is stored and inside its data file, and together they must hold the
+        # fewest bytes the declared shape can be stored in.
+        held = 0
+        for extents in dict.fromkeys(tuple(e) for e in entry.slices):  # a repeat holds no more
+            piece = pieces.get(extents)
+            if piece is None:
+                raise FormatError(
+                    f"{what}: slice {describe_extents(list(extents))} is listed but not stored"
+                )
+            self._check_in_shard(piece, f"{what} slice {describe_extents(list(extents))}")
+            held += piece.size
+        bound = (held, tf_types.min_stored_bytes(entry.dtype))
+        full = assemble(entry.shape, dtype, entry.slices, read_piece, what, bound)
         full.flags.writeable = False
         return full
 
@@ -261,14 +284,29 @@ def _parse(message: Any, value: memoryview, what: str) -> None:
 
 def _value_bytes(entry: Entry) -> int:
     """Element count times item size; 0 for dtypes without a fixed item size."""
-    if entry.dtype == tf_types.BFLOAT16:
-        itemsize = 2
-    else:
-        numpy_name = tf_types.DTYPES.get(entry.dtype, ("", None))[1]
-        if numpy_name is None:
-            return 0
-        itemsize = np.dtype(numpy_name).itemsize
-    return int(np.prod(entry.shape, dtype=np.int64)) * itemsize
+    return math.prod(entry.shape) * (tf_types.itemsize(entry.dtype) or 0)
+
+
+def _check_declared_size(
+    name: str, dtype: int, shape: tuple[int, ...], size: int, label: str
+) -> None:
+    """An entry's size against its shape, exactly: item size times elements for fixed-width
+    dtypes; for strings, at least one length byte per element and the lengths' checksum."""
+    what = f"{label}: tensor {name!r}"
+    count = element_count(shape, what)
+    itemsize = tf_types.itemsize(dtype)
+    if size < 0:
+        raise FormatError(f"{what}: declares a size of {size} bytes")
+    if itemsize is not None and count * itemsize != size:
+        raise FormatError(
+            f"{what}: {size} bytes stored for shape {list(shape)} of "
+            f"{tf_types.name(dtype)} ({count * itemsize} expected)"
+        )
+    if dtype == tf_types.STRING and count + 4 > size:
+        raise FormatError(
+            f"{what}: declares {count:,} strings (shape {describe_shape(shape)}), "
+            f"its {size:,} stored bytes can hold at most {max(size - 4, 0):,}"
+        )
 
 
 def _crc_and_release(raw: np.ndarray) -> int:

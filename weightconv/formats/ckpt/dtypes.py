@@ -96,3 +96,21 @@ def from_numpy(dtype: np.dtype[Any], what: str) -> int:
     if key not in _FROM_NUMPY:
         raise FormatError(f"{what}: dtype {dtype} has no TensorFlow equivalent")
     return _FROM_NUMPY[key]
+
+
+def itemsize(enum_value: int) -> int | None:
+    """Bytes per element of a fixed-width dtype; None for strings, resources and variants."""
+    if enum_value == BFLOAT16:
+        return 2
+    entry = DTYPES.get(enum_value)
+    if entry is None or entry[1] is None:
+        return None
+    return np.dtype(entry[1]).itemsize
+
+
+def min_stored_bytes(enum_value: int) -> int:
+    """The fewest bytes a V2 bundle can store one element of this dtype in: its item size,
+    or 1 for a string (one byte of varint length at least); 0 when unknown."""
+    if enum_value == STRING:
+        return 1
+    return itemsize(enum_value) or 0

@@ -24,7 +24,7 @@ from weightconv.errors import FormatError, UsageError
 from weightconv.formats.ckpt import dtypes as tf_types
 from weightconv.formats.ckpt import v1
 from weightconv.formats.ckpt.bundle import BundleReader
-from weightconv.formats.ckpt.naming import INDEX_SUFFIX, Location, locate
+from weightconv.formats.ckpt.naming import INDEX_SUFFIX, Location, locate, take_notes
 from weightconv.formats.ckpt.slices import TensorInfo
 from weightconv.formats.ckpt.writer import check_output, write
 from weightconv.model import (
@@ -106,8 +106,9 @@ def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str =
     ``weights``/``biases``; object-based names drop ``/.ATTRIBUTES/VARIABLE_VALUE``).
     Training state (``global_step``, optimizer slots, the object graph) is not made part of
     any layer: it is listed in ``set_aside`` with a note, unless `flat`, which keeps every
-    tensor as its own layer under its full name. `strip_scope` removes a leading scope such
-    as ``"vgg_16/"``.
+    tensor as its own layer under its full name (string tensors are then read, and so
+    CRC-checked, at once: writers that cannot store strings skip them). `strip_scope`
+    removes a leading scope such as ``"vgg_16/"``.
 
     Example::
 
@@ -119,6 +120,7 @@ def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str =
     # name order for TensorFlow's Saver, which sorts), not the index's name order.
     infos = sorted(infos, key=lambda info: info.position)
     weights = WeightSet(source=Provenance(path=str(where.path), format="ckpt", detail=detail))
+    weights.notes.extend(take_notes(Path(where.path)))  # an interrupted commit recovered
     layers: dict[str, Layer] = {}
     unscoped: list[str] = []
     for info in infos:
@@ -129,6 +131,10 @@ def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str =
             else:
                 unscoped.append(info.name)
         tensor = LazyTensor(info.shape, _lazy_dtype(info), info.load, info.release)
+        if flat and info.dtype == tf_types.STRING:
+            # A writer that cannot store strings skips them unread but counts them; read
+            # (and so CRC-check) them here, so a corrupt one is refused, not counted.
+            info.load()
         if flat:
             layers[name] = Layer(
                 name=name,

@@ -13,17 +13,21 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from weightconv._util.limits import declared_bytes, describe_shape
 from weightconv.errors import FormatError
 from weightconv.formats.ckpt import dtypes as tf_types
 
 #: One dimension of a slice: (start, length), length -1 for all of it.
 Extent = tuple[int, int]
+#: Up to this many slices are checked for overlaps pair by pair; more, with a mask.
+PAIRWISE_LIMIT = 256
 
 
 @dataclass
@@ -83,15 +87,35 @@ def assemble(
     slices: list[list[Extent]],
     read_piece: Callable[[list[Extent], tuple[int, ...]], np.ndarray],
     what: str,
+    held: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """The full tensor from its slices; `read_piece(extents, shape)` reads one slice.
 
     Raises FormatError when a slice has the wrong shape or rank, lies outside the tensor,
-    overlaps another, or when the slices leave part of the tensor uncovered.
+    overlaps another, or when the slices leave part of the tensor uncovered. `held` is
+    (bytes the stored slices hold, fewest bytes one element can be stored in): a shape
+    needing more is refused before the tensor is allocated.
     """
-    full = np.empty(shape, dtype=dtype)
     regions = [region(extents, shape, what) for extents in slices]
-    _refuse_overlaps(slices, regions, what)
+    pairwise = len(slices) <= PAIRWISE_LIMIT
+    if pairwise:
+        _refuse_overlaps(slices, regions, what)
+    # Disjoint regions inside the tensor cover it exactly when their sizes add up to it.
+    total = math.prod(shape)
+    listed = sum(math.prod(s.stop - s.start for s in index) for index in regions)
+    if listed != total:
+        raise FormatError(f"{what}: its slices cover {listed} of {total} elements")
+    if held is not None:
+        stored, per_element = held
+        needed = declared_bytes(shape, per_element, what)
+        if needed > stored:
+            raise FormatError(
+                f"{what}: declares shape {describe_shape(shape)} ({needed:,} bytes at "
+                f"least), its {len(slices)} stored slice(s) hold {stored:,} bytes"
+            )
+    full = np.empty(shape, dtype=dtype)
+    if not pairwise:  # a mask costs a byte an element, no more than the tensor itself
+        _refuse_overlaps_by_mask(shape, slices, regions, what)
     covered = 0
     for extents, index in zip(slices, regions, strict=True):
         target_shape = full[index].shape
@@ -106,6 +130,26 @@ def assemble(
     if covered != full.size:
         raise FormatError(f"{what}: its slices cover {covered} of {full.size} elements")
     return full
+
+
+def _refuse_overlaps_by_mask(
+    shape: tuple[int, ...], slices: list[list[Extent]], regions: list[tuple[slice, ...]], what: str
+) -> None:
+    """`_refuse_overlaps` in time linear in the elements, for many slices."""
+    mask = np.zeros(shape, dtype=np.bool_)
+    for i, index in enumerate(regions):
+        if mask[index].any():
+            boxes = [[(s.start, s.stop) for s in r] for r in regions[: i + 1]]
+            j = next(
+                j
+                for j in range(i)
+                if all(a < d and c < b for (a, b), (c, d) in zip(boxes[j], boxes[i], strict=True))
+            )
+            raise FormatError(
+                f"{what}: slices {describe_extents(slices[j])} and "
+                f"{describe_extents(slices[i])} overlap"
+            )
+        mask[index] = True
 
 
 def _refuse_overlaps(

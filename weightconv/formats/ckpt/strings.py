@@ -8,6 +8,7 @@ the 4 bytes of the length checksum, then the string bytes.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -30,7 +31,12 @@ def _read_varint(raw: np.ndarray, pos: int, what: str) -> tuple[int, int]:
 def decode_strings(raw: np.ndarray, shape: tuple[int, ...], what: str) -> tuple[np.ndarray, int]:
     """The strings stored in `raw` (uint8) as an object array of bytes of `shape`, and the
     tensor's CRC32C as computed from them (for the caller to compare with the entry's)."""
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
+    if count + 4 > raw.size:  # a length byte per string at least, then the 4-byte checksum
+        raise FormatError(
+            f"{what}: declares {count:,} strings, its {raw.size:,} stored bytes can hold "
+            f"at most {max(raw.size - 4, 0):,}"
+        )
     lengths = []
     pos = 0
     crc = 0

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from weightconv._util.limits import check_fits, element_count
 from weightconv.codecs import ordered_code, protowire, sstable
 from weightconv.errors import FormatError
 from weightconv.formats.ckpt import dtypes as tf_types
@@ -32,6 +34,7 @@ from weightconv.formats.ckpt.slices import (
     assemble,
     describe_extents,
     extents_of,
+    region,
 )
 
 # TensorProto field numbers.
@@ -79,9 +82,15 @@ def list_tensors(path: str | os.PathLike[str]) -> tuple[list[TensorInfo], dict[s
             raise FormatError(f"{label}: V1 checkpoint header is not valid: {exc}") from None
         del meta_value
     reader = _SliceReader(label)
+    file_size = Path(path).stat().st_size
     infos = []
     for tensor in message.meta.tensor:
         shape = tuple(int(d.size) for d in tensor.shape.dim)
+        what = f"{label}: tensor {tensor.name!r}"
+        count = element_count(shape, what)
+        # The values are in this file: a declared shape it cannot hold is refused now,
+        # before anyone sizes an output by it.
+        check_fits(count * _min_bytes(int(tensor.type)), file_size, f"{what} of shape {shape}")
         slices = extents_of(tensor.slice)
         dtype = int(tensor.type)
         itemsize = tf_types.numpy_dtype(dtype, label).itemsize if dtype in _FIELDS else 0
@@ -91,7 +100,7 @@ def list_tensors(path: str | os.PathLike[str]) -> tuple[list[TensorInfo], dict[s
                 dtype,
                 shape,
                 _bind(reader, tensor.name, dtype, shape, slices),
-                int(np.prod(shape, dtype=np.int64)) * itemsize,
+                count * itemsize,
                 len(slices),
             )
         )
@@ -124,6 +133,8 @@ class _SliceReader:
         if not slices:
             raise FormatError(f"{what}: the header lists no stored slices for it")
         numpy_dtype = tf_types.numpy_dtype(dtype, what)
+        for extents in slices:  # inside the tensor, before any is looked up by its key
+            region(extents, shape, what)
         with sstable.TableReader(self.path) as table:
             if len(slices) == 1 and all(
                 length < 0 or (start == 0 and length == size)
@@ -132,11 +143,21 @@ class _SliceReader:
                 values = self._slice(table, name, slices[0], dtype, numpy_dtype, shape, what)
                 return values.reshape(shape)
 
+            records = {
+                tuple(extents): self._record(
+                    table, name, extents, f"{what} slice {describe_extents(extents)}"
+                )
+                for extents in slices
+            }
+
             def read_piece(extents: list[Extent], piece_shape: tuple[int, ...]) -> np.ndarray:
                 where = f"{what} slice {describe_extents(extents)}"
-                return self._slice(table, name, extents, dtype, numpy_dtype, piece_shape, where)
+                tensor = records[tuple(extents)]
+                return self._values(tensor, dtype, numpy_dtype, piece_shape, where)
 
-            return assemble(shape, numpy_dtype, slices, read_piece, what)
+            # Fewest bytes an element is stored in: a varint or string takes one at least.
+            held = (sum(len(record) for record in records.values()), _min_bytes(dtype))
+            return assemble(shape, numpy_dtype, slices, read_piece, what, held)
 
     def _slice(
         self,
@@ -148,19 +169,42 @@ class _SliceReader:
         shape: tuple[int, ...],
         what: str,
     ) -> np.ndarray:
+        tensor = self._record(table, name, extents, what)
+        return self._values(tensor, dtype, numpy_dtype, shape, what)
+
+    def _record(
+        self, table: sstable.TableReader, name: str, extents: list[Extent], what: str
+    ) -> memoryview:
+        """The stored ``TensorProto`` of one slice (a view into the table)."""
         key = ordered_code.encode_slice_key(name, extents)
         stored = table.get(key)
         if stored is None:
             raise FormatError(f"{what}: listed in the header but not stored")
         saved_slice = _field(stored, 2, f"{what}: record")  # SavedTensorSlices.data
-        tensor = _field(saved_slice, 3, f"{what}: record")  # SavedSlice.data
-        count = int(np.prod(shape, dtype=np.int64))
+        return _field(saved_slice, 3, f"{what}: record")  # SavedSlice.data
+
+    def _values(
+        self,
+        tensor: memoryview,
+        dtype: int,
+        numpy_dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        what: str,
+    ) -> np.ndarray:
+        count = math.prod(shape)
         values = _decode_values(tensor, dtype, numpy_dtype, count, what)
         if values.size != count:
             raise FormatError(
                 f"{what}: holds {values.size} values, shape {list(shape)} needs {count}"
             )
         return values.reshape(shape)
+
+
+def _min_bytes(dtype: int) -> int:
+    """The fewest bytes one element takes in a record: a varint or a string one at least,
+    a packed float or double its width."""
+    encoding = _FIELDS.get(dtype, (_STRING, "varint"))[1]
+    return 1 if encoding == "varint" else np.dtype(encoding).itemsize
 
 
 def _field(buf: memoryview | None, number: int, what: str) -> memoryview:
@@ -180,15 +224,16 @@ def _decode_values(
     tensor: memoryview, dtype: int, numpy_dtype: np.dtype[Any], count: int, what: str
 ) -> np.ndarray:
     if dtype == tf_types.STRING:
-        out = np.empty(count, dtype=object)
-        filled = 0
+        # Collected first, so the array is as large as what is stored, not as declared.
+        items: list[bytes] = []
         for field, wire_type, _, start, end in protowire.iter_field_spans(tensor):
             if field == _STRING and wire_type == protowire.LENGTH_DELIMITED:
-                if filled >= count:
+                if len(items) >= count:
                     raise FormatError(f"{what}: more strings stored than its shape holds")
-                out[filled] = bytes(tensor[start:end])
-                filled += 1
-        return out[:filled]
+                items.append(bytes(tensor[start:end]))
+        out = np.empty(len(items), dtype=object)
+        out[:] = items
+        return out
     if dtype not in _FIELDS:
         raise FormatError(
             f"{what}: dtype {tf_types.name(dtype)} is not readable from a V1 checkpoint"

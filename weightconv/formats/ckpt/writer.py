@@ -2,8 +2,10 @@
 
 Tensors are written in the order of the weight set's layers, each into its data file in
 one pass (checksummed as it goes); the index is written last, its keys sorted as a table
-needs. Everything goes to temporary names renamed into place at the end, the index last,
-so a checkpoint is either complete or absent.
+needs. Everything goes to temporary names, renamed into place at the end by
+`naming.commit`, the index last, under a journal: a kill at any moment leaves the old
+checkpoint or the new one, or a journal from which the next run on the prefix (a read or a
+write) restores one of them. A full disk or a read-only folder is an `OutputError`.
 
 Which data file each tensor goes to is planned by `shards.plan_shards`: runs of
 consecutive tensors, as even in size as whole tensors allow.
@@ -23,7 +25,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from weightconv._util.files import chunks, publish, temporary_beside
+from weightconv._util.files import chunks, output_errors, temporary_beside
 from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
 from weightconv.codecs import crc32c, sstable
@@ -32,12 +34,15 @@ from weightconv.formats.base import WriteResult
 from weightconv.formats.ckpt import dtypes as tf_types
 from weightconv.formats.ckpt.bundle import BUNDLE_VERSION_PRODUCER
 from weightconv.formats.ckpt.naming import (
+    checkpoint_files,
+    commit,
     data_filename,
-    data_files,
     index_filename,
     output_paths,
     prefix_of,
-    update_state_file,
+    recover,
+    stage_state_file,
+    take_notes,
 )
 from weightconv.formats.ckpt.shards import plan_shards
 from weightconv.formats.ckpt.strings import encode_strings
@@ -58,12 +63,14 @@ class _Planned:
 
 
 def check_output(path: str | os.PathLike[str], force: bool) -> None:
-    """Refuse when a checkpoint with this prefix exists (unless `force`)."""
+    """Refuse when a checkpoint with this prefix exists (unless `force`), once an interrupted
+    earlier write of it is settled (see `naming.recover`; its notes go to `write`'s result)."""
     prefix = prefix_of(path)
     folder = prefix.parent
     if not folder.is_dir():
         raise UsageError(f"{prefix}: folder {folder} does not exist")
-    existing = [p for p in [index_filename(prefix), *data_files(prefix)] if p.exists()]
+    recover(prefix)
+    existing = checkpoint_files(prefix)
     if existing and not force:
         raise OutputExistsError(
             f"{prefix}: a checkpoint with this prefix exists "
@@ -94,21 +101,57 @@ def write(
         result = write(ws, "out/model.ckpt", shards=2)
         result.files   # [out/model.ckpt.index, out/model.ckpt.data-00000-of-00002, ...]
     """
-    from weightconv._proto import tf_checkpoint_pb2 as pb
-
     prefix = prefix_of(path)
     check_output(prefix, force)
     planned = _list_tensors(weights, str(prefix))
     sizes = [item.nbytes for item in planned]
     assignment = plan_shards(sizes, shards, max_shard_size, str(prefix))
     count = assignment[-1] + 1
+    if count < shards:
+        raise UsageError(
+            f"{prefix}: shards={shards}, but there are only {len(planned)} tensors to spread "
+            f"over them; give at most shards={count}"
+        )
     for item, shard in zip(planned, assignment, strict=True):
         item.shard = shard
-    notes = _plan_notes(planned, shards, max_shard_size, count)
+    notes = take_notes(prefix) + _plan_notes(planned, shards, max_shard_size, count)
     temps: list[tuple[Path, Path]] = []
+    try:
+        with output_errors(prefix):
+            size = _write_files(weights, prefix, planned, count, temps, progress)
+        after = [stage_state_file(prefix)] if write_state else []
+    except BaseException:
+        for temp, _ in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        raise
+    with output_errors(prefix):
+        commit(prefix, temps, after, replace=force)  # consumes the temporaries
+    return WriteResult(
+        layers=len(weights.weighted_layers()),
+        tensors=len(planned),
+        parameters=weights.parameter_count,
+        bytes=size,
+        files=[str(p) for p in output_paths(prefix, count)],
+        notes=notes,
+        detail={"shards": count},
+    )
+
+
+def _write_files(
+    weights: WeightSet,
+    prefix: Path,
+    planned: list[_Planned],
+    count: int,
+    temps: list[tuple[Path, Path]],
+    progress: Progress | None,
+) -> int:
+    """The data files, then the index, each in a temporary added to `temps`; their bytes."""
+    from weightconv._proto import tf_checkpoint_pb2 as pb
+
     entries: dict[bytes, bytes] = {}
-    handles: dict[int, BinaryIO] = {}
     offsets = dict.fromkeys(range(count), 0)
+    handles: dict[int, BinaryIO] = {}
     try:
         for shard in range(count):
             handles[shard] = _temp_beside(data_filename(prefix, shard, count), temps)
@@ -129,39 +172,18 @@ def write(
                 entry.offset = offsets[item.shard]
                 offsets[item.shard] += entry.size
                 entries[item.name.encode("utf-8")] = entry.SerializeToString()
+    finally:
         for handle in handles.values():
             handle.close()
-        header = pb.BundleHeaderProto(num_shards=count, endianness=pb.BundleHeaderProto.LITTLE)
-        header.version.producer = BUNDLE_VERSION_PRODUCER
-        index_handle = _temp_beside(index_filename(prefix), temps)
-        with index_handle:
-            table = sstable.TableWriter(index_handle)
-            table.add(b"", header.SerializeToString())
-            for key in sorted(entries):
-                table.add(key, entries[key])
-            index_bytes = table.finish()
-        _remove_stale_shards(prefix, count)
-        for temp, final in temps:  # data first, the index last: it is what makes a checkpoint
-            publish(temp, final)
-        temps.clear()
-    except BaseException:
-        for handle in handles.values():
-            handle.close()
-        for temp, _ in temps:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-        raise
-    if write_state:
-        update_state_file(prefix)
-    return WriteResult(
-        layers=len(weights.weighted_layers()),
-        tensors=len(planned),
-        parameters=weights.parameter_count,
-        bytes=sum(offsets.values()) + index_bytes,
-        files=[str(p) for p in output_paths(prefix, count)],
-        notes=notes,
-        detail={"shards": count},
-    )
+    header = pb.BundleHeaderProto(num_shards=count, endianness=pb.BundleHeaderProto.LITTLE)
+    header.version.producer = BUNDLE_VERSION_PRODUCER
+    with _temp_beside(index_filename(prefix), temps) as index_handle:
+        table = sstable.TableWriter(index_handle)
+        table.add(b"", header.SerializeToString())
+        for key in sorted(entries):
+            table.add(key, entries[key])
+        index_bytes = table.finish()
+    return sum(offsets.values()) + index_bytes
 
 
 def _list_tensors(weights: WeightSet, target: str) -> list[_Planned]:
@@ -183,11 +205,6 @@ def _plan_notes(
     planned: list[_Planned], shards: int, max_shard_size: int | None, count: int
 ) -> list[str]:
     notes = []
-    if count < shards:
-        notes.append(
-            f"shards={shards}, but there are only {len(planned)} tensors: wrote {count} data "
-            f"files, one tensor each"
-        )
     if max_shard_size is not None:
         for item in planned:
             if item.nbytes > max_shard_size:
@@ -206,14 +223,6 @@ def _temp_beside(final: Path, temps: list[tuple[Path, Path]]) -> BinaryIO:
     fd, temporary = temporary_beside(final)
     temps.append((temporary, final))
     return os.fdopen(fd, "wb")
-
-
-def _remove_stale_shards(prefix: Path, count: int) -> None:
-    """With force=True, data files of an older checkpoint with another shard count go."""
-    keep = {data_filename(prefix, i, count).name for i in range(count)}
-    for stale in data_files(prefix):
-        if stale.name not in keep:
-            stale.unlink()
 
 
 def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Progress | None) -> Any:

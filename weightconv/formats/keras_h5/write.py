@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections import Counter
@@ -101,7 +102,11 @@ def write(
     slots = model_slots(root, weights) if root is not None else derived_slots(weights, target)
     counts = {"layers": 0, "tensors": 0, "parameters": 0}
     notes: list[str] = []
-    with atomic_path(target, force) as temporary, h5py.File(temporary, "w") as handle:
+    with (
+        atomic_path(target, force, notes=notes) as temporary,
+        _hdf5_os_errors(),
+        h5py.File(temporary, "w") as handle,
+    ):
         if keras_layout == "keras3":
             _write_keras3(handle, slots, target, counts, notes, progress)
         else:
@@ -115,6 +120,20 @@ def write(
         notes=notes,
         detail={"keras_layout": keras_layout},
     )
+
+
+@contextlib.contextmanager
+def _hdf5_os_errors() -> Iterator[None]:
+    """HDF5 reports some failed writes (a full disk) as a RuntimeError whose text holds
+    ``errno = N``: raise them as that OSError, which `atomic_path` makes an OutputError."""
+    try:
+        yield
+    except (RuntimeError, OSError) as exc:
+        match = re.search(r"errno = (\d+)", str(exc))
+        if match is None or (isinstance(exc, OSError) and exc.errno):
+            raise
+        code = int(match[1])
+        raise OSError(code, os.strerror(code)) from None
 
 
 def check_output(path: str | os.PathLike[str], force: bool) -> None:
