@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from weightconv.errors import FormatError, UsageError
+from weightconv._util.hdf5 import check_dataset, guard
+from weightconv.errors import FormatError, UsageError, WeightconvError
 from weightconv.formats.caffe import net as caffe_net
 from weightconv.formats.caffe.assemble import RawLayer, assemble
 from weightconv.formats.caffe.net import LayerDef, NetDef
@@ -30,9 +31,9 @@ def sniff(head: bytes, path: Path) -> bool:
     import h5py
 
     try:
-        with h5py.File(path, "r") as handle:
+        with guard(path, "HDF5 structure"), h5py.File(path, "r") as handle:
             return is_caffe_snapshot(handle)
-    except OSError:
+    except (OSError, WeightconvError):
         return False
 
 
@@ -47,6 +48,21 @@ def is_caffe_snapshot(handle: Any) -> bool:
         if not isinstance(layer, h5py.Group) or not all(key.isdigit() for key in layer):
             return False
     return True
+
+
+def _blob(group: Any, key: str, source: Path, file_size: int) -> np.ndarray:
+    """One blob, its declared size checked against its storage before it is read."""
+    import h5py
+
+    with guard(source, f"dataset {group.name}/{key}"):
+        dataset = group.get(key)
+        if not isinstance(dataset, h5py.Dataset):
+            raise FormatError(
+                f"{source}: {group.name}/{key}: expected a blob dataset, found "
+                f"{type(dataset).__name__}"
+            )
+        check_dataset(dataset, source, file_size)
+        return np.asarray(dataset[()])
 
 
 def read(
@@ -66,11 +82,18 @@ def read(
     except OSError as exc:
         raise FormatError(f"{source}: not a readable HDF5 file ({exc})") from None
     with handle:
-        if not is_caffe_snapshot(handle):
-            raise FormatError(f"{source}: not a Caffe HDF5 snapshot (no data/<layer>/<n> groups)")
+        with guard(source, "HDF5 structure under /data"):
+            if not is_caffe_snapshot(handle):
+                raise FormatError(
+                    f"{source}: not a Caffe HDF5 snapshot (no data/<layer>/<n> groups)"
+                )
+            layers = list(handle["data"].items())
+        file_size = source.stat().st_size
         raw_layers = []
-        for name, group in handle["data"].items():
-            blobs = [np.asarray(group[key][()]) for key in sorted(group, key=int)]
+        for name, group in layers:
+            with guard(source, f"group {group.name}"):
+                keys = sorted(group, key=int)
+            blobs = [_blob(group, key, source, file_size) for key in keys]
             rank = blobs[0].ndim if blobs else 0
             layer_type = {4: "Convolution", 2: "InnerProduct"}.get(rank, "Unknown")
             raw_layers.append(RawLayer(LayerDef(name=name, type=layer_type), blobs))

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
+import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +24,14 @@ from typing import Any
 import h5py
 import numpy as np
 
+from weightconv._util.hdf5 import check_global_heaps, guard, read_attribute
 from weightconv.errors import FormatError, UsageError
 from weightconv.formats.keras_h5.config import (
     ARCHIVE_CONFIG,
     ARCHIVE_WEIGHTS,
     COUNTER,
     HDF5_MAGIC,
+    MAX_CONFIG_BYTES,
     ZIP_MAGIC,
     attr_text,
     one_line,
@@ -35,6 +40,62 @@ from weightconv.formats.keras_h5.config import (
 
 #: Keras splits a name-list attribute whose fixed-width array would exceed this many bytes.
 ATTRIBUTE_LIMIT = 64512
+
+
+#: The largest compressed weights member inflated into memory (Keras stores it uncompressed).
+MAX_INFLATED_BYTES = 4 << 30
+#: Deflate cannot compress by more than about 1032:1; a member claiming more is a bomb.
+MAX_DEFLATE_RATIO = 1100
+#: Keras stores model.weights.h5 uncompressed; deflated float weights shrink by a few times
+#: at most, and even mostly-zero ones by far less than this.
+MAX_WEIGHTS_RATIO = 100
+
+
+def check_member(info: zipfile.ZipInfo, archive_size: int, limit: int, path: Path) -> None:
+    """Refuse a member whose declared sizes the archive cannot hold, or that would inflate
+    past `limit` bytes or by more than deflate can compress, before any of it is read."""
+    where = f"{path}:{info.filename}"
+    if info.compress_size > archive_size:
+        raise FormatError(
+            f"{where}: declares {info.compress_size:,} compressed bytes, the archive has "
+            f"{archive_size:,}"
+        )
+    if info.file_size > limit:
+        raise FormatError(
+            f"{where}: declares {info.file_size:,} bytes uncompressed, more than the "
+            f"{limit:,} read here"
+        )
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if stored and info.file_size != info.compress_size:
+        raise FormatError(
+            f"{where}: a stored member declaring {info.file_size:,} bytes uncompressed "
+            f"and {info.compress_size:,} compressed"
+        )
+    if not stored and info.file_size > max(info.compress_size, 1) * MAX_DEFLATE_RATIO:
+        raise FormatError(
+            f"{where}: declares {info.file_size:,} bytes from {info.compress_size:,} "
+            f"compressed, a ratio deflate cannot reach (a zip bomb?)"
+        )
+
+
+def _check_crc(path: Path, offset: int, info: zipfile.ZipInfo) -> None:
+    """The CRC-32 of a stored member read in place, against the central directory's."""
+    crc, left = 0, info.file_size
+    with open(path, "rb") as raw:
+        raw.seek(offset)
+        while left > 0:
+            block = raw.read(min(left, 1 << 22))
+            if not block:
+                raise FormatError(
+                    f"{path}:{info.filename}: truncated: {left:,} of its bytes are missing"
+                )
+            crc = zlib.crc32(block, crc)
+            left -= len(block)
+    if crc != info.CRC:
+        raise FormatError(
+            f"{path}:{info.filename}: CRC-32 {crc:08x} of its data, the archive "
+            f"records {info.CRC:08x}: the member is corrupt"
+        )
 
 
 def is_keras_archive(path: Path) -> bool:
@@ -79,6 +140,10 @@ class _Window(io.RawIOBase):
         return got
 
 
+#: Files whose global heaps `check_global_heaps` passed: (path, member, size, mtime).
+_HEAPS_CHECKED: set[tuple[str, str | None, int, int]] = set()
+
+
 @dataclass(frozen=True)
 class Source:
     """Where the HDF5 bytes are: a file, or a member of a ``.keras`` zip."""
@@ -90,6 +155,16 @@ class Source:
 
     def __str__(self) -> str:
         return f"{self.path}" if self.member is None else f"{self.path}:{self.member}"
+
+    @property
+    def hdf5_size(self) -> int:
+        """How many bytes the HDF5 file has."""
+        return self.size if self.member is not None else self.path.stat().st_size
+
+    def attribute(self, obj: Any, name: str, default: Any = None) -> Any:
+        """Attribute `name` of `obj`, checked before it is read (`read_attribute`)."""
+        value = read_attribute(obj, name, self, self.hdf5_size)
+        return default if value is None else value
 
     @contextlib.contextmanager
     def raw(self) -> Iterator[Any]:
@@ -113,14 +188,34 @@ class Source:
                     raw = stack.enter_context(open(self.path, "rb"))
                     target = _Window(raw, self.offset, self.size)
                 else:
-                    with zipfile.ZipFile(self.path) as archive:
-                        target = io.BytesIO(archive.read(self.member))
-                handle = stack.enter_context(h5py.File(target, "r"))
+                    target = stack.enter_context(tempfile.TemporaryFile())
+                    with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as member:
+                        shutil.copyfileobj(member, target, 1 << 20)  # CRC-32 checked at the end
+                    target.seek(0)
+                if isinstance(target, str):
+                    raw_file: Any = stack.enter_context(open(target, "rb"))
+                    size = self.path.stat().st_size
+                else:
+                    raw_file, size = target, self.size
+                stat = self.path.stat()
+                key = (str(self.path.resolve()), self.member, stat.st_size, stat.st_mtime_ns)
+                if key not in _HEAPS_CHECKED:  # once per file, not per lazy tensor
+                    check_global_heaps(raw_file, size, self)
+                    _HEAPS_CHECKED.add(key)
+                with guard(self, "HDF5 superblock"):
+                    handle = stack.enter_context(h5py.File(target, "r"))
             except FileNotFoundError:
                 raise UsageError(f"{self.path}: no such file") from None
             except IsADirectoryError:
                 raise UsageError(f"{self.path}: is a directory, not a weight file") from None
-            except (OSError, zipfile.BadZipFile, KeyError) as exc:
+            except (
+                OSError,
+                zipfile.BadZipFile,
+                KeyError,
+                NotImplementedError,
+                EOFError,
+                zlib.error,
+            ) as exc:
                 raise FormatError(f"{self}: not a readable HDF5 file ({one_line(exc)})") from None
             yield handle
 
@@ -148,12 +243,22 @@ def open_source(path: Path) -> tuple[Source, dict[str, Any] | None]:
                     + (f" (it holds {', '.join(other)}, which is not HDF5)" if other else "")
                 )
             config = None
+            archive_size = path.stat().st_size
             if ARCHIVE_CONFIG in names:
+                check_member(archive.getinfo(ARCHIVE_CONFIG), archive_size, MAX_CONFIG_BYTES, path)
                 config = parse_config(
                     archive.read(ARCHIVE_CONFIG).decode("utf-8", "replace"),
                     f"{path}:{ARCHIVE_CONFIG}",
                 )
             info = archive.getinfo(ARCHIVE_WEIGHTS)
+            stored = info.compress_type == zipfile.ZIP_STORED
+            check_member(info, archive_size, archive_size if stored else MAX_INFLATED_BYTES, path)
+            if not stored and info.file_size > max(info.compress_size, 1) * MAX_WEIGHTS_RATIO:
+                raise FormatError(
+                    f"{path}:{info.filename}: declares {info.file_size:,} bytes from "
+                    f"{info.compress_size:,} compressed; weights do not compress "
+                    f"{MAX_WEIGHTS_RATIO}:1 (a zip bomb?)"
+                )
             offset = -1
             if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
                 with open(path, "rb") as raw:
@@ -163,7 +268,13 @@ def open_source(path: Path) -> tuple[Source, dict[str, Any] | None]:
                     name_length = int.from_bytes(local[26:28], "little")
                     extra_length = int.from_bytes(local[28:30], "little")
                     offset = info.header_offset + 30 + name_length + extra_length
-    except (zipfile.BadZipFile, OSError) as exc:
+                    if offset + info.file_size > archive_size:
+                        raise FormatError(
+                            f"{path}:{ARCHIVE_WEIGHTS}: declares {info.file_size:,} bytes "
+                            f"from byte {offset:,}, the archive has {archive_size:,}"
+                        )
+                    _check_crc(path, offset, info)
+    except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError, zlib.error) as exc:
         raise FormatError(f"{path}: not a readable zip archive ({one_line(exc)})") from None
     return Source(path, ARCHIVE_WEIGHTS, offset, info.file_size), config
 
@@ -267,14 +378,15 @@ def has_name_list(attrs: h5py.AttributeManager, name: str) -> bool:
     return name in attrs or f"{name}0" in attrs
 
 
-def read_name_list(attrs: h5py.AttributeManager, name: str) -> list[str]:
-    """A Keras name-list attribute, joined from ``name0``, ``name1``... when split."""
+def read_name_list(obj: Any, name: str, source: Source) -> list[str]:
+    """A Keras name-list attribute of `obj`, joined from ``name0``, ``name1``... when split."""
+    attrs = obj.attrs
     if name in attrs:
-        parts = [attrs[name]]
+        parts = [source.attribute(obj, name)]
     else:
         parts, index = [], 0
         while f"{name}{index}" in attrs:
-            parts.append(attrs[f"{name}{index}"])
+            parts.append(source.attribute(obj, f"{name}{index}"))
             index += 1
     return [
         attr_text(item)

@@ -32,6 +32,8 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 ARCHIVE_WEIGHTS = "model.weights.h5"
 ARCHIVE_CONFIG = "config.json"
+#: The largest config.json read.
+MAX_CONFIG_BYTES = 64 << 20
 
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
 #: Classes with a ``kernel`` (and ``bias``), by the kernel's spatial rank.
@@ -241,6 +243,15 @@ def load_model_config(model: str | os.PathLike[str] | dict[str, Any]) -> dict[st
     if head.startswith(ZIP_MAGIC):
         try:
             with zipfile.ZipFile(path) as archive:
+                info = archive.getinfo(ARCHIVE_CONFIG)
+                if info.file_size > MAX_CONFIG_BYTES or info.file_size > 1100 * max(
+                    info.compress_size, 1
+                ):
+                    raise UsageError(
+                        f"{path}:{ARCHIVE_CONFIG}: declares {info.file_size:,} bytes "
+                        f"from {info.compress_size:,} compressed; more than the "
+                        f"{MAX_CONFIG_BYTES:,} read here"
+                    )
                 text = archive.read(ARCHIVE_CONFIG).decode("utf-8", "replace")
         except (zipfile.BadZipFile, KeyError) as exc:
             raise UsageError(
@@ -430,12 +441,16 @@ def config_input_shape(config: dict[str, Any]) -> list[Any] | None:
 
 
 def attr_text(value: Any) -> str:
-    """An HDF5 attribute (bytes, str or a 0-d array of either) as text."""
+    """An HDF5 attribute (bytes, str, a numpy string, or a one-element array of any of
+    them) as text; anything else (garbage of another dtype or shape) is its repr, so a
+    caller comparing it with a name finds no match."""
     if isinstance(value, bytes | np.bytes_):
         return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, np.ndarray) and value.shape == ():
-        return attr_text(value[()])
-    return str(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "SUO":
+        return attr_text(value.reshape(-1)[0])
+    return repr(value) if value is not None else ""
 
 
 def join_path(*parts: str) -> str:

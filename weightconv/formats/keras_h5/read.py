@@ -19,6 +19,7 @@ out of the layers and listed in ``WeightSet.set_aside`` under its HDF5 dataset p
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -28,7 +29,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from weightconv.errors import FormatError
+from weightconv._util.hdf5 import check_dataset, guard
+from weightconv.errors import FormatError, WeightconvError
 from weightconv.formats.keras_h5.archive import (
     LinkOrder,
     Source,
@@ -51,7 +53,6 @@ from weightconv.formats.keras_h5.config import (
     keras3_paths,
     node_of,
     normal_path,
-    one_line,
     parse_config,
     path_name,
     role_variants,
@@ -85,9 +86,9 @@ def sniff(head: bytes, path: Path) -> bool:
     if not head.startswith(HDF5_MAGIC):
         return False
     try:
-        with h5py.File(path, "r") as handle:
+        with guard(path, "HDF5 structure"), h5py.File(path, "r") as handle:
             return _layout_of(handle) is not None
-    except OSError:
+    except (OSError, WeightconvError):
         return False
 
 
@@ -107,7 +108,9 @@ def _layout_of(handle: h5py.File) -> str | None:
         return None
     outside: list[str] = []
 
-    def visit(name: str, obj: Any) -> None:
+    def visit(name: str | bytes, obj: Any) -> None:
+        if isinstance(name, bytes):  # a link name that is not UTF-8
+            name = name.decode("utf-8", "replace")
         if isinstance(obj, h5py.Dataset) and name.rpartition("/")[0].rpartition("/")[2] != "vars":
             outside.append(name)
 
@@ -128,7 +131,7 @@ def read(path: str | os.PathLike[str]) -> WeightSet:
     """
     source, config = open_source(Path(path))
     notes: list[str] = []
-    with source.open() as handle:
+    with source.open() as handle, guard(source, "HDF5 structure"):
         layout = _layout_of(handle)
         if layout is None:
             raise FormatError(
@@ -136,7 +139,8 @@ def read(path: str | os.PathLike[str]) -> WeightSet:
                 f"attribute, no model_weights, no layers/.../vars groups)"
             )
         if config is None and layout == "legacy" and "model_config" in handle.attrs:
-            config = parse_config(attr_text(handle.attrs["model_config"]), f"{source} model_config")
+            text = attr_text(source.attribute(handle, "model_config", ""))
+            config = parse_config(text, f"{source} model_config")
         root = node_of(config, str(source)) if config is not None else None
         if layout == "keras3":
             layers, detail, optimizer = _read_keras3(handle, source, root, notes)
@@ -177,15 +181,17 @@ def _set_aside(
     taken = {layer.location(role) for layer in layers for role in layer.tensors}
     found: dict[str, h5py.Dataset] = {}
 
-    def visit(name: str, obj: Any) -> None:  # returns None: visititems stops at a value
+    def visit(name: str | bytes, obj: Any) -> None:  # returns None: visititems stops at a value
+        if isinstance(name, bytes):  # a link name that is not UTF-8
+            name = name.decode("utf-8", "replace")
         if isinstance(obj, h5py.Dataset) and name not in taken:
             found[name] = obj
 
     handle.visititems(visit)
     state = [name for name in optimizer if name in found]
     outside = [name for name in found if name not in set(optimizer)]
-    aside = [_aside(found[name], OPTIMIZER_STATE) for name in state]
-    aside += [_aside(found[name], OUTSIDE_LAYOUT) for name in outside]
+    aside = [_aside(found[name], OPTIMIZER_STATE, source) for name in state]
+    aside += [_aside(found[name], OUTSIDE_LAYOUT, source) for name in outside]
     if state:
         notes.append(
             f"{source}: left out {len(state)} optimizer tensors (under "
@@ -199,10 +205,10 @@ def _set_aside(
     return aside
 
 
-def _aside(dataset: h5py.Dataset, reason: str) -> SetAside:
+def _aside(dataset: h5py.Dataset, reason: str, source: Source) -> SetAside:
     shape = tuple(int(n) for n in dataset.shape or ())
-    dtype = _dtype_of(dataset)[0]
-    count = int(np.prod(shape, dtype=np.int64))
+    dtype = _dtype_of(dataset, source)[0]
+    count = math.prod(shape)
     return SetAside(
         dataset.name.lstrip("/"),
         shape,
@@ -214,13 +220,10 @@ def _aside(dataset: h5py.Dataset, reason: str) -> SetAside:
 
 def _loader(source: Source, dataset: str, bfloat16: bool) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        with source.open() as handle:
-            try:
-                array = np.asarray(handle[dataset][()])
-            except (OSError, KeyError, ValueError, TypeError) as exc:
-                raise FormatError(
-                    f"{source}: dataset {dataset}: cannot be read ({one_line(exc)})"
-                ) from None
+        with source.open() as handle, guard(source, f"dataset {dataset}"):
+            target = handle[dataset]
+            check_dataset(target, source, source.size or source.path.stat().st_size)
+            array = np.asarray(target[()])
         if bfloat16:
             import ml_dtypes
 
@@ -230,7 +233,7 @@ def _loader(source: Source, dataset: str, bfloat16: bool) -> Callable[[], np.nda
     return load
 
 
-def _dtype_of(dataset: h5py.Dataset) -> tuple[np.dtype[Any], bool]:
+def _dtype_of(dataset: h5py.Dataset, source: Source) -> tuple[np.dtype[Any], bool]:
     """The dataset's dtype, and whether it is bfloat16. Keras stores bfloat16 as 2-byte
     opaque data, marked by a ``dtype`` attribute in ``.weights.h5`` and unmarked by Keras 3's
     legacy writer; no other 2-byte opaque type appears in Keras files, so both are bfloat16."""
@@ -239,8 +242,7 @@ def _dtype_of(dataset: h5py.Dataset) -> tuple[np.dtype[Any], bool]:
         and dataset.dtype.itemsize == 2
         and not (dataset.dtype.names or dataset.id.get_type().get_tag())
     )
-    marked = attr_text(dataset.attrs.get("dtype", "")) == "bfloat16"
-    if opaque and (marked or "dtype" not in dataset.attrs):
+    if opaque and attr_text(source.attribute(dataset, "dtype", "bfloat16")) == "bfloat16":
         import ml_dtypes
 
         return np.dtype(ml_dtypes.bfloat16), True
@@ -249,7 +251,7 @@ def _dtype_of(dataset: h5py.Dataset) -> tuple[np.dtype[Any], bool]:
 
 def _lazy(source: Source, dataset: h5py.Dataset) -> LazyTensor:
     """A dataset read on demand."""
-    dtype, bfloat16 = _dtype_of(dataset)
+    dtype, bfloat16 = _dtype_of(dataset, source)
     return LazyTensor(dataset.shape or (), dtype, _loader(source, dataset.name, bfloat16))
 
 
@@ -279,7 +281,12 @@ def _read_keras3(
     optimizer: list[str] = []
     for path, group in entries:
         keys = sorted(group, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
-        members = [group[k] for k in keys if isinstance(group.get(k), h5py.Dataset)]
+        strays = [k for k in keys if not isinstance(group.get(k), h5py.Dataset)]
+        if strays:  # skipping one would shift every later variable into the wrong role
+            raise FormatError(
+                f"{source}: {group.name}/{strays[0]}: expected a dataset, not a group"
+            )
+        members = [group[k] for k in keys]
         if path.split("/")[0] == "optimizer":
             optimizer.extend(d.name.lstrip("/") for d in members)
             continue
@@ -291,11 +298,12 @@ def _read_keras3(
         name = (
             node.name
             if node is not None
-            else attr_text(group.attrs.get("name", "")) or path_name(path) or "model"
+            else attr_text(source.attribute(group, "name", "")) or path_name(path) or "model"
         )
         config = node.config if node is not None else {}
         roles = _roles_for(class_name, config, len(members), node is not None)
         tensors = {role: _lazy(source, d) for role, d in zip(roles, members, strict=True)}
+        _check_kernel_rank(source, group.name, tensors)
         stored = {role: f"{name}/{VARIABLE_OF_ROLE.get(role, role)}" for role in roles}
         located = {role: d.name.lstrip("/") for role, d in zip(roles, members, strict=True)}
         layers.append(_layer(name, class_name, config, tensors, stored, located))
@@ -322,7 +330,7 @@ def _read_legacy(
                 f"attribute and no model_weights group)"
             )
         group = weights
-    names = read_name_list(group.attrs, "layer_names")
+    names = read_name_list(group, "layer_names", source)
     children = {child.name: child for child in root.children} if root is not None else {}
     layers: list[Layer] = []
     for layer_name in [*names, "top_level_model_weights"]:
@@ -335,7 +343,7 @@ def _read_legacy(
                 f"group {join_path(group.name, layer_name)}"
             )
         members = []
-        for weight_name in read_name_list(layer_group.attrs, "weight_names"):
+        for weight_name in read_name_list(layer_group, "weight_names", source):
             dataset = layer_group.get(weight_name)
             if not isinstance(dataset, h5py.Dataset):
                 raise FormatError(
@@ -371,8 +379,10 @@ def _read_legacy(
             f"{source}: no model_config; layer kinds guessed from weight names and "
             f"shapes (a DepthwiseConv2D saved by Keras 3 reads as a convolution)"
         )
-    version = attr_text(group.attrs.get("keras_version", handle.attrs.get("keras_version", "")))
-    backend = attr_text(group.attrs.get("backend", handle.attrs.get("backend", "")))
+    version = attr_text(
+        source.attribute(group, "keras_version", source.attribute(handle, "keras_version", ""))
+    )
+    backend = attr_text(source.attribute(group, "backend", source.attribute(handle, "backend", "")))
     if not version or version.startswith("1."):
         notes.append(
             f"{source}: written by Keras 1 (keras_version {version or 'absent'}); "
@@ -492,3 +502,13 @@ def _unique_names(layers: list[Layer]) -> None:
             layer.name = f"{base}_{n}"
             n += 1
         seen.add(layer.name)
+
+
+def _check_kernel_rank(source: object, where: str, tensors: dict[str, Any]) -> None:
+    """A kernel is at least a matrix: a 0-d or 1-d one is a damaged file, not weights."""
+    kernel = tensors.get("weights")
+    if kernel is not None and len(kernel.shape) < 2:
+        raise FormatError(
+            f"{source}: {where}: the kernel has shape {tuple(kernel.shape)}; a kernel has at "
+            f"least 2 dimensions"
+        )
