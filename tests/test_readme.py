@@ -24,3 +24,4 @@ def test_the_library_examples_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "takes no option 'protottxt'" in out
     assert "6 ['ip2']" in out and "True 6" in out and "431080" in out
+    assert "[10] 0 float32" in out

@@ -31,9 +31,11 @@ from weightconv.pipeline import (
     DiffReport,
     DiffSide,
     Inventory,
+    TensorReport,
     convert,
     diff,
     inspect,
+    inspect_tensor,
     load,
     save,
 )
@@ -57,6 +59,7 @@ __all__ = [
     "Provenance",
     "ShapeError",
     "Tensor",
+    "TensorReport",
     "UnsafeInputError",
     "UsageError",
     "WeightSet",
@@ -66,6 +69,7 @@ __all__ = [
     "convert",
     "diff",
     "inspect",
+    "inspect_tensor",
     "load",
     "save",
 ]

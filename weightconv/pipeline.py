@@ -24,15 +24,17 @@ from weightconv.formats import Format
 from weightconv.formats.base import Options, WriteResult, describe_names
 from weightconv.mapping import RULES, Mapping
 from weightconv.model import WeightSet
-from weightconv.model.canonical import canonicalization_steps
+from weightconv.model.canonical import canonical_layers, canonicalization_steps
 from weightconv.reports import (
     SCHEMA_VERSION,
     ConversionReport,
     DiffReport,
     FileRef,
     Inventory,
+    TensorReport,
     compare_tensors,
     inventory_of,
+    tensor_report,
 )
 
 #: progress(done_bytes, total_bytes), called as a writer advances.
@@ -44,10 +46,12 @@ __all__ = [
     "DiffReport",
     "DiffSide",
     "Inventory",
+    "TensorReport",
     "convert",
     "default_output",
     "diff",
     "inspect",
+    "inspect_tensor",
     "load",
     "save",
 ]
@@ -193,6 +197,33 @@ def inspect(
         fmt.read(path, _merged(options, named, f"the {fmt.name} reader")), only, skip
     )
     return inventory_of(weights, FileRef(os.fspath(path), fmt.name), fmt.title, canonical)
+
+
+def inspect_tensor(
+    path: str | os.PathLike[str],
+    name: str,
+    *,
+    format: str | None = None,
+    options: MappingType[str, Any] | Options | None = None,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    canonical: bool = False,
+    **named: Any,
+) -> TensorReport:
+    """One tensor of a file, by its name (or ``layer/role``), with min/max/mean/std and the
+    count of zeros, NaNs and Infs; ``.values`` holds the array.
+
+    Example::
+
+        report = weightconv.inspect_tensor("lenet.caffemodel", "ip2/biases")
+        report.stats["mean"], report.values.shape
+    """
+    fmt = formats.detect(path, format)
+    weights, _ = select(
+        fmt.read(path, _merged(options, named, f"the {fmt.name} reader")), only, skip
+    )
+    layers = list(canonical_layers(weights)) if canonical else weights.weighted_layers()
+    return tensor_report(layers, name, FileRef(os.fspath(path), fmt.name))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from weightconv.errors import UsageError
 from weightconv.formats.base import plain
 from weightconv.model import Layer, WeightSet, join_tensor_name
 from weightconv.model.canonical import canonical_layers
@@ -205,6 +206,66 @@ def _layer_summary(layer: Layer) -> dict[str, Any]:
         "input_shape": list(layer.input_shape) if layer.input_shape else None,
         "tensors": list(layer.tensors),
     }
+
+
+@dataclass
+class TensorReport:
+    """One tensor of a file: where it is, its statistics, and (read on demand) its values."""
+
+    input: FileRef
+    name: str
+    values: np.ndarray = field(repr=False)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, with_values: bool = False) -> dict[str, Any]:
+        tensor = dict(self.stats)
+        if with_values:
+            tensor["values"] = self.values.tolist()
+        return document("inspect", True, {"input": self.input.to_dict(), "tensor": tensor})
+
+
+def tensor_report(layers: list[Layer], wanted: str, ref: FileRef) -> TensorReport:
+    """The tensor `wanted` names (its location, its name, ``layer/role``, or a layer holding
+    one tensor), with summary statistics; a name that matches nothing is a UsageError."""
+    found = None
+    candidates = []
+    for layer in layers:
+        for role, tensor in layer.tensors.items():
+            name = layer.location(role)
+            candidates.append(name)
+            alone = wanted == layer.name and len(layer.tensors) == 1
+            if wanted in (name, layer.tensor_name(role), f"{layer.name}/{role}") or alone:
+                found = (name, tensor)
+    if found is None:
+        roles = [c for c in candidates if c.startswith(wanted + "/")]
+        more = " ..." if len(candidates) > 12 else ""
+        hint = (
+            f"; it has {', '.join(roles)}"
+            if roles
+            else (f"; tensors: {', '.join(candidates[:12])}{more}")
+        )
+        raise UsageError(f"{ref.path}: no tensor {wanted!r}{hint}")
+    name, tensor = found
+    values = np.asarray(tensor)
+    stats: dict[str, Any] = {
+        "name": name,
+        "shape": list(values.shape),
+        "dtype": str(values.dtype.newbyteorder("=")),
+        "parameters": int(values.size),
+    }
+    if values.size and np.issubdtype(values.dtype, np.number):
+        as_float = values.astype(np.float64)
+        finite = as_float[np.isfinite(as_float)]
+        stats.update(
+            min=float(finite.min()) if finite.size else None,
+            max=float(finite.max()) if finite.size else None,
+            mean=float(finite.mean()) if finite.size else None,
+            std=float(finite.std()) if finite.size else None,
+            zeros=int(np.count_nonzero(values == 0)),
+            nan=int(np.count_nonzero(np.isnan(as_float))),
+            inf=int(np.count_nonzero(np.isinf(as_float))),
+        )
+    return TensorReport(ref, name, values, stats)
 
 
 DIFF_STATUSES = ("equal", "close", "differs", "shape mismatch", "only in a", "only in b")

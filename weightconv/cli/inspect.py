@@ -14,9 +14,7 @@ import numpy as np
 from weightconv import formats, pipeline
 from weightconv.cli import args as common
 from weightconv.errors import EXIT_OK, UsageError
-from weightconv.model import Layer
-from weightconv.model.canonical import canonical_layers
-from weightconv.reports import SCHEMA_VERSION, Inventory
+from weightconv.reports import SCHEMA_VERSION, Inventory, TensorReport
 
 
 def add(verbs: Any) -> None:
@@ -62,10 +60,16 @@ def _inspect(args: argparse.Namespace) -> int:
     fmt = formats.detect(args.file, args.src_format)
     reading = common.options_for(fmt, fmt.read_options, common.given_options(args, "read"), "read")
     if args.tensor:
-        args.src_format = fmt.name
-        weights, _ = pipeline.select(fmt.read(args.file, reading), args.only, args.skip)
-        layers = list(canonical_layers(weights)) if args.canonical else weights.weighted_layers()
-        return _show_tensor(args, layers)
+        report = pipeline.inspect_tensor(
+            args.file,
+            args.tensor,
+            format=fmt.name,
+            options=reading,
+            only=args.only,
+            skip=args.skip,
+            canonical=args.canonical,
+        )
+        return _show_tensor(args, report)
     if args.values:
         raise UsageError("--values needs --tensor NAME")
     inventory = pipeline.inspect(
@@ -122,68 +126,14 @@ def json_default(value: Any) -> Any:
     return str(value)
 
 
-def _show_tensor(args: argparse.Namespace, layers: list[Layer]) -> int:
-    found = None
-    candidates = []
-    for layer in layers:
-        for role, array in layer.tensors.items():
-            name = layer.location(role)
-            candidates.append(name)
-            only_tensor_of_layer = args.tensor == layer.name and len(layer.tensors) == 1
-            if args.tensor in (name, layer.tensor_name(role), f"{layer.name}/{role}") or (
-                only_tensor_of_layer
-            ):
-                found = (name, array)
-    if found is None:
-        roles = [c for c in candidates if c.startswith(args.tensor + "/")]
-        hint = (
-            f"; it has {', '.join(roles)}"
-            if roles
-            else (
-                f"; tensors: {', '.join(candidates[:12])}{' ...' if len(candidates) > 12 else ''}"
-            )
-        )
-        raise UsageError(f"{args.file}: no tensor {args.tensor!r}{hint}")
-    name, array = found
-    values = np.asarray(array)
-    stats: dict[str, Any] = {
-        "name": name,
-        "shape": list(values.shape),
-        "dtype": str(values.dtype.newbyteorder("=")),
-        "parameters": int(values.size),
-    }
-    if values.size and np.issubdtype(values.dtype, np.number):
-        as_float = values.astype(np.float64)
-        finite = as_float[np.isfinite(as_float)]
-        stats.update(
-            min=float(finite.min()) if finite.size else None,
-            max=float(finite.max()) if finite.size else None,
-            mean=float(finite.mean()) if finite.size else None,
-            std=float(finite.std()) if finite.size else None,
-            zeros=int(np.count_nonzero(values == 0)),
-            nan=int(np.count_nonzero(np.isnan(as_float))),
-            inf=int(np.count_nonzero(np.isinf(as_float))),
-        )
+def _show_tensor(args: argparse.Namespace, report: TensorReport) -> int:
     if args.json:
-        if args.values:
-            stats["values"] = values.tolist()
-        print(
-            json.dumps(
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "ok": True,
-                    "verb": "inspect",
-                    "input": {"path": str(args.file), "format": args.src_format},
-                    "tensor": stats,
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(report.to_dict(with_values=args.values), indent=2))
         return EXIT_OK
-    for key, value in stats.items():
+    for key, value in report.stats.items():
         print(f"{key:>10}: {value}")
     with np.printoptions(threshold=sys.maxsize if args.values else 200, edgeitems=3):
-        print(values)
+        print(report.values)
     return EXIT_OK
 
 
