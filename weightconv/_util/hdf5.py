@@ -67,24 +67,16 @@ def guard(where: object, what: str) -> Iterator[None]:
         raise FormatError(f"{where}: {what}: corrupt or unreadable HDF5 ({_reason(exc)})") from None
 
 
-def check_global_heaps(raw: BinaryIO, size: int, where: object) -> None:
+def check_global_heaps(
+    raw: BinaryIO, size: int, where: object, skip: list[tuple[int, int]] | None = None
+) -> None:
     """Refuse HDF5 bytes (`size` of them in `raw`) holding a global heap collection whose
-    walk would not end (see the module docstring)."""
-    found = []
-    block, overlap, at = 1 << 22, 3, 0
-    raw.seek(0)
-    tail = b""
-    while at < size:
-        data = tail + raw.read(min(block, size - at))
-        if len(data) == len(tail):
-            break
-        start = at - len(tail)
-        index = data.find(b"GCOL")
-        while index >= 0:
-            found.append(start + index)
-            index = data.find(b"GCOL", index + 1)
-        at = start + len(data)
-        tail = data[-overlap:]
+    walk would not end (see the module docstring). `skip` lists (offset, length) regions that
+    hold dataset values, not metadata (see `data_extents`): a collection never lies in one,
+    and not reading them keeps the check to the file's metadata."""
+    found: list[int] = []
+    for start, end in _gaps(sorted(skip or []), size):
+        found.extend(_signatures(raw, start, end, b"GCOL"))
     for offset in sorted(set(found)):
         raw.seek(offset)
         head = raw.read(16)
@@ -98,6 +90,53 @@ def check_global_heaps(raw: BinaryIO, size: int, where: object) -> None:
             )
         raw.seek(offset)
         _walk_collection(raw.read(length), offset, where)
+
+
+def data_extents(handle: Any, where: object) -> list[tuple[int, int]]:
+    """(offset, length) of every contiguous dataset's values in an open h5py file; listing
+    them reads object headers only, never an attribute's value."""
+    import h5py
+
+    extents: list[tuple[int, int]] = []
+
+    def visit(_name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            offset = obj.id.get_offset()
+            if offset is not None:
+                extents.append((int(offset), int(obj.id.get_storage_size())))
+
+    with guard(where, "HDF5 objects"):
+        handle.visititems(visit)
+    return extents
+
+
+def _gaps(extents: list[tuple[int, int]], size: int) -> Iterator[tuple[int, int]]:
+    at = 0
+    for offset, length in extents:
+        if offset > at:
+            yield at, min(offset, size)
+        at = max(at, offset + length)
+    if at < size:
+        yield at, size
+
+
+def _signatures(raw: BinaryIO, start: int, end: int, magic: bytes) -> Iterator[int]:
+    """Offsets of `magic` in bytes [start, end) of `raw`, read a block at a time."""
+    block, overlap = 1 << 22, len(magic) - 1
+    raw.seek(start)
+    tail = b""
+    at = start
+    while at < end:
+        data = tail + raw.read(min(block, end - at))
+        if len(data) == len(tail):
+            break
+        base = at - len(tail)
+        index = data.find(magic)
+        while index >= 0:
+            yield base + index
+            index = data.find(magic, index + 1)
+        at = base + len(data)
+        tail = data[-overlap:]
 
 
 def _walk_collection(data: bytes, offset: int, where: object) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from weightconv._util.hdf5 import check_global_heaps, guard, read_attribute
+from weightconv._util.hdf5 import check_global_heaps, data_extents, guard, read_attribute
 from weightconv.errors import FormatError, UsageError
 from weightconv.formats.keras_h5.config import (
     ARCHIVE_CONFIG,
@@ -197,13 +197,13 @@ class Source:
                     size = self.path.stat().st_size
                 else:
                     raw_file, size = target, self.size
+                with guard(self, "HDF5 superblock"):
+                    handle = stack.enter_context(h5py.File(target, "r"))
                 stat = self.path.stat()
                 key = (str(self.path.resolve()), self.member, stat.st_size, stat.st_mtime_ns)
                 if key not in _HEAPS_CHECKED:  # once per file, not per lazy tensor
-                    check_global_heaps(raw_file, size, self)
+                    check_global_heaps(raw_file, size, self, data_extents(handle, self))
                     _HEAPS_CHECKED.add(key)
-                with guard(self, "HDF5 superblock"):
-                    handle = stack.enter_context(h5py.File(target, "r"))
             except FileNotFoundError:
                 raise UsageError(f"{self.path}: no such file") from None
             except IsADirectoryError:
