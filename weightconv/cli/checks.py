@@ -263,12 +263,11 @@ def _given(value: float | None, flag: str) -> float:
 
 def _lrn_layers(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if path.suffix.lower() in (".prototxt", ".pbtxt"):
-        from weightconv.formats.caffe.net import net_def_from_message, parse_prototxt
+        from weightconv.formats.caffe.net import read_net_def
 
-        message, _ = parse_prototxt(path)
         return [
             (layer.name, layer.params)
-            for layer in net_def_from_message(message).layers
+            for layer in read_net_def(path)[0].layers
             if layer.type == "LRN"
         ]
     weights = formats.detect(path).read(path)

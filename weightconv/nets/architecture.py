@@ -25,6 +25,7 @@ from weightconv.formats.caffe.net import (
     infer_blob_shapes,
     net_def_from_message,
     parse_prototxt,
+    read_net_def,
 )
 from weightconv.lrn import CaffeLRN, from_layer_params
 
@@ -213,7 +214,7 @@ def net_input_size(net: NetDef) -> tuple[int, int] | None:
 
 def prototxt_input_size(prototxt: str | os.PathLike[str]) -> tuple[int, int] | None:
     """(H, W) of a deploy prototxt's image input, None when it declares none."""
-    return net_input_size(net_def_from_message(parse_prototxt(Path(prototxt))[0]))
+    return net_input_size(read_net_def(prototxt)[0])
 
 
 def _step_from_layer(layer: LayerDef, source: str) -> Step:

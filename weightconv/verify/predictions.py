@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from weightconv.errors import FormatError, UsageError
-from weightconv.formats.caffe.net import NetDef, net_def_from_message, parse_prototxt
+from weightconv.formats.caffe.net import NetDef, read_net_def
 from weightconv.nets import AlexNet, softmax
 from weightconv.verify.inputs import Inputs, cv2_module
 from weightconv.verify.labels import class_label
@@ -76,7 +76,7 @@ class Predictions:
 
 
 def _net_def(prototxt: Path) -> NetDef:
-    return net_def_from_message(parse_prototxt(prototxt)[0])
+    return read_net_def(prototxt)[0]
 
 
 def _softmax_layer(prototxt: Path) -> tuple[str, str | None]:

@@ -100,9 +100,8 @@ def read(
     notes: list[str] = []
     deploy_net = None
     if prototxt is not None:
-        message, prototxt_notes = caffe_net.parse_prototxt(prototxt)
+        deploy_net, prototxt_notes = caffe_net.read_net_def(prototxt)
         notes.extend(prototxt_notes)
-        deploy_net = caffe_net.net_def_from_message(message)
     else:
         notes.append(
             f"{source.name}: no prototxt; layers in the file's order with kinds "

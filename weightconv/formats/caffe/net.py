@@ -8,6 +8,7 @@ parser (`prototxt`), which live in their own modules.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from google.protobuf.message import Message
@@ -124,6 +125,12 @@ V0_TYPE_NAMES = {
 }
 
 # --- net definitions -----------------------------------------------------------------------
+
+
+def read_net_def(prototxt: str | os.PathLike[str]) -> tuple[NetDef, list[str]]:
+    """A prototxt file as a NetDef, with the notes its parsing made (fork fields skipped)."""
+    message, notes = parse_prototxt(prototxt)
+    return net_def_from_message(message), notes
 
 
 def net_def_from_message(net: caffe_pb2.NetParameter) -> NetDef:

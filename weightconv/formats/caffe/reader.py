@@ -125,9 +125,8 @@ def read(
     notes: list[str] = []
     deploy_net = None
     if prototxt is not None:
-        message, prototxt_notes = caffe_net.parse_prototxt(prototxt)
+        deploy_net, prototxt_notes = caffe_net.read_net_def(prototxt)
         notes.extend(prototxt_notes)
-        deploy_net = caffe_net.net_def_from_message(message)
     detail = {
         "encoding": model_net.encoding,
         "net_name": model_net.name,
