@@ -434,3 +434,14 @@ def test_fixture_script_command_line(tmp_path):
     assert written == FIXTURES == {p.name for p in (tmp_path / "out").iterdir()}
     expected = synthetic.build("lenet", seed=4).caffemodel_bytes(encoding="v1")
     assert (tmp_path / "out" / "lenet_v1.caffemodel").read_bytes() == expected
+
+
+def test_extra_fc_grows_vgg16_but_not_its_largest_tensor():
+    base = synthetic.net_spec("vgg16")
+    bigger = synthetic.net_spec("vgg16", extra_fc=3)
+    added = bigger.parameter_count - base.parameter_count
+    assert added == 3 * (4096 * 4096 + 4096)
+    assert bigger.blob_shapes()["fc7_3"] == [(4096, 4096), (4096,)]
+    assert max(bigger.parameter_counts().values()) == base.parameter_counts()["fc6"]
+    with pytest.raises(ValueError, match="vgg16 only"):
+        synthetic.net_spec("alexnet", extra_fc=1)

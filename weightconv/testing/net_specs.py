@@ -296,7 +296,7 @@ def _alexnet(width: float, num_classes: int, input_size: int, caffenet: bool) ->
     return NetSpec("CaffeNet" if caffenet else "AlexNet", b.input_shape, tuple(b.layers))
 
 
-def _vgg16(width: float, num_classes: int, input_size: int) -> NetSpec:
+def _vgg16(width: float, num_classes: int, input_size: int, extra_fc: int = 0) -> NetSpec:
     b = _Builder((1, 3, input_size, input_size))
     for block, (outputs, count) in enumerate(
         [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)], start=1
@@ -309,6 +309,9 @@ def _vgg16(width: float, num_classes: int, input_size: int) -> NetSpec:
         b.inner_product(f"fc{index}", _scaled(4096, width))
         b.relu(f"relu{index}")
         b.dropout(f"drop{index}")
+    for index in range(1, extra_fc + 1):  # a bigger model whose largest tensor stays fc6
+        b.inner_product(f"fc7_{index}", _scaled(4096, width))
+        b.relu(f"relu7_{index}")
     b.inner_product("fc8", num_classes)
     b.softmax()
     return NetSpec("VGG_ILSVRC_16_layers", b.input_shape, tuple(b.layers))
@@ -323,14 +326,21 @@ _DEFAULTS = {
 
 
 def net_spec(
-    name: str, *, width: float = 1.0, num_classes: int | None = None, input_size: int | None = None
+    name: str,
+    *,
+    width: float = 1.0,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    extra_fc: int = 0,
 ) -> NetSpec:
     """The structure of a named net, without weights: cheap even for VGG16.
 
     `width` scales every convolution's and hidden fully-connected layer's outputs (AlexNet
     and CaffeNet round them to even numbers for their two groups); `num_classes` sets the
     last layer (default 10 for LeNet, 1000 otherwise); `input_size` the square input
-    (default 28, 227, 227, 224).
+    (default 28, 227, 227, 224); `extra_fc` (VGG16 only) adds that many 4096-wide
+    fully-connected layers after fc7, for models larger than VGG16 whose largest tensor is
+    still fc6 (each adds 16.8M parameters, 67 MB as float32).
 
         >>> net_spec("alexnet").parameter_counts()["conv1"]
         34944
@@ -346,6 +356,10 @@ def net_spec(
         raise ValueError("num_classes and input_size must be positive")
     if name == "lenet":
         return _lenet(width, num_classes, input_size)
+    if extra_fc and name != "vgg16":
+        raise ValueError("extra_fc applies to vgg16 only")
+    if extra_fc < 0:
+        raise ValueError("extra_fc must be 0 or more")
     if name == "vgg16":
-        return _vgg16(width, num_classes, input_size)
+        return _vgg16(width, num_classes, input_size, extra_fc)
     return _alexnet(width, num_classes, input_size, caffenet=name == "caffenet")

@@ -396,10 +396,11 @@ def build(
     input_size: int | None = None,
     scale: float = 1.0,
     dtype: BlobDtype = "float32",
+    extra_fc: int = 0,
 ) -> SyntheticNet:
     """A seeded synthetic net: "lenet", "alexnet", "caffenet" or "vgg16".
 
-    `width`, `num_classes` and `input_size` shape the net (see `net_spec`); `seed` and
+    `width`, `num_classes`, `input_size` and `extra_fc` shape the net (see `net_spec`); `seed` and
     `scale` its weights; `encoding` ("v2" or "v1") and `dtype` ("float32" or "float64"
     blobs) are the defaults for `deploy_prototxt` and the caffemodel writers. With
     `scale=1` a unit-variance input gives a peaked but unsaturated softmax (every weight
@@ -409,5 +410,7 @@ def build(
         >>> [blob.shape for blob in net.weights["ip1"]]
         [(500, 800), (500,)]
     """
-    spec = net_spec(spec_name, width=width, num_classes=num_classes, input_size=input_size)
+    spec = net_spec(
+        spec_name, width=width, num_classes=num_classes, input_size=input_size, extra_fc=extra_fc
+    )
     return SyntheticNet(spec, seed=seed, scale=scale, encoding=encoding, dtype=dtype)
