@@ -17,12 +17,10 @@ Example::
 from __future__ import annotations
 
 import functools
-import mmap
 import os
 import pickle
 import pickletools
 import struct
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +29,10 @@ from typing import IO, Any, Literal
 import numpy as np
 from numpy.lib import format as npformat
 
-from weightconv._util.files import atomic_output, chunks, open_input, reserve
-from weightconv._util.memory import populate_for_writing, release_pages
+from weightconv._util.files import atomic_output, chunks, open_input
+from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
+from weightconv._util.regions import copy_to_handle, map_input, region_at_handle
 from weightconv.codecs import npy_header, pickle_views, safe_pickle
 from weightconv.errors import FormatError, MappingError, UsageError, WeightconvError
 from weightconv.formats.base import Options, WriteResult, option
@@ -125,7 +124,7 @@ def _mapped_pickle(handle: IO[bytes]) -> pickle_views.MappedPickle | None:
     size = os.fstat(handle.fileno()).st_size
     if size - start < 4 * pickle_views.MIN_BYTES:
         return None
-    mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    mapping = map_input(handle)
     return pickle_views.MappedPickle.scan(mapping, start)
 
 
@@ -397,6 +396,10 @@ def _write_tensor(
         + _NEWFALSE
         + _bytes_opcode(nbytes)
     )
+    advance = progress.advance if progress is not None else None
+    if array.dtype == dtype and copy_to_handle(array, handle, advance):
+        handle.write(_TUPLE + _BUILD)
+        return
     written = 0
     for chunk in chunks(array, CHUNK_BYTES):
         data = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8)
@@ -412,10 +415,8 @@ def _write_tensor(
 
 
 def _write_direct(handle: IO[bytes], direct: DirectWeights, progress: Progress | None) -> None:
-    """The array's pickle header, then its bytes made by `fill` right in the file: the file's
-    space for them allocated (so a full disk is an OSError here, never a SIGBUS while
-    filling), that region mapped, filled, and unmapped (no intermediate array, no copy
-    through write())."""
+    """The array's pickle header, then its bytes made by `fill` right in the file (no
+    intermediate array, no copy through write())."""
     shape, source_dtype, fill = direct
     dtype = np.dtype(source_dtype).newbyteorder("<")
     count = int(np.prod(shape, dtype=np.int64))
@@ -430,23 +431,10 @@ def _write_direct(handle: IO[bytes], direct: DirectWeights, progress: Progress |
         + _bytes_opcode(nbytes)
     )
     if nbytes:
-        handle.flush()
-        start = handle.tell()
-        reserve(handle.fileno(), start, nbytes)
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        mapping = mmap.mmap(handle.fileno(), start + nbytes - base, offset=base)
-        populate_for_writing(mapping)
-        view = np.frombuffer(mapping, dtype=dtype, count=count, offset=start - base).reshape(shape)
-        try:
+        with region_at_handle(handle, nbytes) as region:
+            view = region.view(dtype).reshape(shape)
             fill(view)
-        except BaseException as exc:
-            # The failed frames still hold the view, and a mapping with live views cannot close.
-            traceback.clear_frames(exc.__traceback__)
-            raise
-        finally:
             del view
-            mapping.close()
-        handle.seek(start + nbytes)
         if progress is not None:
             progress.advance(nbytes)
     handle.write(_TUPLE + _BUILD)

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from weightconv._proto import caffe_pb2
 from weightconv._util.files import open_input
+from weightconv._util.regions import map_input
 from weightconv.codecs.protowire import (
     FIXED32,
     LENGTH_DELIMITED,
@@ -159,7 +160,7 @@ def _map(source: Path) -> mmap.mmap:
     with open_input(source) as handle:
         if os.fstat(handle.fileno()).st_size == 0:
             raise FormatError(f"{source}: file is empty")
-        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        return map_input(handle)
 
 
 def parse_caffemodel(buffer: memoryview | bytes, source: Path) -> tuple[NetDef, list[RawLayer]]:

@@ -32,6 +32,7 @@ import numpy as np
 from weightconv._util.files import open_input
 from weightconv._util.limits import describe_shape, element_count
 from weightconv._util.memory import release_pages
+from weightconv._util.regions import map_input
 from weightconv.codecs import crc32c, ordered_code, sstable
 from weightconv.errors import FormatError, MappingError
 from weightconv.formats.ckpt import dtypes as tf_types
@@ -151,7 +152,7 @@ class BundleReader:
                 if os.fstat(handle.fileno()).st_size == 0:
                     self._maps[shard] = b""
                 else:
-                    self._maps[shard] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                    self._maps[shard] = map_input(handle)
         return self._maps[shard]
 
     def tensors(self) -> list[TensorInfo]:
