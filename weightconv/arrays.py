@@ -78,42 +78,40 @@ def _reorder_rows(
     else:
         result = out
     result_4d = result.reshape(*target, outputs)
+    source_4d = weights.reshape(*source, outputs)
 
-    # Tiles of a few hundred output columns by a few source channels (about 128 KiB of
-    # input) keep the strided gather in cache: 5x faster on a VGG16 fc6 than whole columns,
-    # whose input (25 MB) does not fit. Column blocks are independent, so two threads share
-    # them (NumPy copies without the GIL). A column block's source is, for Caffe's (out, in)
-    # weights, one contiguous run of the file: its pages are dropped once copied, so a
-    # mapped fc6 is never resident twice.
-    inner = source[1] * source[2]
-    per_tile = max(1, _TILE_BYTES // max(1, inner * _REORDER_BLOCK * weights.dtype.itemsize))
-    first_axis = axes.index(0)
+    # Output columns a few at a time: for Caffe's (out, in) weights a column block is a run
+    # of whole rows of the file, and 16 columns are one cache line of each output row, so
+    # the strided gather stays in cache. The two halves of the columns go to two threads
+    # (NumPy copies without the GIL); interleaved blocks would share cache lines and run
+    # no faster than one thread. A block's source pages are dropped once copied, so a
+    # mapped input is never resident twice.
+    def copy_columns(start: int, stop: int) -> None:
+        released = start
+        for first in range(start, stop, _REORDER_BLOCK):
+            last = min(stop, first + _REORDER_BLOCK)
+            result_4d[..., first:last] = source_4d[..., first:last].transpose(*axes, 3)
+            if last - released >= _RELEASE_SPAN or last == stop:
+                release_pages(weights[:, released:last])
+                released = last
 
-    def copy_blocks(first: int, step: int) -> None:
-        for start in range(first * _REORDER_BLOCK, outputs, step * _REORDER_BLOCK):
-            stop = min(outputs, start + _REORDER_BLOCK)
-            for lo in range(0, source[0], per_tile):
-                hi = min(source[0], lo + per_tile)
-                tile = weights[lo * inner : hi * inner, start:stop]
-                where: list[slice] = [slice(None)] * 3 + [slice(start, stop)]
-                where[first_axis] = slice(lo, hi)
-                result_4d[tuple(where)] = tile.reshape(
-                    hi - lo, source[1], source[2], stop - start
-                ).transpose(*axes, 3)
-            release_pages(weights[:, start:stop])
-
-    if outputs >= 4 * _REORDER_BLOCK:
+    half = (outputs // 2) - (outputs // 2) % _REORDER_BLOCK
+    if result.nbytes >= _THREADED_BYTES and half > 0:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            list(pool.map(copy_blocks, (0, 1), (2, 2)))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            second = pool.submit(copy_columns, half, outputs)
+            copy_columns(0, half)
+            second.result()
     else:
-        copy_blocks(0, 1)
+        copy_columns(0, outputs)
     return result
 
 
-_REORDER_BLOCK = 256
-_TILE_BYTES = 128 * 1024
+_REORDER_BLOCK = 16
+_RELEASE_SPAN = 256
+#: Below this a second thread costs more than it saves.
+_THREADED_BYTES = 1 << 20
 
 
 def batchnorm_caffe_to_moments(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -21,7 +21,6 @@ import os
 import pickle
 import pickletools
 import struct
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -38,9 +37,6 @@ from weightconv.errors import FormatError, MappingError, UsageError, WeightconvE
 from weightconv.formats.base import Options, WriteResult, option
 from weightconv.model import CANONICAL, Kind, Layer, Provenance, WeightSet
 from weightconv.model import canonical as layout
-
-#: (shape, dtype, fill): canonical weights a writer can have converted into its own buffer.
-DirectWeights = tuple[tuple[int, ...], Any, Callable[[np.ndarray], None]]
 
 MAGIC = b"\x93NUMPY"
 FLAVOURS = ("list", "dict", "flat")
@@ -298,7 +294,7 @@ def write(
             + _EMPTY_LIST
             + _EMPTY_DICT
         )
-        for layer, direct in _layers_to_write(weights):
+        for layer, direct in layout.layers_to_write(weights):
             if flavour == "flat":
                 for role in layer.tensors:
                     key = layer.tensor_name(role)
@@ -351,26 +347,13 @@ def write(
     )
 
 
-def _layers_to_write(weights: WeightSet) -> Iterator[tuple[Layer, DirectWeights | None]]:
-    """Each weighted layer ready to write: in the canonical layout, or, for Caffe conv and
-    dense layers, as stored with a function that converts their weights straight into the
-    output file. Mapped input pages are released after each layer."""
-    for layer in weights.layers:
-        if not layer.tensors:
-            continue
-        direct = layout.direct_weights(layer)
-        yield (layer, direct) if direct is not None else (layout.to_canonical(layer), None)
-        if weights.release is not None:
-            weights.release(layer)
-
-
 def _write_tensor(
     handle: IO[bytes],
     path: str | os.PathLike[str],
     layer: Layer,
     role: str,
     progress: Progress | None,
-    direct: DirectWeights | None = None,
+    direct: layout.DirectWeights | None = None,
 ) -> None:
     """One ndarray pickled as NumPy pickles it, its bytes streamed in chunks (or, for
     `direct` weights, converted in place into the mapped output file)."""
@@ -414,7 +397,9 @@ def _write_tensor(
     handle.write(_TUPLE + _BUILD)
 
 
-def _write_direct(handle: IO[bytes], direct: DirectWeights, progress: Progress | None) -> None:
+def _write_direct(
+    handle: IO[bytes], direct: layout.DirectWeights, progress: Progress | None
+) -> None:
     """The array's pickle header, then its bytes made by `fill` right in the file (no
     intermediate array, no copy through write())."""
     shape, source_dtype, fill = direct

@@ -35,6 +35,23 @@ def canonical_layers(weights: WeightSet) -> Iterator[Layer]:
                 weights.release(layer)
 
 
+#: (shape, dtype, fill): canonical weights that `fill` converts into a writer's own buffer.
+DirectWeights = tuple[tuple[int, ...], np.dtype[Any], Callable[[np.ndarray], None]]
+
+
+def layers_to_write(weights: WeightSet) -> Iterator[tuple[Layer, DirectWeights | None]]:
+    """Each weighted layer ready to write: in the canonical layout, or, for Caffe conv and
+    dense layers, as stored with the `DirectWeights` that convert their weights straight
+    into the output file. A mapped input's pages are released after each layer."""
+    for layer in weights.layers:
+        if not layer.tensors:
+            continue
+        direct = direct_weights(layer)
+        yield (layer, direct) if direct is not None else (to_canonical(layer), None)
+        if weights.release is not None:
+            weights.release(layer)
+
+
 def to_canonical(layer: Layer) -> Layer:
     """Return `layer` with its tensors in the canonical layout (a new Layer; input untouched)."""
     if layer.layout == CANONICAL:
@@ -98,9 +115,7 @@ def canonical_shapes(layer: Layer) -> dict[str, tuple[tuple[int, ...], np.dtype[
     return shapes
 
 
-def direct_weights(
-    layer: Layer,
-) -> tuple[tuple[int, ...], np.dtype[Any], Callable[[np.ndarray], None]] | None:
+def direct_weights(layer: Layer) -> DirectWeights | None:
     """For a Caffe-layout conv or dense layer, the canonical weights' shape and dtype and a
     function writing them into a C-contiguous array of that shape (a writer's mapped output
     file): the conversion without an intermediate copy. None for any other layer, whose

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 from weightconv._util.files import chunks, output_errors, temporary_beside
 from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
+from weightconv._util.regions import copy_to_handle, file_region, region_at_handle
 from weightconv.codecs import crc32c, sstable
 from weightconv.errors import MappingError, OutputExistsError, UsageError
 from weightconv.formats.base import WriteResult
@@ -47,7 +49,7 @@ from weightconv.formats.ckpt.naming import (
 from weightconv.formats.ckpt.shards import plan_shards
 from weightconv.formats.ckpt.strings import encode_strings
 from weightconv.model import WeightSet
-from weightconv.model.canonical import canonical_layers
+from weightconv.model.canonical import DirectWeights, layers_to_write
 
 #: Tensors are converted and written in pieces of this size.
 WRITE_CHUNK_BYTES = 16 << 20
@@ -159,15 +161,19 @@ def _write_files(
         for item in planned:
             by_layer.setdefault(item.layer_index, []).append(item)
         position = 0
-        for layer in canonical_layers(weights):
+        for layer, direct in layers_to_write(weights):
             while position < len(weights.layers) and position not in by_layer:
                 position += 1
             items = by_layer[position]
             position += 1
             for item in items:
-                array = np.asarray(layer.tensors[item.role])
                 handle = handles[item.shard]
-                entry = _write_tensor(handle, array, f"{prefix}: tensor {item.name!r}", progress)
+                what = f"{prefix}: tensor {item.name!r}"
+                if direct is not None and item.role == "weights":
+                    entry = _place_tensor(handle, direct, what, progress)
+                else:
+                    array = np.asarray(layer.tensors[item.role])
+                    entry = _write_tensor(handle, array, what, progress)
                 entry.shard_id = item.shard
                 entry.offset = offsets[item.shard]
                 offsets[item.shard] += entry.size
@@ -225,15 +231,22 @@ def _temp_beside(final: Path, temps: list[tuple[Path, Path]]) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Progress | None) -> Any:
-    """Write one tensor's bytes; its ``BundleEntryProto`` without shard and offset."""
+def _entry(dtype: np.dtype[Any], shape: tuple[int, ...], what: str) -> Any:
+    """A ``BundleEntryProto`` with dtype and shape; size, CRC, shard and offset to come."""
     from weightconv._proto import tf_checkpoint_pb2 as pb
 
     entry = pb.BundleEntryProto()
-    entry.dtype = tf_types.from_numpy(array.dtype, what)  # type: ignore[assignment]
+    entry.dtype = tf_types.from_numpy(dtype, what)  # type: ignore[assignment]
     entry.shape.SetInParent()  # present even for scalars, as TensorFlow writes it
-    for n in array.shape:
+    for n in shape:
         entry.shape.dim.add(size=int(n))
+    return entry
+
+
+def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Progress | None) -> Any:
+    """Write one tensor's bytes; its ``BundleEntryProto`` without shard and offset. A view of
+    a mapped input is checksummed in place and copied file to file by the kernel."""
+    entry = _entry(array.dtype, array.shape, what)
     if entry.dtype == tf_types.STRING:
         lengths, payload, crc = encode_strings(array)
         handle.write(lengths)
@@ -242,6 +255,16 @@ def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Prog
         entry.crc32c = crc32c.mask(crc)
         return entry
     dtype = array.dtype.newbyteorder("<")
+    advance = progress.advance if progress is not None else None
+    if array.dtype == dtype and file_region(array) is not None:
+        crc = 0
+        for piece in chunks(array.reshape(-1).view(np.uint8), WRITE_CHUNK_BYTES):
+            crc = crc32c.extend(crc, piece)
+            release_pages(piece)  # the kernel's copy does not need them mapped
+        if copy_to_handle(array, handle, advance):
+            entry.size = array.nbytes
+            entry.crc32c = crc32c.mask(crc)
+            return entry
     crc = 0
     size = 0
     for chunk in chunks(array, WRITE_CHUNK_BYTES):
@@ -249,10 +272,33 @@ def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Prog
         handle.write(data.data)
         crc = crc32c.extend(crc, data)
         size += data.nbytes
-        if progress is not None:
-            progress.advance(data.nbytes)
+        if advance is not None:
+            advance(data.nbytes)
         del data
         release_pages(chunk)
     entry.size = size
+    entry.crc32c = crc32c.mask(crc)
+    return entry
+
+
+def _place_tensor(
+    handle: BinaryIO, direct: DirectWeights, what: str, progress: Progress | None
+) -> Any:
+    """A Caffe-layout tensor converted straight into its place in the data file, then
+    checksummed there; its ``BundleEntryProto`` without shard and offset."""
+    shape, source_dtype, fill = direct
+    dtype = np.dtype(source_dtype).newbyteorder("<")
+    entry = _entry(dtype, shape, what)
+    nbytes = math.prod(shape) * dtype.itemsize
+    crc = 0
+    if nbytes:
+        with region_at_handle(handle, nbytes) as region:
+            view = region.view(dtype).reshape(shape)
+            fill(view)
+            del view
+            crc = crc32c.value(region)
+        if progress is not None:
+            progress.advance(nbytes)
+    entry.size = nbytes
     entry.crc32c = crc32c.mask(crc)
     return entry
