@@ -1,0 +1,671 @@
+"""Every weightconv conversion route, at three model sizes, against `cp` and an anchor.
+
+    python benchmarks/routes.py [--routes caffe2npy,ckpt2npy,...] [--scales 1,2,4]
+        [--repeats 5] [--no-anchors] [--width 1.0] [--work DIR] [--results PATH] [--keep]
+
+Inputs are generated once into benchmarks/work/routes/ (reused while present and of the
+right size) from a seeded synthetic VGG16 (`weightconv.testing.synthetic`): 1x is VGG16
+itself (553 MB as a caffemodel, 138,357,544 float32 parameters), 2x and 4x add 8 and 25
+extra 4096-wide fully-connected layers after fc7, so the largest tensor stays fc6 (25088 x
+4096 float32, 392 MiB) while the file grows to about 1.09 and 2.23 GB (4x is over 2 GiB).
+A child process writes each .caffemodel and its deploy prototxt, so this process never
+holds a model (a child's peak RSS would count the parent's pages); the weightconv CLI makes
+the .npy, the TensorFlow checkpoint and the Keras .h5 from it, and before any timing a
+child checks that TensorFlow's `tf.train.load_checkpoint` and h5py read them with values
+equal to the .npy. `--width 0.0625` scales the nets down for development.
+
+Cases, for each route and scale, each a whole fresh process (imports included): the
+weightconv verb; `cp` of the route's input file (of the .data file for a checkpoint), the
+floor for touching every byte; and an anchor (`--no-anchors` leaves them out):
+- caffe2npy: naive protobuf, `NetParameter.ParseFromString` of the whole file,
+  `np.array(blob.data).reshape(blob.shape.dim)` per blob (no transposes), `np.save`;
+- caffe2ckpt, caffe2h5: the two-step route they replace, `sh -c 'weightconv caffe2npy
+  ... && weightconv npy2ckpt ...'` (npy2h5), the chain timed as a whole;
+- npy2ckpt: TensorFlow eager `tf.Variable`s, `tf.compat.v1.train.Saver(var_list=...)
+  .save(None, prefix)`;
+- ckpt2npy: `tf.train.load_checkpoint` + `get_tensor` of every tensor, `np.save`;
+- npy2h5: Keras 3, a `keras.Sequential` of Conv2D/MaxPooling2D/Flatten/Dense layers named
+  and shaped as the .npy's, built in the timed process, `set_weights`, `save_weights`;
+- h52npy: h5py, `visititems` reading every dataset, `np.save` of the dict;
+- inspect: `python -m tensorflow.python.tools.inspect_checkpoint --file_name=PREFIX`.
+
+Method: weightconv is byte-compiled first, as `pip install` does. Per route, each round
+runs every case once, in reverse order on alternate rounds; before each run the previous
+outputs are deleted and `os.sync()` runs, outside the timing. Wall time is perf_counter
+around Popen + os.wait4; peak RSS is ru_maxrss of that child from os.wait4 (for the
+`sh -c` chain, Linux reports the largest of the shell and the children it waited for).
+Linux also counts the spawning process's own peak in a child's ru_maxrss, so this script
+imports neither numpy nor weightconv: its peak (about 16 MiB, reported) is the floor.
+A failed run stops the benchmark with its command and stderr. Every case runs with
+TF_CPP_MIN_LOG_LEVEL=3 and CUDA_VISIBLE_DEVICES="". The report (medians, wall min-max,
+computed acceptance verdicts) replaces benchmarks/results.md and is printed as it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+EXTRA_FC = {1: 0, 2: 8, 4: 25}  # scale -> extra 4096-wide fc layers after fc7
+CONVERSIONS = ("caffe2npy", "caffe2ckpt", "caffe2h5", "npy2ckpt", "ckpt2npy", "npy2h5", "h52npy")
+ROUTES = (*CONVERSIONS, "inspect")
+# Acceptance thresholds.
+CP_RATIO = {"caffe2npy": 1.5, "caffe2ckpt": 1.8, "caffe2h5": 1.8}  # others: DEFAULT_CP_RATIO
+DEFAULT_CP_RATIO = 1.5
+PEAK_SLACK_MIB = 120.0
+INSPECT_SPEEDUP, INSPECT_MAX_MIB = 20.0, 60.0
+
+# This process stays small (no numpy, no weightconv, no hashlib): Linux gives a spawned
+# child's ru_maxrss at least the peak RSS of the address space it was spawned from (ours),
+# so everything that needs those runs in a child.
+NET_INFO = """
+import json, sys
+from weightconv.testing import synthetic
+net = synthetic.build("vgg16", seed=0, extra_fc=int(sys.argv[1]), width=float(sys.argv[2]))
+print(json.dumps({"parameters": net.parameter_count, "size": net.caffemodel_size(),
+                  "input_shape": net.input_shape}))
+"""
+
+VERSIONS = """
+import json, importlib.metadata, platform
+import weightconv
+from google.protobuf.internal import api_implementation
+def version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+print(json.dumps({
+    "python": platform.python_version(),
+    **{p: version(p) for p in ("numpy", "h5py", "protobuf", "tensorflow", "keras")},
+    "backend": api_implementation.Type(),
+    "weightconv": weightconv.__version__,
+    "location": weightconv.__file__,
+}))
+"""
+
+WRITE_NET = """
+import sys
+from pathlib import Path
+from weightconv.testing import synthetic
+net = synthetic.build("vgg16", seed=0, extra_fc=int(sys.argv[3]), width=float(sys.argv[4]))
+net.write_caffemodel(sys.argv[1])
+Path(sys.argv[2]).write_text(net.deploy_prototxt)
+"""
+
+VERIFY = """
+import json, sys
+import h5py
+import numpy as np
+import tensorflow as tf
+prefix, npy, h5, parameters = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+expected = np.load(npy, allow_pickle=True).item()
+reader = tf.train.load_checkpoint(prefix)
+names = sorted(reader.get_variable_to_shape_map())
+wanted = sorted(f"{layer}/{role}" for layer in expected for role in ("weights", "biases"))
+assert names == wanted, ("checkpoint names", names, wanted)
+with h5py.File(h5, "r") as f:
+    text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
+    layers = [text(v) for v in f.attrs["layer_names"]]
+    assert layers == list(expected), ("h5 layers", layers, list(expected))
+    for layer, arrays in expected.items():
+        weight_names = [text(v) for v in f[layer].attrs["weight_names"]]
+        assert len(weight_names) == len(arrays) == 2, (layer, weight_names)
+        for name, array in zip(weight_names, arrays):
+            value = f[layer][name][()]
+            assert value.dtype == array.dtype and np.array_equal(value, array), ("h5", name)
+count, largest = 0, ("", 0)
+for layer, arrays in expected.items():
+    for role, array in zip(("weights", "biases"), arrays):
+        value = reader.get_tensor(f"{layer}/{role}")
+        assert value.dtype == array.dtype and np.array_equal(value, array), ("ckpt", layer)
+        count += array.size
+        if array.nbytes > largest[1]:
+            largest = (f"{layer}/{role} {'x'.join(map(str, array.shape))}", array.nbytes)
+assert count == parameters, ("parameters", count, parameters)
+print(json.dumps({"tensors": len(names), "largest": largest[0], "largest_bytes": largest[1]}))
+"""
+
+NAIVE_PROTOBUF = """
+import sys
+import numpy as np
+from weightconv._proto import caffe_pb2
+net = caffe_pb2.NetParameter()
+with open(sys.argv[1], "rb") as handle:
+    net.ParseFromString(handle.read())
+layers = {
+    layer.name: [np.array(b.data, dtype=np.float32).reshape(b.shape.dim) for b in layer.blobs]
+    for layer in net.layer
+    if layer.blobs
+}
+np.save(sys.argv[2], layers)
+"""
+
+TF_SAVE = """
+import sys
+import numpy as np
+import tensorflow as tf
+weights = np.load(sys.argv[1], allow_pickle=True).item()
+variables = {}
+for layer, (w, b) in weights.items():
+    variables[f"{layer}/weights"] = tf.Variable(w)
+    variables[f"{layer}/biases"] = tf.Variable(b)
+tf.compat.v1.train.Saver(var_list=variables).save(None, sys.argv[2])
+"""
+
+TF_READ_SAVE = """
+import sys
+import numpy as np
+import tensorflow as tf
+reader = tf.train.load_checkpoint(sys.argv[1])
+layers = {}
+for name in reader.get_variable_to_shape_map():
+    layer, role = name.rsplit("/", 1)
+    layers.setdefault(layer, {})[role] = reader.get_tensor(name)
+np.save(sys.argv[2], {layer: [t["weights"], t["biases"]] for layer, t in layers.items()})
+"""
+
+KERAS_SAVE = """
+import sys
+import numpy as np
+import keras
+weights = np.load(sys.argv[1], allow_pickle=True).item()
+layers, block = [keras.Input(tuple(int(v) for v in sys.argv[3].split(",")))], None
+for name, (kernel, bias) in weights.items():
+    if name.startswith("conv"):
+        if block is not None and name.split("_")[0] != block:
+            layers.append(keras.layers.MaxPooling2D(2))
+        block = name.split("_")[0]
+        layers.append(
+            keras.layers.Conv2D(kernel.shape[-1], kernel.shape[:2], padding="same", name=name)
+        )
+    else:
+        if block is not None:
+            layers += [keras.layers.MaxPooling2D(2), keras.layers.Flatten()]
+            block = None
+        layers.append(keras.layers.Dense(kernel.shape[-1], name=name))
+model = keras.Sequential(layers)
+model.set_weights([array for pair in weights.values() for array in pair])
+model.save_weights(sys.argv[2])
+"""
+
+H5PY_READ = """
+import sys
+import h5py
+import numpy as np
+arrays = {}
+with h5py.File(sys.argv[1], "r") as f:
+    f.visititems(lambda name, o: arrays.update({name: o[()]}) if isinstance(o, h5py.Dataset) else None)
+np.save(sys.argv[2], arrays)
+"""  # noqa: E501
+
+
+def python(source: str, *arguments: object) -> list[str]:
+    return [sys.executable, "-c", source, *map(str, arguments)]
+
+
+def weightconv(*arguments: object) -> list[str]:
+    script = Path(sys.executable).parent / "weightconv"  # the console script users run
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "weightconv"]
+    return [*head, *map(str, arguments)]
+
+
+def shown(command: list[str]) -> str:
+    return shlex.join(a if "\n" not in a else "<script>" for a in command)
+
+
+@dataclass
+class Inputs:
+    scale: int
+    stem: str
+    caffemodel: Path
+    prototxt: Path
+    npy: Path
+    prefix: Path
+    h5: Path
+    input_hwc: str
+    parameters: int
+    tensors: int = 0
+    largest: str = ""
+    largest_bytes: int = 0
+
+    @property
+    def data(self) -> Path:
+        return self.prefix.with_name(self.prefix.name + ".data-00000-of-00001")
+
+    def sizes(self) -> dict[str, int]:
+        index = self.prefix.with_name(self.prefix.name + ".index")
+        files = (self.caffemodel, self.prototxt, self.npy, index, self.data, self.h5)
+        return {p.name: p.stat().st_size if p.exists() else -1 for p in files}
+
+
+@dataclass
+class Case:
+    kind: str  # "cp", "weightconv" or "anchor"
+    label: str
+    command: list[str]
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (wall s, peak MiB)
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(s[0] for s in self.samples)
+
+    @property
+    def peak(self) -> float:
+        return statistics.median(s[1] for s in self.samples)
+
+    def cell(self) -> str:
+        walls = [s[0] for s in self.samples]
+        spread = f" ({min(walls):.2f}–{max(walls):.2f})" if len(walls) > 1 else ""
+        return f"{self.wall:.2f}{spread}"
+
+
+def run_checked(command: list[str], what: str, cwd: Path) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    if result.returncode != 0:
+        raise SystemExit(f"{what} failed ({result.returncode}): {shown(command)}\n{result.stderr}")
+    return result.stdout
+
+
+def prepare(scale: int, width: float, work: Path) -> Inputs:
+    """Generate (or reuse) the scale's inputs, then check them with TensorFlow and h5py."""
+    net = json.loads(run_checked(python(NET_INFO, EXTRA_FC[scale], width), "net info", work))
+    stem = f"vgg16-{scale}x-w{width:g}"
+    _, channels, height, wide = net["input_shape"]
+    inputs = Inputs(
+        scale,
+        stem,
+        work / f"{stem}.caffemodel",
+        work / f"{stem}.prototxt",
+        work / f"{stem}.npy",
+        work / "ckpt" / f"{stem}.ckpt",
+        work / f"{stem}.h5",
+        f"{height},{wide},{channels}",
+        net["parameters"],
+    )
+    stamp = work / f"{stem}.sizes.json"
+    fresh = (
+        stamp.exists()
+        and json.loads(stamp.read_text()) == inputs.sizes()
+        and inputs.caffemodel.stat().st_size == net["size"]
+    )
+    if not fresh:
+        stamp.unlink(missing_ok=True)
+        print(f"generating {stem} inputs ...", file=sys.stderr)
+        ca, pt, npy = inputs.caffemodel, inputs.prototxt, inputs.npy
+        steps = [
+            python(WRITE_NET, ca, pt, EXTRA_FC[scale], width),
+            weightconv("caffe2npy", ca, "--prototxt", pt, "-o", npy, "--force", "-q"),
+            weightconv("npy2ckpt", npy, "-o", inputs.prefix, "--force", "-q"),
+            weightconv("npy2h5", npy, "-o", inputs.h5, "--force", "-q"),
+        ]
+        for command in steps:
+            run_checked(command, "generating inputs", work)
+        if ca.stat().st_size != net["size"]:
+            raise SystemExit(f"{ca}: {ca.stat().st_size} bytes, not {net['size']}")
+    print(f"checking {stem} with TensorFlow and h5py ...", file=sys.stderr)
+    verify = python(VERIFY, inputs.prefix, inputs.npy, inputs.h5, inputs.parameters)
+    report = json.loads(run_checked(verify, "checking the inputs", work).splitlines()[-1])
+    inputs.tensors, inputs.largest = report["tensors"], report["largest"]
+    inputs.largest_bytes = report["largest_bytes"]
+    if not fresh:
+        stamp.write_text(json.dumps(inputs.sizes()))
+    return inputs
+
+
+def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, list[Case]]:
+    """The route's input file and its cases (weightconv, cp, anchor), writing under `out`."""
+    source = {
+        "caffe2npy": i.caffemodel,
+        "caffe2ckpt": i.caffemodel,
+        "caffe2h5": i.caffemodel,
+        "npy2ckpt": i.npy,
+        "npy2h5": i.npy,
+        "ckpt2npy": i.data,
+        "inspect": i.data,
+        "h52npy": i.h5,
+    }[route]
+    caffe = (i.caffemodel, "--prototxt", i.prototxt)
+    ours = {
+        "caffe2npy": weightconv("caffe2npy", *caffe, "-o", out / "wc.npy", "-q"),
+        "caffe2ckpt": weightconv("caffe2ckpt", *caffe, "-o", out / "wc.ckpt", "-q"),
+        "caffe2h5": weightconv("caffe2h5", *caffe, "-o", out / "wc.weights.h5", "-q"),
+        "npy2ckpt": weightconv("npy2ckpt", i.npy, "-o", out / "wc.ckpt", "-q"),
+        "ckpt2npy": weightconv("ckpt2npy", i.prefix, "-o", out / "wc.npy", "-q"),
+        "npy2h5": weightconv("npy2h5", i.npy, "-o", out / "wc.weights.h5", "-q"),
+        "h52npy": weightconv("h52npy", i.h5, "-o", out / "wc.npy", "-q"),
+        "inspect": weightconv("inspect", i.prefix),
+    }[route]
+    cases = [
+        Case("weightconv", f"weightconv {route}", ours),
+        Case("cp", "cp", ["cp", str(source), str(out / f"copy-{source.name}")]),
+    ]
+    if not anchors:
+        return source, cases
+    two_step = out / "two-step.npy"
+    first = shlex.join(weightconv("caffe2npy", *caffe, "-o", two_step, "-q"))
+    to_ckpt = shlex.join(weightconv("npy2ckpt", two_step, "-o", out / "two.ckpt", "-q"))
+    to_h5 = shlex.join(weightconv("npy2h5", two_step, "-o", out / "two.weights.h5", "-q"))
+    anchor = {
+        "caffe2npy": ("naive protobuf", python(NAIVE_PROTOBUF, i.caffemodel, out / "naive.npy")),
+        "caffe2ckpt": ("caffe2npy && npy2ckpt", ["sh", "-c", f"{first} && {to_ckpt}"]),
+        "caffe2h5": ("caffe2npy && npy2h5", ["sh", "-c", f"{first} && {to_h5}"]),
+        "npy2ckpt": ("TF eager Saver", python(TF_SAVE, i.npy, out / "tf.ckpt")),
+        "ckpt2npy": ("TF get_tensor + np.save", python(TF_READ_SAVE, i.prefix, out / "tf.npy")),
+        "npy2h5": (
+            "Keras 3 save_weights",
+            python(KERAS_SAVE, i.npy, out / "keras.weights.h5", i.input_hwc),
+        ),
+        "h52npy": ("h5py + np.save", python(H5PY_READ, i.h5, out / "h5py.npy")),
+        "inspect": (
+            "TF inspect_checkpoint",
+            [
+                sys.executable,
+                "-m",
+                "tensorflow.python.tools.inspect_checkpoint",
+                f"--file_name={i.prefix}",
+            ],
+        ),
+    }[route]
+    return source, [*cases, Case("anchor", *anchor)]
+
+
+def measure(case: Case, work: Path) -> tuple[float, float]:
+    """Run the case once; (wall seconds, peak RSS MiB) of that process (and its waited-for
+    children) from os.wait4. A failure stops the benchmark with its stderr."""
+    log = work / "stderr.log"
+    with open(log, "wb") as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(case.command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=work)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(
+            f"{case.label} failed (exit {process.returncode}): {shown(case.command)}\n"
+            + log.read_text(errors="replace")[-6000:]
+        )
+    return wall, usage.ru_maxrss / 1024  # KiB on Linux
+
+
+ANCHORS = (
+    "Anchors: caffe2npy, naive protobuf (`caffe_pb2.NetParameter().ParseFromString` of the "
+    "whole file, `np.array(blob.data, dtype=np.float32).reshape(blob.shape.dim)` per blob, "
+    "`np.save` of {layer: [W, b]}; no transposes, so less work than caffe2npy); caffe2ckpt "
+    "and caffe2h5, the two-step `sh -c 'weightconv caffe2npy ... && weightconv "
+    "npy2ckpt|npy2h5 ...'` timed as one chain; npy2ckpt, TensorFlow eager `tf.Variable`s + "
+    "`tf.compat.v1.train.Saver(var_list=...).save(None, prefix)`; ckpt2npy, "
+    "`tf.train.load_checkpoint` + `get_tensor` of every tensor + `np.save`; npy2h5, Keras 3 "
+    "`keras.Sequential` (Conv2D 3x3 same, MaxPooling2D between blocks so that Flatten gives "
+    "fc6's input, Dense; the .npy's names) built in the timed process, `set_weights`, "
+    "`save_weights('X.weights.h5')`; h52npy, h5py `visititems` + `ds[()]` + `np.save` of the "
+    "dict; inspect, `python -m tensorflow.python.tools.inspect_checkpoint`. The .h5 outputs "
+    "are Keras 3 `.weights.h5` files; the h52npy input is `npy2h5`'s default `.h5` (Keras 2 "
+    "layout)."
+)
+
+HEADER = (
+    "| route | input | MB | cp (s) | weightconv (s) | weightconv peak (MiB) "
+    "| weightconv / cp | peak − largest tensor (MiB) | anchor | anchor (s) "
+    "| anchor peak (MiB) | anchor / weightconv |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+)
+
+
+def row(route: str, source: Path, cases: dict[str, Case], largest_mib: float) -> str:
+    cp, ours, anchor = cases["cp"], cases["weightconv"], cases.get("anchor")
+    name = source.name
+    if ".data-" in name:  # a checkpoint: its prefix, and cp copies the .data file
+        name = f"ckpt/{name.split('.data-')[0]} (.data)"
+    cells = [
+        route,
+        f"`{name}`",
+        f"{source.stat().st_size / 1e6:,.0f}",
+        cp.cell(),
+        ours.cell(),
+        f"{ours.peak:,.0f}",
+        f"{ours.wall / cp.wall:.2f}x",
+        f"{ours.peak - largest_mib:+,.0f}",
+    ]
+    if anchor is None:
+        cells += ["(not run)", "", "", ""]
+    else:
+        speed = anchor.wall / ours.wall
+        cells += [anchor.label, anchor.cell(), f"{anchor.peak:,.0f}", f"{speed:.1f}x"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def acceptance(
+    results: dict[int, dict[str, dict[str, Case]]], largest: dict[int, float]
+) -> list[str]:
+    """One computed verdict per line."""
+
+    def verdict(values: list[str], failures: list[str]) -> str:
+        tail = "met" if not failures else f"**NOT met** ({'; '.join(failures)})"
+        return f"{', '.join(values)}: {tail}"
+
+    lines = []
+    for route in ROUTES:
+        runs = {s: r[route] for s, r in results.items() if route in r}
+        if not runs:
+            continue
+        if route != "inspect":
+            limit = CP_RATIO.get(route, DEFAULT_CP_RATIO)
+            ratios = {s: c["weightconv"].wall / c["cp"].wall for s, c in runs.items()}
+            values = [f"{s}x {r:.2f}x" for s, r in ratios.items()]
+            failures = [f"{s}x: {r:.2f}x vs {limit}x" for s, r in ratios.items() if r > limit]
+            lines.append(f"- {route} <= {limit}x `cp`: {verdict(values, failures)}")
+        if route in ("caffe2ckpt", "caffe2h5"):
+            second = route.replace("caffe2", "npy2")
+            text = f"- {route} faster than `caffe2npy && {second}`: "
+            if all("anchor" in c for c in runs.values()):
+                speed = {s: c["anchor"].wall / c["weightconv"].wall for s, c in runs.items()}
+                values = [f"{s}x {v:.2f}x faster" for s, v in speed.items()]
+                failures = [f"{s}x: {v:.2f}x vs > 1x" for s, v in speed.items() if v <= 1]
+                lines.append(text + verdict(values, failures))
+            else:
+                lines.append(text + "not measured (--no-anchors)")
+        if route == "inspect":
+            text = f"- inspect >= {INSPECT_SPEEDUP:.0f}x faster than TF inspect_checkpoint: "
+            if all("anchor" in c for c in runs.values()):
+                speed = {s: c["anchor"].wall / c["weightconv"].wall for s, c in runs.items()}
+                values = [f"{s}x {v:.1f}x" for s, v in speed.items()]
+                failures = [
+                    f"{s}x: {v:.1f}x vs {INSPECT_SPEEDUP:.0f}x"
+                    for s, v in speed.items()
+                    if v < INSPECT_SPEEDUP
+                ]
+                lines.append(text + verdict(values, failures))
+            else:
+                lines.append(text + "not measured (--no-anchors)")
+            peaks = {s: c["weightconv"].peak for s, c in runs.items()}
+            values = [f"{s}x {p:.0f} MiB" for s, p in peaks.items()]
+            failures = [
+                f"{s}x: {p:.0f} vs {INSPECT_MAX_MIB:.0f} MiB"
+                for s, p in peaks.items()
+                if p >= INSPECT_MAX_MIB
+            ]
+            lines.append(f"- inspect under {INSPECT_MAX_MIB:.0f} MiB: {verdict(values, failures)}")
+    for scale, by_route in results.items():
+        limit = largest[scale] + PEAK_SLACK_MIB
+        route_peaks = {route: c["weightconv"].peak for route, c in by_route.items()}
+        worst = max(route_peaks, key=lambda route: route_peaks[route])
+        failures = [
+            f"{r} {p:,.0f} vs {limit:,.0f} MiB" for r, p in route_peaks.items() if p > limit
+        ]
+        lines.append(
+            f"- {scale}x: every weightconv route's peak RSS <= largest tensor + "
+            f"{PEAK_SLACK_MIB:.0f} MiB = {limit:,.0f} MiB: "
+            + verdict([f"highest {worst} {route_peaks[worst]:,.0f} MiB"], failures)
+        )
+    return lines
+
+
+def machine(work: Path, v: dict[str, str]) -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [
+        ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")
+    ]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    df = subprocess.run(["df", "--output=fstype", str(work)], capture_output=True, text=True)
+    fstype = df.stdout.split()[-1] if df.returncode == 0 and df.stdout.split() else "unknown"
+    cp = subprocess.run(["cp", "--version"], capture_output=True, text=True).stdout or "?"
+    cp = f"`{cp.splitlines()[0]}`"
+    if cp.startswith("`cp (GNU coreutils) ") and int(cp.split()[-1].split(".")[0]) >= 9:
+        cp += ", which copies in the kernel (copy_file_range)"
+    return (
+        f"{os.cpu_count()} cores, {models[0] if models else 'unknown CPU'}, {memory:.1f} GiB "
+        f"RAM, Linux {platform.release()}, work folder on {fstype}; {cp}; Python "
+        f"{v['python']}, numpy {v['numpy']}, h5py {v['h5py']}, protobuf {v['protobuf']} "
+        f"({v['backend']} backend), TensorFlow {v['tensorflow']}, Keras {v['keras']}"
+    )
+
+
+def revision() -> str:
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return "commit unknown"
+    status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
+    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+
+
+def fingerprint() -> str:
+    """A checksum of weightconv's sources, to notice them changing during a run."""
+    crc = 0
+    for path in sorted((REPO / "weightconv").rglob("*.py")):
+        crc = zlib.crc32(path.read_bytes(), zlib.crc32(str(path).encode(), crc))
+    return f"{crc:08x}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--routes", default=",".join(ROUTES), help="comma list (default: all)")
+    parser.add_argument("--scales", default="1,2,4", help="comma list of 1, 2, 4")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-anchors", dest="anchors", action="store_false")
+    parser.add_argument("--width", type=float, default=1.0, help="scale the nets down")
+    parser.add_argument("--work", type=Path, default=HERE / "work" / "routes")
+    parser.add_argument("--results", type=Path, default=HERE / "results.md")
+    parser.add_argument("--keep", action="store_true", help="keep the outputs too")
+    args = parser.parse_args()
+    chosen = {r for r in args.routes.split(",") if r}
+    routes = [r for r in ROUTES if r in chosen]
+    if not routes or chosen - set(ROUTES):
+        parser.error(f"--routes: choose from {','.join(ROUTES)}")
+    try:
+        scales = sorted({int(s) for s in args.scales.split(",") if s})
+    except ValueError:
+        scales = []
+    if not scales or set(scales) - set(EXTRA_FC):
+        parser.error("--scales: a comma list of 1, 2, 4")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    command = shlex.join(["python", "benchmarks/routes.py", *sys.argv[1:]])
+    os.environ.update(TF_ENV)
+    work, out = args.work.resolve(), args.work.resolve() / "out"
+    (work / "ckpt").mkdir(parents=True, exist_ok=True)
+    # weightconv from bytecode, as after `pip install`: with PYTHONDONTWRITEBYTECODE set an
+    # editable install would otherwise compile its modules in every measured run.
+    compile_all = "import compileall, weightconv, os; compileall.compile_dir(os.path.dirname(weightconv.__file__), quiet=1)"  # noqa: E501
+    subprocess.run(
+        python(compile_all), check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""}
+    )
+    versions = json.loads(run_checked(python(VERSIONS), "reading versions", work))
+    package = Path(versions["location"]).resolve().parent
+    where = "" if package == REPO / "weightconv" else f", imported from {package}"
+    prepared = {scale: prepare(scale, args.width, work) for scale in scales}
+    sources, load_before = fingerprint(), os.getloadavg()
+    results: dict[int, dict[str, dict[str, Case]]] = {}
+    tables: list[str] = []
+    for scale, inputs in prepared.items():
+        largest = inputs.largest_bytes / 2**20
+        caffemodel = inputs.caffemodel.stat().st_size
+        over = "over" if caffemodel > 2**31 else "not over"
+        title = (
+            f"## {scale}x: VGG16 + {EXTRA_FC[scale]} extra fc (width {args.width:g})\n\n"
+            f"{inputs.parameters:,} float32 parameters in {inputs.tensors} tensors; largest "
+            f"tensor {inputs.largest}, {largest:,.1f} MiB; caffemodel {caffemodel:,} bytes "
+            f"({over} 2 GiB = 2**31 bytes).\n\n{HEADER}"
+        )
+        print(f"\n{title}", flush=True)
+        results[scale], rows = {}, []
+        for route in routes:
+            source, cases = route_cases(route, inputs, out, args.anchors)
+            for round_number in range(args.repeats):
+                for case in cases if round_number % 2 == 0 else cases[::-1]:
+                    shutil.rmtree(out, ignore_errors=True)
+                    out.mkdir()
+                    os.sync()  # no write-back of the previous output during this run
+                    case.samples.append(measure(case, work))
+                    wall, peak = case.samples[-1]
+                    print(
+                        f"[{scale}x {route} {round_number + 1}/{args.repeats}] {case.label}: "
+                        f"{wall:.2f} s, {peak:,.0f} MiB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            results[scale][route] = {case.kind: case for case in cases}
+            rows.append(row(route, source, results[scale][route], largest))
+            print(rows[-1], flush=True)
+        tables.append(title + "\n" + "\n".join(rows))
+    load_after = os.getloadavg()
+    floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if not args.keep:
+        shutil.rmtree(out, ignore_errors=True)
+        (work / "stderr.log").unlink(missing_ok=True)
+    largest_mib = {s: i.largest_bytes / 2**20 for s, i in prepared.items()}
+    anchors = ANCHORS if args.anchors else "Anchors: not run (`--no-anchors`)."
+    loads = " ".join(f"{v:.2f}" for v in load_before), " ".join(f"{v:.2f}" for v in load_after)
+    text = "\n".join(
+        [
+            "# Benchmark results: every conversion route",
+            "",
+            f"Run: `{command}` (weightconv {versions['weightconv']}, commit {revision()}{where}).",
+            "",
+            f"Machine: {machine(work, versions)}. Load average {loads[0]} before, {loads[1]} "
+            "after.",
+            "",
+            f"Method: every case is a fresh process (imports included), {args.repeats} "
+            f"round(s) per route, each round running every case once with the order reversed "
+            f"on alternate rounds; outputs deleted and `os.sync()` before each run, inputs in "
+            f"the page cache. Wall time is perf_counter around Popen + os.wait4 (median, and "
+            f"min–max in brackets), peak RSS is that child's ru_maxrss from os.wait4 (median; "
+            f"for the `sh -c` chain the largest of the shell and both steps; never below this "
+            f"script's own peak, {floor:.0f} MiB, which Linux counts in a spawned child's); "
+            f"TensorFlow and h5py checked that the checkpoint and .h5 hold the .npy's values "
+            f"before timing; weightconv byte-compiled first.",
+            "",
+            anchors,
+            "",
+            *[table + "\n" for table in tables],
+            "## Acceptance",
+            "",
+            *acceptance(results, largest_mib),
+        ]
+    )
+    if fingerprint() != sources:
+        text += "\n\n**weightconv's sources changed during this run: rerun for clean numbers.**"
+        print("warning: weightconv's sources changed during the run", file=sys.stderr)
+    args.results.write_text(text + "\n")
+    print("\n" + text[text.index("## Acceptance") :], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
