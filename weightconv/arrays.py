@@ -109,7 +109,7 @@ def _reorder_rows(
 
 
 _REORDER_BLOCK = 16
-_RELEASE_SPAN = 256
+_RELEASE_SPAN = 64
 #: Below this a second thread costs more than it saves.
 _THREADED_BYTES = 1 << 20
 

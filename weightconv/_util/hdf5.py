@@ -19,8 +19,12 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+
+from weightconv._util.regions import map_input
 from weightconv.errors import FormatError, WeightconvError
 
 #: Attribute values larger than this are refused (Keras's biggest, model_config, is a few MB).
@@ -225,3 +229,26 @@ def check_dataset(dataset: Any, where: object, file_size: int) -> None:
             f"{where}: {what}: declares {shape} x {int(kind.get_size())} bytes "
             f"({declared:,} bytes), its storage holds {stored:,} of the file's {file_size:,}"
         )
+
+
+def mapped_values(dataset: Any, path: Path, start: int) -> np.ndarray | None:
+    """A contiguous dataset's values as a read-only view of its mapped file (no copy, and a
+    writer can copy them file to file), the HDF5 file starting `start` bytes into `path`;
+    None when HDF5 must read them (chunked, compressed, never written)."""
+    import h5py
+
+    plist = dataset.id.get_create_plist()
+    offset = dataset.id.get_offset()
+    if plist.get_layout() != h5py.h5d.CONTIGUOUS or offset is None:
+        return None
+    dtype = np.dtype(dataset.dtype)
+    count = math.prod(dataset.shape or ())
+    nbytes = count * dtype.itemsize
+    if nbytes == 0 or dataset.id.get_storage_size() != nbytes:
+        return None
+    with open(path, "rb") as raw:
+        if start + int(offset) + nbytes > os.fstat(raw.fileno()).st_size:
+            return None  # check_dataset refuses what the file cannot hold
+        mapping = map_input(raw)
+    view = np.frombuffer(mapping, dtype=dtype, count=count, offset=start + int(offset))
+    return view.reshape(dataset.shape)

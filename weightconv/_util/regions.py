@@ -116,7 +116,9 @@ def copy_to_handle(
 def output_region(fd: int, offset: int, nbytes: int) -> Iterator[np.ndarray]:
     """The bytes [offset, offset + nbytes) of the file `fd`, as a writable uint8 array to
     fill in place: the space allocated first (a full disk is an OSError here, never a
-    SIGBUS while filling), the pages created in one pass, the mapping closed on exit."""
+    SIGBUS while filling), the pages created in one pass, the mapping closed on exit.
+    The caller must hold no view of the array past the block (a function of its own is the
+    simple way): a mapping with live views cannot close, and stays resident until they go."""
     reserve(fd, offset, nbytes)
     base = offset - offset % mmap.ALLOCATIONGRANULARITY
     mapping = mmap.mmap(fd, offset + nbytes - base, offset=base)

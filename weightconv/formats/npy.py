@@ -417,9 +417,8 @@ def _write_direct(
     )
     if nbytes:
         with region_at_handle(handle, nbytes) as region:
-            view = region.view(dtype).reshape(shape)
-            fill(view)
-            del view
+            fill(region.view(dtype).reshape(shape))
+            del region  # no view may outlive the block, or the mapping cannot close
         if progress is not None:
             progress.advance(nbytes)
     handle.write(_TUPLE + _BUILD)

@@ -19,7 +19,7 @@ from weightconv.arrays import (
 )
 from weightconv.errors import ShapeError
 from weightconv.model.layers import CAFFE, CANONICAL, Kind, Layer, WeightSet
-from weightconv.model.tensors import Tensor
+from weightconv.model.tensors import FilledTensor, Tensor
 
 
 def canonical_layers(weights: WeightSet) -> Iterator[Layer]:
@@ -30,7 +30,7 @@ def canonical_layers(weights: WeightSet) -> Iterator[Layer]:
     """
     for layer in weights.layers:
         if layer.tensors:
-            yield to_canonical(layer)
+            yield deferred_canonical(layer)
             if weights.release is not None:
                 weights.release(layer)
 
@@ -50,6 +50,19 @@ def layers_to_write(weights: WeightSet) -> Iterator[tuple[Layer, DirectWeights |
         yield (layer, direct) if direct is not None else (to_canonical(layer), None)
         if weights.release is not None:
             weights.release(layer)
+
+
+def deferred_canonical(layer: Layer) -> Layer:
+    """`to_canonical`, except that Caffe conv and dense weights become `FilledTensor`s: known
+    by shape and dtype, converted only when a consumer asks for the values (or fills them
+    straight into its output), so listing or planning costs no conversion."""
+    direct = direct_weights(layer)
+    if direct is None:
+        return to_canonical(layer)
+    shape, dtype, fill = direct
+    tensors: dict[str, Tensor] = dict(layer.tensors)
+    tensors["weights"] = FilledTensor(shape, dtype, fill)
+    return replace(layer, tensors=tensors, layout=CANONICAL)
 
 
 def to_canonical(layer: Layer) -> Layer:
@@ -75,24 +88,33 @@ def _caffe_dense_to_canonical(
     layer: Layer, weights: np.ndarray, into: np.ndarray | None = None
 ) -> np.ndarray:
     in_out = weights if layer.params.get("transpose") else dense_out_in_to_in_out(weights)
+    shape = _dense_input(layer, in_out.shape[0])
+    if shape is not None:
+        return flatten_chw_to_hwc(in_out, shape, into)
+    return contiguous_copy(in_out, into)
+
+
+def _dense_input(layer: Layer, inputs: int) -> tuple[int, int, int] | None:
+    """The (C, H, W) whose flatten order a Caffe dense layer's rows follow, when it has a
+    spatial input; None when its input is flat. Raises when that cannot be known."""
     shape = layer.input_shape
     if shape is None:
         if layer.params.get("follows_spatial"):
             raise ShapeError(
                 f"layer {layer.name!r}: its input is a spatial blob of unknown height and width "
-                f"({in_out.shape[0]} inputs); give the deploy prototxt (prototxt=) or the net's "
+                f"({inputs} inputs); give the deploy prototxt (prototxt=) or the net's "
                 f"input_shape=C,H,W so the C,H,W -> H,W,C flatten order can be fixed"
             )
-        return contiguous_copy(in_out, into)
-    if len(shape) == 3 and shape[1] * shape[2] > 1:
-        return flatten_chw_to_hwc(in_out, (shape[0], shape[1], shape[2]), into)
-    total = int(np.prod(shape)) if shape else in_out.shape[0]
-    if total != in_out.shape[0]:
+        return None
+    total = int(np.prod(shape)) if shape else inputs
+    if total != inputs:
         raise ShapeError(
-            f"layer {layer.name!r}: weights have {in_out.shape[0]} inputs but its input blob "
+            f"layer {layer.name!r}: weights have {inputs} inputs but its input blob "
             f"is {'x'.join(map(str, shape))} = {total}"
         )
-    return contiguous_copy(in_out, into)
+    if len(shape) == 3 and shape[1] * shape[2] > 1:
+        return (shape[0], shape[1], shape[2])
+    return None
 
 
 def canonical_shapes(layer: Layer) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
@@ -129,6 +151,7 @@ def direct_weights(layer: Layer) -> DirectWeights | None:
             conv_oihw_to_hwio_into(weights, into)
 
     elif layer.kind == Kind.DENSE and weights.ndim == 2:
+        _dense_input(layer, weights.shape[0 if layer.params.get("transpose") else 1])
 
         def fill(into: np.ndarray) -> None:
             _caffe_dense_to_canonical(layer, weights, into)

@@ -72,6 +72,31 @@ class LazyTensor:
         return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
 
 
+class FilledTensor(LazyTensor):
+    """A tensor not made yet: `fill(out)` writes its values into a C-contiguous array of its
+    shape and dtype, which may be a writer's mapped output file; ``np.asarray(t)`` fills a
+    fresh array. A converted tensor costs nothing until its values are asked for."""
+
+    __slots__ = ("fill",)
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        dtype: np.dtype[Any] | type | str,
+        fill: Callable[[np.ndarray], None],
+    ) -> None:
+        def make() -> np.ndarray:
+            out = np.empty(self.shape, self.dtype)
+            fill(out)
+            return out
+
+        super().__init__(shape, dtype, make)
+        self.fill = fill
+
+    def __repr__(self) -> str:
+        return f"FilledTensor(shape={self.shape}, dtype={self.dtype})"
+
+
 #: What a layer's tensor is: an array, or a tensor read when asked for. Both index and
 #: ``np.asarray()`` the same way and have ``shape``, ``dtype``, ``size`` and ``nbytes``.
 Tensor = np.ndarray | LazyTensor

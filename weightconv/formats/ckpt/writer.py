@@ -293,10 +293,9 @@ def _place_tensor(
     crc = 0
     if nbytes:
         with region_at_handle(handle, nbytes) as region:
-            view = region.view(dtype).reshape(shape)
-            fill(view)
-            del view
+            fill(region.view(dtype).reshape(shape))
             crc = crc32c.value(region)
+            del region  # no view may outlive the block, or the mapping cannot close
         if progress is not None:
             progress.advance(nbytes)
     entry.size = nbytes

@@ -29,7 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from weightconv._util.hdf5 import check_dataset, guard
+from weightconv._util.hdf5 import check_dataset, guard, mapped_values
 from weightconv.errors import FormatError, WeightconvError
 from weightconv.formats.keras_h5.archive import (
     LinkOrder,
@@ -223,7 +223,10 @@ def _loader(source: Source, dataset: str, bfloat16: bool) -> Callable[[], np.nda
         with source.open() as handle, guard(source, f"dataset {dataset}"):
             target = handle[dataset]
             check_dataset(target, source, source.size or source.path.stat().st_size)
-            array = np.asarray(target[()])
+            start = 0 if source.member is None else source.offset  # -1: compressed member
+            array = mapped_values(target, source.path, start) if start >= 0 else None
+            if array is None:
+                array = np.asarray(target[()])
         if bfloat16:
             import ml_dtypes
 

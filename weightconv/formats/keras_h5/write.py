@@ -20,15 +20,18 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from weightconv._util.files import atomic_path, check_writable
+from weightconv._util.files import atomic_path, check_writable, chunks, reserve
+from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
-from weightconv.errors import MappingError, ShapeError, UsageError
+from weightconv._util.regions import copy_region, output_region
+from weightconv.errors import FormatError, MappingError, ShapeError, UsageError
 from weightconv.formats.base import WriteResult
 from weightconv.formats.keras_h5 import LAYOUTS
 from weightconv.formats.keras_h5.archive import write_name_list
@@ -47,12 +50,16 @@ from weightconv.formats.keras_h5.config import (
     node_of,
     variable_roles,
 )
-from weightconv.model import WeightSet
+from weightconv.model import FilledTensor, Tensor, WeightSet
 
 #: Written as ``keras_version`` in the keras2 layout. Keras 2 loaders take a file without a
 #: version for Keras 1 and convert its weights; 2.15.0 is the last Keras 2 bundled with
 #: TensorFlow (tf.keras), so every Keras 2 reads the file as its own, unconverted.
 KERAS2_VERSION = "2.15.0"
+#: Tensors are converted and written in pieces of this size.
+WRITE_CHUNK_BYTES = 16 << 20
+#: Room checked for beside the tensors' bytes: HDF5's groups, attributes and headers.
+_METADATA_ROOM = 1 << 20
 
 
 #: Roles a tensor may also have in a WeightSet, for each role a Keras layer needs.
@@ -102,15 +109,15 @@ def write(
     slots = model_slots(root, weights) if root is not None else derived_slots(weights, target)
     counts = {"layers": 0, "tensors": 0, "parameters": 0}
     notes: list[str] = []
-    with (
-        atomic_path(target, force, notes=notes) as temporary,
-        _hdf5_os_errors(),
-        h5py.File(temporary, "w") as handle,
-    ):
-        if keras_layout == "keras3":
-            _write_keras3(handle, slots, target, counts, notes, progress)
-        else:
-            _write_keras2(handle, slots, root, target, counts, notes, progress)
+    places: list[_Place] = []
+    with atomic_path(target, force, notes=notes) as temporary, _hdf5_os_errors():
+        _check_room(temporary, weights.nbytes)
+        with h5py.File(temporary, "w") as handle:
+            if keras_layout == "keras3":
+                _write_keras3(handle, slots, target, counts, notes, places)
+            else:
+                _write_keras2(handle, slots, root, target, counts, notes, places)
+        _fill(temporary, places, progress)
     return WriteResult(
         layers=counts["layers"],
         tensors=counts["tensors"],
@@ -233,14 +240,14 @@ def _check_names(weights: WeightSet, root: Node, target: Path) -> None:
             )
 
 
-def _tensors_for(slot: Slot, target: Path) -> list[tuple[str, np.ndarray]]:
+def _tensors_for(slot: Slot, target: Path) -> list[tuple[str, Tensor]]:
     """(role, array) in the order Keras keeps the layer's variables, checked against the
     shapes Keras builds from the layer's config."""
     layer = slot.layer
     assert layer is not None
     roles = variable_roles(slot.class_name, slot.config) or []
     left = dict(layer.tensors)
-    taken: list[tuple[str, Any]] = []
+    taken: list[tuple[str, Tensor]] = []
     for role in roles:
         alias = next((a for a in _ROLE_ALIASES.get(role, (role,)) if a in left), None)
         if alias is None:
@@ -267,17 +274,13 @@ def _tensors_for(slot: Slot, target: Path) -> list[tuple[str, np.ndarray]]:
                 f"{target}: {layer.name}/{role}: the model's {slot.class_name} "
                 f"{slot.name!r} expects {shown}, the weights are {actual}"
             )
-    arrays = []
     for role, tensor in taken:
-        array = np.asarray(tensor)
-        if array.dtype.hasobject or (
-            array.dtype.kind not in _NUMERIC_KINDS and array.dtype.name != "bfloat16"
-        ):
+        dtype = np.dtype(tensor.dtype)
+        if dtype.hasobject or (dtype.kind not in _NUMERIC_KINDS and dtype.name != "bfloat16"):
             raise MappingError(
-                f"{target}: {layer.name}/{role} has dtype {array.dtype}; Keras weights are numbers"
+                f"{target}: {layer.name}/{role} has dtype {dtype}; Keras weights are numbers"
             )
-        arrays.append((role, array))
-    return arrays
+    return taken
 
 
 def _expected_shapes(
@@ -354,7 +357,7 @@ def _write_keras3(
     target: Path,
     counts: dict[str, int],
     notes: list[str],
-    progress: Progress | None,
+    places: list[_Place],
 ) -> None:
     """The groups and datasets Keras 3's ``save_weights`` creates, in the order it does."""
     for slot in slots:
@@ -369,14 +372,13 @@ def _write_keras3(
             group.attrs["name"] = slot.name
         if slot.layer is None:
             continue
-        arrays = _tensors_for(slot, target)
-        for index, (_, array) in enumerate(arrays):
-            if array.dtype.name == "bfloat16":
-                dataset = group.create_dataset(str(index), data=array)
+        for index, (_, tensor) in enumerate(_tensors_for(slot, target)):
+            if tensor.dtype.name == "bfloat16":
+                dataset = group.create_dataset(str(index), data=np.asarray(tensor))
                 dataset.attrs["dtype"] = "bfloat16"
             else:
-                group[str(index)] = array
-            _count(counts, array, progress)
+                _create(group, str(index), tensor, places, linked=True)
+            _count(counts, tensor)
         counts["layers"] += 1
 
 
@@ -387,7 +389,7 @@ def _write_keras2(
     target: Path,
     counts: dict[str, int],
     notes: list[str],
-    progress: Progress | None,
+    places: list[_Place],
 ) -> None:
     """Keras 2 ``save_weights``: a group per top-level layer, ``weight_names`` listing its
     datasets (a nested model's trainable variables first, as Keras orders them)."""
@@ -401,16 +403,15 @@ def _write_keras2(
             order.append(top)
             names[top] = []
         group = handle.require_group(top)
-        for role, array in _tensors_for(slot, target):
-            if array.dtype.name == "bfloat16":
-                array = array.astype(np.float32)  # exact; Keras 2 has no bfloat16 datasets
+        for role, tensor in _tensors_for(slot, target):
+            if tensor.dtype.name == "bfloat16":
+                tensor = np.asarray(tensor).astype(np.float32)  # exact; Keras 2 has no bfloat16
                 notes.append(f"{slot.layer.name}/{role}: bfloat16 written as exact float32")
             weight_name = f"{slot.name}/{VARIABLE_OF_ROLE.get(role, role)}:0"
             trainable = slot.trainable and role not in NON_TRAINABLE
             names[top].append((trainable, weight_name))
-            dataset = group.create_dataset(weight_name, array.shape, dtype=array.dtype)
-            dataset[()] = array
-            _count(counts, array, progress)
+            _create(group, weight_name, tensor, places)
+            _count(counts, tensor)
         counts["layers"] += 1
     write_name_list(handle.attrs, "layer_names", order, target)
     handle.attrs["backend"] = b"tensorflow"
@@ -424,8 +425,90 @@ def _write_keras2(
     )
 
 
-def _count(counts: dict[str, int], array: np.ndarray, progress: Progress | None) -> None:
+def _count(counts: dict[str, int], tensor: Tensor) -> None:
     counts["tensors"] += 1
-    counts["parameters"] += int(array.size)
-    if progress is not None:
-        progress.advance(int(array.nbytes))
+    counts["parameters"] += int(tensor.size)
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a dataset's values go in the file, and the tensor that has them."""
+
+    offset: int
+    dtype: np.dtype[Any]
+    tensor: Tensor
+
+
+def _create(
+    group: h5py.Group, name: str, tensor: Tensor, places: list[_Place], *, linked: bool = False
+) -> None:
+    """The dataset Keras creates for `tensor`, in the order Keras creates it (so the file
+    has the same bytes): Keras 3 assigns the array to the group (an anonymous dataset, written,
+    then linked: `linked`), Keras 2 creates the named dataset and then writes it. Writing one
+    element allocates its storage; the values are filled in after the file is closed
+    (`_fill`), straight into that storage."""
+    dtype = np.dtype(tensor.dtype)
+    dataset = group.create_dataset(None if linked else name, tuple(tensor.shape), dtype=dtype)
+    if tensor.size:
+        dataset[(0,) * len(tensor.shape)] = np.zeros((), dtype)
+        offset = dataset.id.get_offset()
+        if offset is None:  # not a plain contiguous dataset: let HDF5 write it
+            dataset[()] = np.asarray(tensor)
+        else:
+            places.append(_Place(int(offset), dtype, tensor))
+    if linked:
+        group[name] = dataset
+
+
+def _check_room(path: Path, nbytes: int) -> None:
+    """Refuse, as an OSError, an output the disk or the file-size limit has no room for,
+    before HDF5 allocates it: HDF5 writes its metadata last, on closing, where a failure
+    cannot be reported cleanly."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        reserve(fd, 0, nbytes + _METADATA_ROOM)
+    finally:
+        os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def _fill(path: Path, places: list[_Place], progress: Progress | None) -> None:
+    """Every planned dataset's values, in the closed file: converted in place (a Caffe conv
+    or dense kernel), copied by the kernel from a mapped input, or written in pieces."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        for place in places:
+            tensor = place.tensor
+            nbytes = int(tensor.size) * place.dtype.itemsize
+            if place.offset + nbytes > size:  # HDF5 allocated it: cannot happen
+                raise FormatError(f"{path}: a dataset's storage lies outside the file")
+            if isinstance(tensor, FilledTensor):
+                _fill_in_place(fd, place, tensor, nbytes)
+            else:
+                _write_values(fd, place, np.asarray(tensor))
+            if progress is not None:
+                progress.advance(nbytes)
+    finally:
+        os.close(fd)
+
+
+def _fill_in_place(fd: int, place: _Place, tensor: FilledTensor, nbytes: int) -> None:
+    # A function of its own, so that no view of the mapping outlives it: the mapping of
+    # one tensor is gone before the next is made.
+    with output_region(fd, place.offset, nbytes) as region:
+        tensor.fill(region.view(place.dtype).reshape(tensor.shape))
+
+
+def _write_values(fd: int, place: _Place, array: np.ndarray) -> None:
+    if array.dtype == place.dtype and copy_region(array, fd, place.offset):
+        return
+    offset = place.offset
+    for chunk in chunks(array, WRITE_CHUNK_BYTES):
+        data = np.ascontiguousarray(chunk, dtype=place.dtype).reshape(-1).view(np.uint8)
+        written = 0
+        while written < data.nbytes:
+            written += os.pwrite(fd, data[written:].data, offset + written)
+        offset += data.nbytes
+        del data
+        release_pages(chunk)
