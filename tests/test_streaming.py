@@ -1,0 +1,129 @@
+"""Every route streams: peak memory near one tensor, whatever the model's size.
+
+Each conversion runs in a child process whose peak RSS (its own VmHWM: ru_maxrss would count
+this process's pages, which a child starts with until it execs) is compared with the same
+child doing nothing but importing what the route imports: what the conversion adds must stay
+under the largest tensor plus a little, and well under the model. The model is a synthetic
+VGG16 at a quarter width with extra fully-connected layers, so it is several times its
+largest tensor.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import weightconv
+from weightconv.model import FilledTensor
+from weightconv.model.canonical import canonical_layers, to_canonical
+from weightconv.testing import synthetic
+
+MiB = 1 << 20
+#: What a conversion may hold beyond its largest tensor: buffers, a few pages per thread.
+SLACK = 16 * MiB
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import weightconv, weightconv.cli, h5py  # what every route imports
+    if sys.argv[1] == "convert":
+        weightconv.convert(sys.argv[2], sys.argv[3], **dict(a.split("=", 1) for a in sys.argv[4:]))
+    with open("/proc/self/status") as status:
+        print(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("streaming")
+    net = synthetic.build("vgg16", width=0.125, extra_fc=48, seed=3)
+    model = folder / "m.caffemodel"
+    net.write_caffemodel(model)
+    prototxt = folder / "m.prototxt"
+    prototxt.write_text(net.deploy_prototxt)
+    weightconv.convert(model, folder / "m.npy", prototxt=prototxt)
+    weightconv.convert(folder / "m.npy", folder / "ckpt" / "m.ckpt")
+    weightconv.convert(folder / "m.npy", folder / "m.h5")
+    largest = max(
+        int(np.prod(shape)) * 4 for shapes in net.blob_shapes().values() for shape in shapes
+    )
+    return {
+        "folder": folder,
+        "prototxt": prototxt,
+        "largest": largest,
+        "total": net.parameter_count * 4,
+    }
+
+
+def _peak(*arguments: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, *arguments], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1]) * 1024
+
+
+ROUTES = [
+    ("m.caffemodel", "out.npy", True),
+    ("m.caffemodel", "out/o.ckpt", True),
+    ("m.caffemodel", "out.weights.h5", True),
+    ("m.npy", "out/o.ckpt", False),
+    ("m.npy", "out.weights.h5", False),
+    ("ckpt/m.ckpt", "out.npy", False),
+    ("m.h5", "out.npy", False),
+]
+
+
+@pytest.mark.parametrize(("source", "target", "caffe"), ROUTES)
+def test_a_route_holds_about_one_tensor(files, source, target, caffe, tmp_path):
+    options = [f"prototxt={files['prototxt']}"] if caffe else []
+    baseline = _peak("import")
+    peak = _peak("convert", str(files["folder"] / source), str(tmp_path / target), *options)
+    added = peak - baseline
+    assert files["total"] > 2 * (files["largest"] + SLACK)  # streaming shows: far more
+    assert added <= files["largest"] + SLACK, (
+        f"{source} -> {target}: {added / MiB:.0f} MiB over the imports; the largest tensor "
+        f"is {files['largest'] / MiB:.0f} MiB, the model {files['total'] / MiB:.0f} MiB"
+    )
+
+
+def test_converted_caffe_kernels_are_made_only_when_asked_for(files):
+    weights = weightconv.load(files["folder"] / "m.caffemodel", prototxt=files["prototxt"])
+    for layer in canonical_layers(weights):
+        kernel = layer.tensors["weights"]
+        assert isinstance(kernel, FilledTensor), layer.name
+        raw = next(x for x in weights.layers if x.name == layer.name)
+        expected = np.asarray(to_canonical(raw).tensors["weights"])
+        assert kernel.shape == expected.shape and kernel.dtype == expected.dtype
+        assert np.array_equal(np.asarray(kernel), expected)
+        into = np.empty(kernel.shape, kernel.dtype)
+        kernel.fill(into)
+        assert np.array_equal(into, expected)
+
+
+def test_contiguous_h5_datasets_are_read_as_views_of_the_file(files):
+    weights = weightconv.load(files["folder"] / "m.h5")
+    fc6 = np.asarray(weights["fc6"].tensors["weights"])
+    base = fc6
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    assert type(getattr(base, "obj", base)).__name__ == "mmap"
+    assert not fc6.flags.writeable
+
+
+def test_h5_outputs_are_filled_after_hdf5_closes_and_equal_the_npy(files, tmp_path):
+    for source in ("m.caffemodel", "m.npy"):
+        options = {"prototxt": files["prototxt"]} if source.endswith("caffemodel") else {}
+        out = tmp_path / f"{Path(source).stem}-{source.rsplit('.', 1)[1]}.weights.h5"
+        weightconv.convert(files["folder"] / source, out, **options)
+        back = weightconv.load(out)
+        reference = np.load(files["folder"] / "m.npy", allow_pickle=True).item()
+        for name, arrays in reference.items():
+            assert np.array_equal(np.asarray(back[name].tensors["weights"]), arrays[0]), name
+            assert np.array_equal(np.asarray(back[name].tensors["biases"]), arrays[1]), name
