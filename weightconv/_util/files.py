@@ -26,7 +26,6 @@ import errno
 import fcntl
 import io
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,7 +72,7 @@ def temporary_beside(target: Path) -> tuple[int, Path]:
     (read-write, locked) descriptor and path. Closing the descriptor releases the lock."""
     for _ in range(8):
         temporary = target.with_name(
-            f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+            f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}{TEMPORARY_SUFFIX}"
         )
         try:
             fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -93,7 +92,7 @@ def temporary_beside(target: Path) -> tuple[int, Path]:
 
 def aside_beside(target: Path) -> Path:
     """A name ``.NAME.<pid>.<random>.old`` to keep an old file under while it is replaced."""
-    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{ASIDE_SUFFIX}")
+    return target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}{ASIDE_SUFFIX}")
 
 
 def _lock(fd: int, path: Path) -> bool:

@@ -26,7 +26,9 @@ EXIT_INTERNAL = 3
 __all__ = ["EXIT_INTERNAL", "build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or, given the `verb` being run, that verb's arguments only
+    (the others are listed but not built)."""
     parser = common.Parser(
         prog="weightconv",
         description="Convert neural-network weights between Caffe, .npy, TensorFlow "
@@ -41,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"weightconv {__version__}")
     common.global_switches(parser, top=True)
-    verbs = parser.add_subparsers(
-        title="commands", metavar="COMMAND", dest="verb", parser_class=common.Parser
+    verbs = common.Verbs(
+        parser.add_subparsers(
+            title="commands", metavar="COMMAND", dest="verb", parser_class=common.Parser
+        ),
+        verb,
     )
     convert.add(verbs)
     inspect.add(verbs)
@@ -54,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
+    # The global switches take no values, so the first word that is not one is the verb.
+    parser = build_parser(next((w for w in words if not w.startswith("-")), None))
     try:
         args = parser.parse_args(words)
     except common.CommandLineError as exc:

@@ -40,6 +40,29 @@ class Parser(argparse.ArgumentParser):
         raise CommandLineError(self.prog, message)
 
 
+class Verbs:
+    """The verbs' subparsers, built in full only for the verb being run (`wanted`): every
+    other verb is listed by name and help, its arguments never built. Building all of them
+    costs more than many a command's whole work."""
+
+    def __init__(self, subparsers: Any, wanted: str | None) -> None:
+        self._subparsers = subparsers
+        self._wanted = wanted
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self._wanted is None or name == self._wanted:
+            return self._subparsers.add_parser(name, **kwargs)
+        self._subparsers.add_parser(name, help=kwargs.get("help"), add_help=False)
+        return _Unbuilt()
+
+
+class _Unbuilt:
+    """Takes a verb's argument definitions and drops them (the verb is not being run)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
 class CommandLineError(Exception):
     """A usage error argparse found: rendered by `main` as one line and a hint (and, with
     --json, as a JSON error document)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import mmap
 import os
 import pickletools
-import secrets
 import struct
 from typing import Any
 
@@ -56,7 +55,7 @@ class MappedPickle:
         """Walk the opcodes of the pickle at `start`; None when the walk cannot finish."""
         data = memoryview(buffer)
         size = len(data)
-        nonce = secrets.token_hex(8).encode()
+        nonce = os.urandom(8).hex().encode()
         segments: list[tuple[int, int] | bytes] = []
         views: dict[bytes, memoryview] = {}
         pos = kept = start

@@ -10,7 +10,6 @@ row, added to `FORMATS` or, from outside the package, with `register`.
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +25,9 @@ from weightconv.formats.caffe import CaffeReadOptions
 from weightconv.formats.ckpt import CkptReadOptions, CkptWriteOptions
 from weightconv.formats.keras_h5 import KerasWriteOptions
 from weightconv.formats.npy import NpyReadOptions, NpyWriteOptions
+from weightconv.formats.npz import NpzWriteOptions
+from weightconv.formats.safetensors import SafetensorsReadOptions, SafetensorsWriteOptions
+from weightconv.formats.torch import TorchReadOptions, TorchWriteOptions
 from weightconv.model import WeightSet
 
 HEAD_BYTES = 4096
@@ -119,6 +121,8 @@ class Format:
 
     def signature_problems(self) -> list[str]:
         """Where the module's read/write keywords and the declared options differ."""
+        import inspect  # only tests and registration ask; it is slow to import
+
         problems = []
         module = self.implementation()
         pairs: list[tuple[str, type[Options], set[str]]] = [("read", self.read_options, set())]
@@ -187,6 +191,33 @@ FORMATS: list[Format] = [
         KerasWriteOptions,
         output_suffix=".weights.h5",
         write_suffixes=(".weights.h5", ".h5", ".hdf5"),
+    ),
+    Format(
+        "pt",
+        "PyTorch state dict (.pt, .pth, .bin: zip and legacy formats)",
+        (".pt", ".pth", ".bin"),
+        "weightconv.formats.torch.format",
+        "pt",
+        TorchReadOptions,
+        TorchWriteOptions,
+    ),
+    Format(
+        "safetensors",
+        "safetensors (layout from __metadata__ format pt/tf, or given)",
+        (".safetensors",),
+        "weightconv.formats.safetensors",
+        "safetensors",
+        SafetensorsReadOptions,
+        SafetensorsWriteOptions,
+    ),
+    Format(
+        "npz",
+        "NumPy .npz archive of named arrays (np.savez)",
+        (".npz",),
+        "weightconv.formats.npz",
+        "npz",
+        NoOptions,
+        NpzWriteOptions,
     ),
 ]
 

@@ -30,6 +30,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 from weightconv.errors import UsageError
 
 T = TypeVar("T", bound="Options")
+#: Each options class's specs, made once (they come from its type hints).
+_SPECS: dict[type, list[OptionSpec]] = {}
 
 
 def option(
@@ -82,6 +84,12 @@ class Options:
 
     @classmethod
     def specs(cls) -> list[OptionSpec]:
+        if cls not in _SPECS:
+            _SPECS[cls] = cls._make_specs()
+        return list(_SPECS[cls])
+
+    @classmethod
+    def _make_specs(cls) -> list[OptionSpec]:
         hints = typing.get_type_hints(cls)
         specs = []
         for f in dataclasses.fields(cls):

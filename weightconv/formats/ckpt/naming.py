@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -337,7 +336,7 @@ def _plan(
     names = {final.name for _, final in files}
     return _Journal(
         pid=os.getpid(),
-        token=secrets.token_hex(8),
+        token=os.urandom(8).hex(),
         place=[(t.name, f.name, os.stat(t).st_ino) for t, f in files],
         after=[(t.name, f.name) for t, f in after],
         aside=[(p.name, aside_beside(p).name) for p in old if p.name in names],
