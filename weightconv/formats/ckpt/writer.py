@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,7 +30,7 @@ import numpy as np
 from weightconv._util.files import chunks, output_errors, temporary_beside
 from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
-from weightconv._util.regions import copy_to_handle, file_region, region_at_handle
+from weightconv._util.regions import copy_region, file_region, region_at_handle
 from weightconv.codecs import crc32c, sstable
 from weightconv.errors import MappingError, OutputExistsError, UsageError
 from weightconv.formats.base import WriteResult
@@ -257,11 +258,8 @@ def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Prog
     dtype = array.dtype.newbyteorder("<")
     advance = progress.advance if progress is not None else None
     if array.dtype == dtype and file_region(array) is not None:
-        crc = 0
-        for piece in chunks(array.reshape(-1).view(np.uint8), WRITE_CHUNK_BYTES):
-            crc = crc32c.extend(crc, piece)
-            release_pages(piece)  # the kernel's copy does not need them mapped
-        if copy_to_handle(array, handle, advance):
+        copied, crc = _copy_and_checksum(array, handle, advance)
+        if copied:
             entry.size = array.nbytes
             entry.crc32c = crc32c.mask(crc)
             return entry
@@ -279,6 +277,27 @@ def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Prog
     entry.size = size
     entry.crc32c = crc32c.mask(crc)
     return entry
+
+
+def _copy_and_checksum(
+    array: np.ndarray, handle: BinaryIO, advance: Callable[[int], None] | None
+) -> tuple[bool, int]:
+    """Copy a mapped tensor into `handle` by the kernel on a second thread while this one
+    checksums it (the copy needs no GIL, the checksum no copy); (copied, CRC32C)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    handle.flush()
+    position = handle.tell()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        copy = pool.submit(copy_region, array, handle.fileno(), position, advance)
+        crc = 0
+        for piece in chunks(array.reshape(-1).view(np.uint8), WRITE_CHUNK_BYTES):
+            crc = crc32c.extend(crc, piece)
+            release_pages(piece)  # the kernel's copy does not need them mapped
+        copied = copy.result()
+    if copied:
+        handle.seek(position + array.nbytes)
+    return copied, crc
 
 
 def _place_tensor(
