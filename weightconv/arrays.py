@@ -105,6 +105,9 @@ def _reorder_rows(
             second.result()
     else:
         copy_columns(0, outputs)
+    # A page fault maps the file's cached pages around it too, so reads can map back pages
+    # dropped just before (the other thread's among them): drop the whole source at the end.
+    release_pages(weights)
     return result
 
 
