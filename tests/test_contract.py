@@ -111,9 +111,13 @@ def _written(tmp_path: Path, name: str, fmt: str, options: dict) -> bytes:
     """All bytes a writer produced for `options`, its files in order."""
     folder = tmp_path / name
     folder.mkdir()
-    suffix = {"npy": ".npy", "ckpt": ".ckpt"}.get(fmt) or (
-        ".h5" if options.get("keras_layout") == "keras2" else ".weights.h5"
-    )
+    suffix = {
+        "npy": ".npy",
+        "ckpt": ".ckpt",
+        "pt": ".pt",
+        "safetensors": ".safetensors",
+        "npz": ".npz",
+    }.get(fmt) or (".h5" if options.get("keras_layout") == "keras2" else ".weights.h5")
     result = weightconv.save(_small(), folder / f"out{suffix}", format=fmt, **options)
     names = sorted(p.name for p in folder.iterdir())
     assert all(Path(f).exists() for f in result.files)
@@ -126,12 +130,34 @@ WRITE_CASES = {
     ("ckpt", "max_shard_size"): ({}, {"max_shard_size": 200}),
     ("ckpt", "write_state"): ({}, {"write_state": False}),
     ("keras-h5", "keras_layout"): ({}, {"keras_layout": "keras2"}),
+    ("pt", "torch_dense_inputs"): (
+        {"torch_dense_inputs": {"fc1": (36,)}},
+        {"torch_dense_inputs": {"fc1": (4, 3, 3)}},
+    ),
+    ("safetensors", "safetensors_layout"): (
+        {},
+        {"safetensors_layout": "torch", "torch_dense_inputs": {"fc1": (36,)}},
+    ),
+    ("safetensors", "torch_dense_inputs"): (
+        {"safetensors_layout": "torch", "torch_dense_inputs": {"fc1": (36,)}},
+        {"safetensors_layout": "torch", "torch_dense_inputs": {"fc1": (4, 3, 3)}},
+    ),
+    ("npz", "compressed"): ({}, {"compressed": True}),
     ("keras-h5", "model"): (
         {"keras_layout": "keras2"},
         {"keras_layout": "keras2", "model": KERAS_CONFIG},
     ),
 }
-READ_CASES = ["trust_pickle", "prototxt", "input_shape", "flat", "strip_scope"]
+#: dense_inputs and layout (pt, safetensors) are walked in test_torch_format/test_safetensors.
+READ_CASES = [
+    "trust_pickle",
+    "prototxt",
+    "input_shape",
+    "flat",
+    "strip_scope",
+    "dense_inputs",
+    "layout",
+]
 
 
 def test_the_walk_covers_every_declared_option():

@@ -28,6 +28,7 @@ LAYERS = [
     "weightconv.mapping",
     "weightconv.reports",
     "weightconv.pipeline",
+    "weightconv.access",
     "weightconv.testing",
     "weightconv.nets",
     "weightconv.verify",
@@ -43,6 +44,9 @@ SUBLAYERS = {
         "weightconv.formats.caffe",
         "weightconv.formats.ckpt",
         "weightconv.formats.keras_h5",
+        "weightconv.formats.npz",
+        "weightconv.formats.torch",
+        "weightconv.formats.safetensors",
         "weightconv.formats",
     ],
 }

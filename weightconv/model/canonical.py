@@ -100,10 +100,13 @@ def _dense_input(layer: Layer, inputs: int) -> tuple[int, int, int] | None:
     shape = layer.input_shape
     if shape is None:
         if layer.params.get("follows_spatial"):
+            hint = layer.params.get("input_shape_hint") or (
+                "give the deploy prototxt (prototxt=) or the net's input_shape=C,H,W"
+            )
             raise ShapeError(
-                f"layer {layer.name!r}: its input is a spatial blob of unknown height and width "
-                f"({inputs} inputs); give the deploy prototxt (prototxt=) or the net's "
-                f"input_shape=C,H,W so the C,H,W -> H,W,C flatten order can be fixed"
+                f"layer {layer.name!r}: its input may be a spatial blob of unknown height and "
+                f"width ({inputs} inputs); {hint} so the C,H,W -> H,W,C flatten order can "
+                f"be fixed"
             )
         return None
     total = int(np.prod(shape)) if shape else inputs

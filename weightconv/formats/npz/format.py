@@ -1,0 +1,239 @@
+"""NumPy ``.npz`` weight archives: ``np.savez`` / ``np.savez_compressed`` of ``{name: array}``.
+
+An ``.npz`` is a zip of ``.npy`` members named ``<key>.npy``; a key ``conv1/weights`` is layer
+``conv1``, role ``weights``, in the canonical (TensorFlow) layout, as in a flat ``.npy`` weight
+dict. Reading lists each member's shape and dtype from its ``.npy`` header and loads the values
+with ``np.load(..., allow_pickle=False)`` when they are asked for, so a pickled member is
+refused, never run. Writing goes through ``np.savez`` (``np.savez_compressed`` with
+`compressed`), one array converted at a time as it writes them.
+
+Example::
+
+    write(weights, "model.npz", compressed=True)
+    np.load("model.npz")["conv1/weights"].shape   # (5, 5, 1, 20): HWIO
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from numpy.lib import format as npformat
+
+from weightconv._util.files import atomic_output
+from weightconv._util.progress import Progress
+from weightconv.codecs import zipped
+from weightconv.errors import FormatError, MappingError, UsageError
+from weightconv.formats.base import WriteResult
+from weightconv.model import (
+    CANONICAL,
+    Kind,
+    Layer,
+    LazyTensor,
+    Provenance,
+    Tensor,
+    WeightSet,
+    split_tensor_name,
+)
+from weightconv.model.canonical import canonical_shapes, to_canonical
+
+ZIP_MAGIC = b"PK\x03\x04"
+#: np.savez's own keywords, which no array can be named.
+_RESERVED = ("file", "allow_pickle")
+_HEADER_LIMIT = 1 << 20
+
+
+def sniff(head: bytes, path: Path) -> bool:
+    """A zip whose first member is a ``.npy`` file."""
+    if not head.startswith(ZIP_MAGIC) or len(head) < 30:
+        return False
+    length = int.from_bytes(head[26:28], "little")
+    return head[30 : 30 + length].endswith(b".npy")
+
+
+def read(path: str | os.PathLike[str]) -> WeightSet:
+    """Read an ``.npz`` archive: its members' shapes and dtypes now, their values on demand."""
+    target = Path(path)
+    size = target.stat().st_size if target.is_file() else 0
+    tensors: dict[str, dict[str, Tensor]] = {}
+    with zipped.open_archive(target) as archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            if not info.filename.endswith(".npy"):
+                raise FormatError(
+                    f"{target}:{info.filename}: not a .npy member; an .npz holds only .npy files"
+                )
+            zipped.check_sizes(info, size, max(size, 1) * zipped.MAX_DEFLATE_RATIO, str(target))
+            key = info.filename[: -len(".npy")]
+            shape, dtype = _header(archive, info, f"{target}:{info.filename}")
+            layer, role = split_tensor_name(key)
+            roles = tensors.setdefault(layer, {})
+            if role in roles:
+                raise FormatError(f"{target}: tensor {key!r} appears twice")
+            roles[role] = LazyTensor(shape, dtype, _loader(target, key, shape, dtype))
+    if not tensors:
+        raise FormatError(f"{target}: an .npz archive holding no arrays")
+    layers = [
+        Layer(name=name, kind=_kind(roles), tensors=roles, source_type="npz", layout=CANONICAL)
+        for name, roles in tensors.items()
+    ]
+    return WeightSet(layers=layers, source=Provenance(path=str(target), format="npz"))
+
+
+def _header(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str
+) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    try:
+        with archive.open(info) as member:
+            version = npformat.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = npformat.read_array_header_1_0(
+                    member, max_header_size=_HEADER_LIMIT
+                )
+            else:
+                shape, _, dtype = npformat.read_array_header_2_0(
+                    member, max_header_size=_HEADER_LIMIT
+                )
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError) as exc:
+        raise FormatError(f"{where}: not a readable .npy member ({_one_line(exc)})") from None
+    if dtype.hasobject:
+        raise FormatError(
+            f"{where}: holds pickled Python objects, not numbers; refused (allow_pickle=False)"
+        )
+    count = int(np.prod(shape, dtype=object)) if shape else 1
+    if count * dtype.itemsize > info.file_size:
+        raise FormatError(
+            f"{where}: declares {list(shape)} of {dtype} ({count * dtype.itemsize:,} bytes), "
+            f"the member holds {info.file_size:,}"
+        )
+    return tuple(int(n) for n in shape), dtype
+
+
+def _loader(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
+    def load() -> np.ndarray:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                array = archive[key]
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise FormatError(f"{path}:{key}.npy: cannot be read ({_one_line(exc)})") from None
+        if array.shape != shape or array.dtype != dtype:
+            raise FormatError(f"{path}:{key}.npy: changed while it was read")
+        return array
+
+    return load
+
+
+def _kind(tensors: dict[str, Tensor]) -> str:
+    if "weights" in tensors and set(tensors) <= {"weights", "biases"}:
+        return {4: Kind.CONV, 2: Kind.DENSE}.get(len(tensors["weights"].shape), Kind.OTHER)
+    return Kind.OTHER
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# Writing ---------------------------------------------------------------------------------------
+
+
+class _Converted:
+    """Canonical arrays by full tensor name, each converted when np.savez asks for it; only the
+    source layer last converted is kept, so memory stays near one layer."""
+
+    def __init__(self, weights: WeightSet, progress: Progress | None) -> None:
+        self.weights = weights
+        self.progress = progress
+        self.layers = 0
+        self.parameters = 0
+        self.skipped: list[str] = []
+        self.widened: list[str] = []
+        self._last: tuple[Layer, Layer] | None = None
+
+    def plan(self, where: str) -> dict[str, LazyTensor]:
+        arrays: dict[str, LazyTensor] = {}
+        for layer in self.weights.weighted_layers():
+            self.layers += 1
+            for role, (shape, dtype) in canonical_shapes(layer).items():
+                key = layer.tensor_name(role)
+                if dtype.hasobject or dtype.kind in "SU":
+                    self.skipped.append(f"{key} (not numbers)")
+                    continue
+                if key in arrays:
+                    raise MappingError(f"{where}: two tensors are named {key!r}")
+                if key in _RESERVED:
+                    raise MappingError(
+                        f"{where}: a tensor named {key!r} cannot be stored by np.savez "
+                        f"(the name of one of its arguments); rename it with a map file"
+                    )
+                arrays[key] = self._deferred(layer, role, key, shape, dtype)
+                self.parameters += int(np.prod(shape, dtype=np.int64))
+        return arrays
+
+    def _canonical(self, layer: Layer) -> Layer:
+        if self._last is None or self._last[0] is not layer:
+            if self._last is not None and self.weights.release is not None:
+                self.weights.release(self._last[0])
+            self._last = None  # drop the previous layer before converting the next
+            self._last = (layer, to_canonical(layer))
+        return self._last[1]
+
+    def _deferred(
+        self, layer: Layer, role: str, key: str, shape: tuple[int, ...], dtype: np.dtype[Any]
+    ) -> LazyTensor:
+        bfloat = dtype == np.dtype(ml_dtypes.bfloat16)
+        if bfloat:
+            self.widened.append(key)
+
+        def load() -> np.ndarray:
+            array = np.asarray(self._canonical(layer).tensors[role])
+            if bfloat:  # NumPy has no bfloat16: np.load would give raw bytes back
+                array = array.astype(np.float32)  # exact: every bfloat16 is a float32
+            if self.progress is not None:
+                self.progress.advance(array.nbytes)
+            return array
+
+        return LazyTensor(shape, np.float32 if bfloat else dtype, load)
+
+
+def write(
+    weights: WeightSet,
+    path: str | os.PathLike[str],
+    *,
+    compressed: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> WriteResult:
+    """Write `weights` in the canonical layout as ``{layer/role: array}`` with ``np.savez``
+    (``np.savez_compressed`` when `compressed`); ``np.load`` reads it back."""
+    where = os.fspath(path)
+    converted = _Converted(weights, progress)
+    arrays = converted.plan(where)
+    if not arrays:
+        raise UsageError(f"{where}: nothing to write: no layer holds numeric tensors")
+    notes: list[str] = []
+    save = np.savez_compressed if compressed else np.savez
+    with atomic_output(path, force, notes=notes) as handle:
+        save(handle, allow_pickle=False, **arrays)
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+    if converted.widened:
+        notes.append(
+            f"bfloat16 tensors written as float32 (exactly; NumPy has no bfloat16): "
+            f"{', '.join(converted.widened[:8])}"
+        )
+    return WriteResult(
+        layers=converted.layers,
+        tensors=len(arrays),
+        parameters=converted.parameters,
+        bytes=size,
+        files=[where],
+        skipped=converted.skipped,
+        notes=notes,
+        detail={"compressed": compressed},
+    )
