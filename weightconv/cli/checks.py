@@ -118,12 +118,13 @@ def add(verbs: Any) -> None:
             "bvlc_alexnet.caffemodel --prototxt deploy.prototxt --image cat.jpg",
         ),
         help="check converted weights against their source model or a card",
-        description="Run WEIGHTS (any format) in the built-in AlexNet graph "
-        "(TensorFlow) and compare its predictions with the source "
-        "caffemodel run by OpenCV's Caffe importer (--against) or "
-        "with a reference card (--card). Exit 0 when top-1/top-5 "
-        "agree and probabilities are within --prob-tol, 1 when "
-        "not.",
+        description="Run WEIGHTS (any format) in the graph of the deploy prototxt "
+        "(NumPy engine, Caffe's semantics; --engine tf|keras: the built-in "
+        "AlexNet graph in TensorFlow) and compare every output blob, "
+        "elementwise, and a classifier's top-k with the source caffemodel "
+        "run by OpenCV's Caffe importer (--against), or the predictions "
+        "with a reference card (--card). Exit 0 when they agree, 1 when "
+        "not, 2 for a layer type the engine does not run.",
     )
     p.add_argument("weights", type=Path)
     p.add_argument(
@@ -151,6 +152,25 @@ def add(verbs: Any) -> None:
         type=float,
         default=None,
         help="also require max |Δlogit| / logit scale below this",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("numpy", "tf", "keras"),
+        default="numpy",
+        help="what runs WEIGHTS: numpy (default; any deploy net, no TensorFlow), tf or "
+        "keras (the built-in AlexNet-style graph; needs TensorFlow)",
+    )
+    p.add_argument(
+        "--outputs",
+        metavar="BLOB[,BLOB]",
+        action="append",
+        default=[],
+        help="blobs to compare (repeatable; default: every output blob)",
+    )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="on a failure, name the first blob that differs from OpenCV's and by how much",
     )
     common.global_switches(p, top=False)
     p.set_defaults(handler=_verify)
@@ -360,6 +380,9 @@ def _verify(args: argparse.Namespace) -> int:
         top=args.top,
         format=args.src_format,
         read_options={"trust_pickle": True} if args.trust_pickle else None,
+        engine=args.engine,
+        outputs=[blob for entry in args.outputs for blob in entry.split(",") if blob] or None,
+        trace=args.trace,
     )
     if args.json:
         verdict = result.to_dict()

@@ -66,7 +66,7 @@ def _demo(args: argparse.Namespace) -> int:
     from weightconv.testing import synthetic
 
     if not args.no_verify:
-        missing = [name for name in ("cv2", "tensorflow") if importlib.util.find_spec(name) is None]
+        missing = [name for name in ("cv2",) if importlib.util.find_spec(name) is None]
         if missing:
             raise UsageError(
                 f"verification needs {' and '.join(missing)}: pip install "

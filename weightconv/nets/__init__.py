@@ -1,4 +1,10 @@
-"""Built-in network graphs that run converted weights, for verification.
+"""Network graphs that run converted weights, for verification.
+
+`graph` describes any Caffe deploy net (V0/V1/V2) as one graph of Caffe layers with their
+parameters, inputs, outputs and blob shapes; `graph_weights` finds the canonical-layout
+weights of its layers in a WeightSet; `numpy_engine` (ops in `numpy_ops`) runs it in NumPy,
+float32, with Caffe's exact semantics. The description is engine-neutral, for a TensorFlow
+engine to run the same graph later.
 
 `alexnet` builds AlexNet and CaffeNet with Caffe's semantics (symmetric padding, ceil-mode
 max pooling, grouped convolution, Caffe's LRN translated to TensorFlow's) from a WeightSet
@@ -9,6 +15,9 @@ model built.
 
 Example::
 
+    graph = Graph.from_prototxt("deploy.prototxt")
+    blobs = run(graph, bind(graph, weightconv.load("converted.npy")), {"data": nchw}).blobs
+
     from weightconv.nets import AlexNet
     net = AlexNet.from_weights("alexnet.npy", prototxt="deploy.prototxt")
     probabilities = net.probabilities(images_nhwc)
@@ -18,5 +27,22 @@ from __future__ import annotations
 
 from weightconv.nets.alexnet import AlexNet, describe, softmax
 from weightconv.nets.architecture import VARIANTS, Architecture, Step, net_input_size
+from weightconv.nets.graph import Graph
+from weightconv.nets.graph_weights import GraphWeights, bind
+from weightconv.nets.node import Node
+from weightconv.nets.numpy_engine import run
 
-__all__ = ["VARIANTS", "AlexNet", "Architecture", "Step", "describe", "net_input_size", "softmax"]
+__all__ = [
+    "VARIANTS",
+    "AlexNet",
+    "Architecture",
+    "Graph",
+    "GraphWeights",
+    "Node",
+    "Step",
+    "bind",
+    "describe",
+    "net_input_size",
+    "run",
+    "softmax",
+]

@@ -126,7 +126,7 @@ class AlexNet:
                     "already read"
                 )
         else:
-            weights = _read(Path(weights), prototxt, format, read_options)
+            weights = read_weights(Path(weights), prototxt, format, read_options)
         if prototxt is not None:
             arch = Architecture.from_prototxt(prototxt)
             if variant is not None and variant != arch.variant:
@@ -287,7 +287,7 @@ class AlexNet:
         )
 
 
-def _read(
+def read_weights(
     path: Path,
     prototxt: str | os.PathLike[str] | None,
     format: str | None,
@@ -336,5 +336,6 @@ __all__ = [
     "describe",
     "net_input_size",
     "pool_padding",
+    "read_weights",
     "softmax",
 ]

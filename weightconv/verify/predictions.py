@@ -90,7 +90,8 @@ def _softmax_layer(prototxt: Path) -> tuple[str, str | None]:
     return layers[-1].tops[0], None
 
 
-def _lrn_k_notes(prototxt: Path) -> list[str]:
+def lrn_k_notes(prototxt: Path) -> list[str]:
+    """A note when an LRN layer's k is not 1, which OpenCV's importer ignores."""
     odd = [
         layer.name
         for layer in _net_def(prototxt).layers
@@ -142,15 +143,21 @@ def opencv_predictions(
         probabilities,
         logits,
         num_classes=logits.shape[1],
-        notes=_lrn_k_notes(deploy),
+        notes=lrn_k_notes(deploy),
     )
 
 
 def graph_predictions(
-    net: AlexNet, inputs: Inputs, *, channel_order: str | None = None, name: str = "weights"
+    net: AlexNet,
+    inputs: Inputs,
+    *,
+    channel_order: str | None = None,
+    name: str = "weights",
+    engine: str = "tf",
 ) -> Predictions:
     """The weights run in the built-in graph, fed in `channel_order` (default: the one the
-    weights record, else BGR with a note)."""
+    weights record, else BGR with a note); `engine` "tf" runs its TensorFlow ops, "keras"
+    the Keras model `AlexNet.to_keras` builds."""
     notes = []
     order = channel_order or net.channel_order
     if order is None:
@@ -159,11 +166,17 @@ def graph_predictions(
             "the weights do not record their input channel order; fed BGR (Caffe's "
             "convention): give the channel order (rgb) if they were converted to RGB"
         )
-    logits = net.logits(inputs.in_order(order)).astype(np.float64)
+    if engine == "keras":
+        model = net.to_keras(include_softmax=False)
+        logits = np.asarray(model.predict(inputs.in_order(order), verbose=0), dtype=np.float64)
+        what = "Keras model"
+    else:
+        logits = net.logits(inputs.in_order(order)).astype(np.float64)
+        what = "graph"
     graph = net.architecture.source
     graph = Path(graph).name if os.sep in graph else graph
     return Predictions(
-        f"{name} in the built-in {net.variant} graph ({graph}), {order.upper()} input",
+        f"{name} in the built-in {net.variant} {what} ({graph}), {order.upper()} input",
         softmax(logits),
         logits,
         num_classes=logits.shape[1],
@@ -202,6 +215,7 @@ __all__ = [
     "Predictions",
     "card_predictions",
     "graph_predictions",
+    "lrn_k_notes",
     "opencv_predictions",
     "top_key",
 ]

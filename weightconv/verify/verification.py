@@ -16,6 +16,7 @@ from typing import Any
 from weightconv.errors import UsageError
 from weightconv.model import WeightSet
 from weightconv.nets import AlexNet
+from weightconv.verify.blobs import BLOB_TOLERANCE
 from weightconv.verify.cards import card_inputs, file_sha1, is_caffe, load_card
 from weightconv.verify.comparison import (
     PUBLISHED_CARD_TOLERANCE,
@@ -24,6 +25,7 @@ from weightconv.verify.comparison import (
     VerifyResult,
     compare,
 )
+from weightconv.verify.graph_verification import verify_graph
 from weightconv.verify.inputs import (
     CHANNEL_ORDERS,
     SYNTHETIC_COUNT,
@@ -31,6 +33,10 @@ from weightconv.verify.inputs import (
     make_inputs,
 )
 from weightconv.verify.predictions import card_predictions, graph_predictions, opencv_predictions
+
+#: The engines verify runs converted weights in: NumPy (any deploy net), TensorFlow, Keras.
+ENGINES = ("numpy", "tf", "keras")
+DEFAULT_ENGINE = "numpy"
 
 
 def verify(
@@ -49,6 +55,10 @@ def verify(
     top: int = TOP,
     format: str | None = None,
     read_options: Mapping[str, Any] | None = None,
+    engine: str = DEFAULT_ENGINE,
+    outputs: Sequence[str] | None = None,
+    trace: bool = False,
+    blob_tolerance: float = BLOB_TOLERANCE,
 ) -> VerifyResult:
     """Check converted weights against their source model or a reference card.
 
@@ -70,6 +80,14 @@ def verify(
         format: the format of the weight file (default: detected).
         read_options: the format's reader options, as `weightconv.load` takes them (e.g.
             ``{"trust_pickle": True}``); one the reader does not take is refused.
+        engine: "numpy" (default: any deploy net, `weightconv.nets.numpy_engine`; every
+            output blob compared with OpenCV's), "tf" or "keras" (the built-in AlexNet
+            graph in TensorFlow / as a Keras model; needs TensorFlow). A built `AlexNet`
+            always runs in TensorFlow.
+        outputs: the blobs to compare (numpy engine; default every output blob).
+        trace: after a failure, find the first blob that differs from OpenCV's (numpy
+            engine, against a caffemodel).
+        blob_tolerance: a blob agrees when max |Δ| / max |reference| is below it.
 
     Returns a VerifyResult (``.passed``, ``.exit_code``, ``.report()``, ``.to_dict()``).
 
@@ -87,20 +105,36 @@ def verify(
         )
     if channel_order is not None and channel_order not in CHANNEL_ORDERS:
         raise UsageError(f"channel_order={channel_order!r}: must be 'bgr' or 'rgb'")
+    if engine not in ENGINES:
+        raise UsageError(f"engine={engine!r}: one of {', '.join(ENGINES)}")
     notes: list[str] = []
     subject = _subject(weights)
+    if engine == "numpy" and not isinstance(weights, AlexNet):
+        return _verify_numpy(
+            weights,
+            subject,
+            against=against,
+            prototxt=prototxt,
+            card=card,
+            images=images,
+            count=count,
+            seed=seed,
+            preprocessing=preprocessing,
+            tolerance=tolerance,
+            variant=variant,
+            channel_order=channel_order,
+            top=top,
+            format=format,
+            read_options=read_options,
+            outputs=outputs,
+            trace=trace,
+            blob_tolerance=blob_tolerance,
+        )
+    if outputs or trace:
+        raise UsageError("outputs= and trace= compare blobs, which the numpy engine does")
     if against is not None:
-        if prototxt is None:
-            raise UsageError(
-                f"{against}: verifying against a Caffe model needs its deploy net: "
-                f"prototxt=DEPLOY.prototxt"
-            )
-        if not is_caffe(Path(against)):
-            raise UsageError(
-                f"{against}: against=MODEL.caffemodel takes the source Caffe model (run by "
-                f"OpenCV's Caffe importer); to compare two converted files diff them, or "
-                f"make a reference card of the source and verify with card=CARD.json"
-            )
+        _check_against(against, prototxt)
+        assert prototxt is not None
         net = _build(weights, prototxt, variant, format, read_options)
         prep = preprocessing or Preprocessing(size=net.architecture.input_size)
         inputs = make_inputs(images, preprocessing=prep, count=count, seed=seed)
@@ -116,16 +150,7 @@ def verify(
         inputs = card_inputs(card_data, preprocessing, images)
         net = _build(weights, graph_prototxt, variant, format, read_options)
         reference = card_predictions(card_data, inputs.entries)
-        if "tolerance" in card_data and tolerance is None:
-            tol = Tolerance.from_dict(card_data["tolerance"])
-        elif tolerance is None:
-            tol = PUBLISHED_CARD_TOLERANCE
-            notes.append(
-                f"the card states no tolerance; using max |Δprob| < "
-                f"{tol.prob:g} for predictions made by other software"
-            )
-        else:
-            tol = tolerance
+        tol = _card_tolerance(card_data, tolerance, notes)
         notes += _identity_notes(weights, card_data)
     notes += inputs.notes
     if inputs.bgr.shape[1:3] != tuple(net.architecture.input_size):
@@ -134,7 +159,7 @@ def verify(
             f"graph takes {net.architecture.input_size[0]}x"
             f"{net.architecture.input_size[1]}"
         )
-    ours = graph_predictions(net, inputs, channel_order=channel_order, name=subject)
+    ours = graph_predictions(net, inputs, channel_order=channel_order, name=subject, engine=engine)
     notes += [note for note in net.notes if "matched to the graph" in note]
     return compare(
         ours,
@@ -146,6 +171,86 @@ def verify(
         inputs=inputs.description,
         notes=notes,
     )
+
+
+def _verify_numpy(
+    weights: WeightSet | str | os.PathLike[str],
+    subject: str,
+    *,
+    against: str | os.PathLike[str] | None,
+    prototxt: str | os.PathLike[str] | None,
+    card: str | os.PathLike[str] | dict[str, Any] | None,
+    tolerance: Tolerance | None,
+    images: Sequence[str | os.PathLike[str]] | None,
+    preprocessing: Preprocessing | None,
+    **options: Any,
+) -> VerifyResult:
+    """`verify` in the NumPy engine: against OpenCV's run of the source, or a card."""
+    if against is not None:
+        _check_against(against, prototxt)
+        return verify_graph(
+            weights,
+            subject=subject,
+            against=against,
+            prototxt=prototxt,
+            images=images,
+            preprocessing=preprocessing,
+            tolerance=tolerance,
+            **options,
+        )
+    assert card is not None
+    if options.get("outputs") or options.get("trace"):
+        raise UsageError("outputs= and trace= compare blobs with OpenCV's: verify against=MODEL")
+    card_data = card if isinstance(card, dict) else load_card(card)
+    notes: list[str] = []
+    graph_prototxt = prototxt
+    if graph_prototxt is None:
+        graph_prototxt, prototxt_notes = _card_prototxt(card_data)
+        notes += prototxt_notes
+    inputs = card_inputs(card_data, preprocessing, images)
+    reference = card_predictions(card_data, inputs.entries)
+    tol = _card_tolerance(card_data, tolerance, notes)
+    notes += _identity_notes(weights, card_data)
+    return verify_graph(
+        weights,
+        subject=subject,
+        against=None,
+        prototxt=graph_prototxt,
+        reference=reference,
+        card_inputs=inputs,
+        tolerance=tol,
+        notes=notes,
+        **options,
+    )
+
+
+def _check_against(against: str | os.PathLike[str], prototxt: Any) -> None:
+    if prototxt is None:
+        raise UsageError(
+            f"{against}: verifying against a Caffe model needs its deploy net: "
+            f"prototxt=DEPLOY.prototxt"
+        )
+    if not is_caffe(Path(against)):
+        raise UsageError(
+            f"{against}: against=MODEL.caffemodel takes the source Caffe model (run by "
+            f"OpenCV's Caffe importer); to compare two converted files diff them, or "
+            f"make a reference card of the source and verify with card=CARD.json"
+        )
+
+
+def _card_tolerance(
+    card: dict[str, Any], tolerance: Tolerance | None, notes: list[str]
+) -> Tolerance:
+    """The tolerance given, else the card's, else `PUBLISHED_CARD_TOLERANCE` (with a note)."""
+    if tolerance is not None:
+        return tolerance
+    if "tolerance" in card:
+        return Tolerance.from_dict(card["tolerance"])
+    notes.append(
+        f"the card states no tolerance; using max |Δprob| < "
+        f"{PUBLISHED_CARD_TOLERANCE.prob:g} for predictions made by other software"
+    )
+    return PUBLISHED_CARD_TOLERANCE
 
 
 def _subject(weights: Any) -> str:
