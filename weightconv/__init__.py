@@ -11,6 +11,7 @@ Example::
 """
 
 from weightconv._version import __version__
+from weightconv.access import WeightFile, load_dict, open, save_dict
 from weightconv.errors import (
     CheckFailed,
     FormatError,
@@ -62,6 +63,7 @@ __all__ = [
     "TensorReport",
     "UnsafeInputError",
     "UsageError",
+    "WeightFile",
     "WeightSet",
     "WeightconvError",
     "WriteResult",
@@ -71,5 +73,8 @@ __all__ = [
     "inspect",
     "inspect_tensor",
     "load",
+    "load_dict",
+    "open",
     "save",
+    "save_dict",
 ]

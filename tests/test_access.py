@@ -1,0 +1,117 @@
+"""weightconv.open / load_dict / save_dict: names as the file has them, values read on demand."""
+
+from __future__ import annotations
+
+import doctest
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import weightconv
+from weightconv import access
+from weightconv.testing import synthetic
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("access")
+    net = synthetic.build("lenet", seed=4)
+    model = folder / "lenet.caffemodel"
+    net.write_caffemodel(model)
+    (folder / "lenet.prototxt").write_text(net.deploy_prototxt)
+    return folder, net
+
+
+def test_the_module_examples_run():
+    assert doctest.testmod(access, raise_on_error=True).attempted >= 4
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".ckpt", ".weights.h5"])
+def test_open_lists_and_reads_what_the_file_holds(lenet, suffix, tmp_path):
+    folder, _ = lenet
+    path = tmp_path / f"lenet{suffix}"
+    weightconv.convert(folder / "lenet.caffemodel", path, prototxt=folder / "lenet.prototxt")
+    reference = weightconv.load(path)
+    with weightconv.open(path) as f:
+        assert f.keys() == [layer.tensor_name(role) for layer, role, _ in reference.tensors()]
+        for layer, role, tensor in reference.tensors():
+            name = layer.tensor_name(role)
+            assert name in f and f.shape(name) == tuple(tensor.shape)
+            assert f.dtype(name) == tensor.dtype
+            assert np.array_equal(f.get_tensor(name), np.asarray(tensor))
+    with pytest.raises(weightconv.UsageError, match="closed"):
+        f.get_tensor(name)
+
+
+def test_a_caffemodel_opens_with_blobs_as_stored(lenet):
+    folder, net = lenet
+    with weightconv.open(folder / "lenet.caffemodel") as f:
+        assert f.keys()[:2] == ["conv1/weights", "conv1/biases"]
+        assert f.shape("conv1/weights") == net.weights["conv1"][0].shape  # OIHW, untouched
+        assert np.array_equal(f.get_tensor("ip2/weights"), net.weights["ip2"][0])
+
+
+def test_an_unknown_name_is_refused_with_the_close_ones(lenet):
+    folder, _ = lenet
+    with (
+        weightconv.open(folder / "lenet.caffemodel") as f,
+        pytest.raises(weightconv.MappingError, match=r"'conv1/weight'.*mean 'conv1/weights'"),
+    ):
+        f.get_tensor("conv1/weight")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".ckpt"])
+def test_dicts_round_trip_with_their_names(tmp_path, suffix):
+    tensors = {
+        "block/conv/kernel": np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4),
+        "block/conv/bias": np.ones(4, np.float64),
+        "step": np.array(7, np.int64),
+    }
+    path = tmp_path / f"d{suffix}"
+    weightconv.save_dict(tensors, path)
+    back = weightconv.load_dict(path)
+    assert list(back) == list(tensors)
+    for name, value in tensors.items():
+        assert back[name].dtype == value.dtype and np.array_equal(back[name], value)
+    with pytest.raises(weightconv.OutputExistsError):
+        weightconv.save_dict(tensors, path)
+
+
+def test_save_dict_refuses_what_it_cannot_write(tmp_path):
+    with pytest.raises(weightconv.UsageError, match="empty"):
+        weightconv.save_dict({}, tmp_path / "x.npy")
+    with pytest.raises(weightconv.UsageError, match="non-empty strings"):
+        weightconv.save_dict({"": np.zeros(1)}, tmp_path / "x.npy")
+    with pytest.raises(weightconv.UsageError, match=r"takes no option .shards."):
+        weightconv.save_dict({"a": np.zeros(1)}, tmp_path / "x.npy", shards=2)
+
+
+def test_get_tensor_reads_about_that_tensor(tmp_path):
+    """Opening a large checkpoint and taking one tensor costs that tensor's pages, not the
+    file's: measured in a child by its own peak RSS (VmHWM) against the same child that only
+    opens the file."""
+    big = {f"layer{i}/weights": np.full((1024, 1024), i, np.float32) for i in range(24)}
+    path = tmp_path / "big.ckpt"
+    weightconv.save_dict(big, path)
+    child = textwrap.dedent(
+        """
+        import sys, numpy as np, weightconv
+        with weightconv.open(sys.argv[1]) as f:
+            if sys.argv[2] != "-":
+                assert float(np.asarray(f.get_tensor(sys.argv[2])).sum()) == 5 * 1024 * 1024
+        print(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))
+        """
+    )
+
+    def peak(name: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", child, str(path), name], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.split()[-1]) * 1024
+
+    added = peak("layer5/weights") - peak("-")
+    assert added < 1.5 * (4 << 20), f"{added / (1 << 20):.1f} MiB for a 4 MiB tensor"
