@@ -59,7 +59,9 @@ except BaseException as exc:  # reported, not raised: the test names what escape
     report.update(error="escaped " + type(exc).__name__, message=str(exc)[:300])
 report["seconds"] = time.monotonic() - started
 report["rc"] = cli.main(request["argv"] + ["-q"])
-report["max_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# This process's own peak (ru_maxrss would also count the pytest process it was spawned from).
+with open("/proc/self/status") as status:
+    report["max_rss"] = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) * 1024
 print(json.dumps(report))
 """
 
