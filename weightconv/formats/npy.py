@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 import pickle
 import pickletools
@@ -121,7 +122,9 @@ def _mapped_pickle(handle: IO[bytes]) -> pickle_views.MappedPickle | None:
     if size - start < 4 * pickle_views.MIN_BYTES:
         return None
     mapping = map_input(handle)
-    return pickle_views.MappedPickle.scan(mapping, start)
+    scanned = pickle_views.MappedPickle.scan(mapping, start)
+    mapping.madvise(mmap.MADV_DONTNEED)  # the walk touched every header; values come later
+    return scanned
 
 
 def _unpickle(

@@ -139,6 +139,9 @@ def read(
     weights.release = _page_releaser(
         mapping, {raw.definition.name: raw.span for raw in raw_layers if raw.span}
     )
+    # Parsing read every layer's header (and the kernel mapped the pages around each): drop
+    # them all, so what stays resident grows with what a writer touches, not with the file.
+    mapping.madvise(mmap.MADV_DONTNEED)
     return weights
 
 
