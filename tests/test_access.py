@@ -89,29 +89,37 @@ def test_save_dict_refuses_what_it_cannot_write(tmp_path):
         weightconv.save_dict({"a": np.zeros(1)}, tmp_path / "x.npy", shards=2)
 
 
-def test_get_tensor_reads_about_that_tensor(tmp_path):
-    """Opening a large checkpoint and taking one tensor costs that tensor's pages, not the
-    file's: measured in a child by its own peak RSS (VmHWM) against the same child that only
-    opens the file."""
-    big = {f"layer{i}/weights": np.full((1024, 1024), i, np.float32) for i in range(24)}
-    path = tmp_path / "big.ckpt"
-    weightconv.save_dict(big, path)
+@pytest.mark.parametrize("kind", ["ckpt", "caffemodel"])
+def test_get_tensor_reads_about_that_tensor(tmp_path, kind):
+    """Opening a large file and taking one tensor costs that tensor's pages, not the file's:
+    measured in a child by its own peak RSS (VmHWM) against the same child that only opens
+    the file."""
+    if kind == "ckpt":
+        big = {f"layer{i}/weights": np.full((1024, 1024), i, np.float32) for i in range(24)}
+        path, name, nbytes = tmp_path / "big.ckpt", "layer5/weights", 4 << 20
+        weightconv.save_dict(big, path)
+    else:
+        net = synthetic.build("vgg16", width=0.125, extra_fc=40, seed=5)
+        path, name = tmp_path / "big.caffemodel", "fc6/weights"
+        net.write_caffemodel(path)
+        nbytes = net.weights["fc6"][0].nbytes
+        assert net.parameter_count * 4 > 8 * nbytes  # the file is far more than the tensor
     child = textwrap.dedent(
         """
         import sys, numpy as np, weightconv
         with weightconv.open(sys.argv[1]) as f:
             if sys.argv[2] != "-":
-                assert float(np.asarray(f.get_tensor(sys.argv[2])).sum()) == 5 * 1024 * 1024
+                assert np.isfinite(float(np.asarray(f.get_tensor(sys.argv[2])).sum()))
         print(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))
         """
     )
 
-    def peak(name: str) -> int:
+    def peak(tensor: str) -> int:
         done = subprocess.run(
-            [sys.executable, "-c", child, str(path), name], capture_output=True, text=True
+            [sys.executable, "-c", child, str(path), tensor], capture_output=True, text=True
         )
         assert done.returncode == 0, done.stderr
         return int(done.stdout.split()[-1]) * 1024
 
-    added = peak("layer5/weights") - peak("-")
-    assert added < 1.5 * (4 << 20), f"{added / (1 << 20):.1f} MiB for a 4 MiB tensor"
+    added = peak(name) - peak("-")
+    assert added < 1.5 * nbytes, f"{added / (1 << 20):.1f} MiB for a {nbytes >> 20} MiB tensor"
