@@ -14,7 +14,7 @@ import weightconv
 from weightconv import cli, formats
 from weightconv.errors import ShapeError, UnsafeInputError, UsageError
 from weightconv.mapping import Mapping
-from weightconv.model import Kind, Layer, WeightSet
+from weightconv.model import CAFFE, Kind, Layer, WeightSet
 from weightconv.testing import synthetic
 
 # -- the registry rows --------------------------------------------------------------------------
@@ -107,16 +107,74 @@ KERAS_CONFIG = {
 }
 
 
+def _template(tmp_path: Path, kind: str) -> Path:
+    """A target model for _small()'s conv1 and fc1 under other names: a state dict, or an
+    ONNX graph (Gemm transB=1 or 0; its input's size known, or not)."""
+    folder = tmp_path / "templates"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(8)
+    conv, fc = (
+        rng.standard_normal((4, 3, 3, 3), np.float32),
+        rng.standard_normal((5, 36), np.float32),
+    )
+    path = folder / (f"{kind}.onnx" if kind != "pt" else "template.pt")
+    if path.exists():
+        return path
+    if kind == "pt":
+        layers = [
+            Layer(
+                "features.0", Kind.CONV, {"weights": conv, "biases": conv[:, 0, 0, 0]}, layout=CAFFE
+            ),
+            Layer("classifier.0", Kind.DENSE, {"weights": fc, "biases": fc[:, 0]}, layout=CAFFE),
+        ]
+        weightconv.save(WeightSet(layers=layers), path)
+        return path
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    trans_b = 0 if kind == "onnx-in-out" else 1
+    inits = [
+        numpy_helper.from_array(conv, "c.weight"),
+        numpy_helper.from_array(conv[:, 0, 0, 0].copy(), "c.bias"),
+        numpy_helper.from_array(fc if trans_b else fc.T.copy(), "g.weight"),
+        numpy_helper.from_array(fc[:, 0].copy(), "g.bias"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "c.weight", "c.bias"], ["c"]),
+        helper.make_node("Flatten", ["c"], ["f"]),
+        helper.make_node("Gemm", ["f", "g.weight", "g.bias"], ["y"], transB=trans_b),
+    ]
+    size = "h" if kind == "onnx-unsized" else 5
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
 def _written(tmp_path: Path, name: str, fmt: str, options: dict) -> bytes:
     """All bytes a writer produced for `options`, its files in order."""
     folder = tmp_path / name
     folder.mkdir()
+    options = {
+        key: _template(tmp_path, value[1:-1])
+        if isinstance(value, str) and value.startswith("<")
+        else value
+        for key, value in options.items()
+    }
     suffix = {
         "npy": ".npy",
         "ckpt": ".ckpt",
         "pt": ".pt",
         "safetensors": ".safetensors",
         "npz": ".npz",
+        "onnx": ".onnx",
     }.get(fmt) or (".h5" if options.get("keras_layout") == "keras2" else ".weights.h5")
     result = weightconv.save(_small(), folder / f"out{suffix}", format=fmt, **options)
     names = sorted(p.name for p in folder.iterdir())
@@ -146,6 +204,15 @@ WRITE_CASES = {
     ("keras-h5", "model"): (
         {"keras_layout": "keras2"},
         {"keras_layout": "keras2", "model": KERAS_CONFIG},
+    ),
+    ("pt", "model"): (
+        {"torch_dense_inputs": {"fc1": (36,)}},
+        {"torch_dense_inputs": {"fc1": (36,)}, "model": "<pt>"},
+    ),
+    ("onnx", "model"): ({"model": "<onnx>"}, {"model": "<onnx-in-out>"}),
+    ("onnx", "torch_dense_inputs"): (
+        {"model": "<onnx-unsized>", "torch_dense_inputs": {"fc1": (36,)}},
+        {"model": "<onnx-unsized>", "torch_dense_inputs": {"fc1": (4, 3, 3)}},
     ),
 }
 #: dense_inputs and layout (pt, safetensors) are walked in test_torch_format/test_safetensors.

@@ -47,6 +47,7 @@ SUBLAYERS = {
         "weightconv.formats.npz",
         "weightconv.formats.torch",
         "weightconv.formats.safetensors",
+        "weightconv.formats.onnx",
         "weightconv.formats",
     ],
 }

@@ -377,7 +377,7 @@ def test_a_torchscript_archive_is_read_as_its_state_dict():
 def test_help_lists_the_pytorch_options(capsys):
     assert cli.main(["caffe2pt", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "pt/safetensors output options" in out and "--torch-dense-input" in out
+    assert "pt/safetensors/onnx output options" in out and "--torch-dense-input" in out
     assert cli.main(["pt2ckpt", "--help"]) == 0
     assert "--dense-input" in capsys.readouterr().out
 

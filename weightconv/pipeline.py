@@ -147,6 +147,9 @@ def convert(
             weights = plan.apply(weights)
         steps = transform_steps(weights)
         result = _write(target, weights, dst, writing, force, progress)
+    written = result.detail.get("transforms")
+    if written is not None:  # a writer that keeps the source's layout says what it did
+        steps = (steps if not plan.is_identity() else []) + list(written)
     notes = list(weights.notes) + result.notes
     if created:
         notes.append(f"created folder {created}")

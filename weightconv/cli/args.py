@@ -149,7 +149,7 @@ def add_format_options(
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag, (spec, owners) in _option_specs(kind).items():
         names = [f.name for f in owners]
-        help_text = spec.help + (
+        help_text = _help_of(flag, spec, owners, kind) + (
             ""
             if spec.default in (None, False, "") or spec.is_switch
             else f" (default {spec.default})"
@@ -185,6 +185,20 @@ def add_format_options(
         elif spec.annotation is int or spec.annotation == (int | None):
             kwargs["type"] = int
         group.add_argument(flag, **kwargs)
+
+
+def _help_of(flag: str, spec: OptionSpec, owners: list[Format], kind: str) -> str:
+    """The help of a flag; of each format in turn when the formats sharing it say different
+    things (``--model``: a Keras config, a PyTorch or an ONNX template)."""
+    helps: dict[str, list[str]] = {}
+    for fmt in owners:
+        options = fmt.read_options if kind == "read" else fmt.write_options
+        for own in options.specs() if options is not None else []:
+            if own.flag == flag:
+                helps.setdefault(own.help, []).append(fmt.name)
+    if len(helps) <= 1:
+        return spec.help
+    return "; ".join(f"{'/'.join(names)}: {text}" for text, names in helps.items())
 
 
 def given_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from weightconv import formats, pipeline
 from weightconv._util.progress import Progress
 from weightconv.cli import args as common
 from weightconv.errors import EXIT_OK, UsageError
+from weightconv.mapping.template import TEMPLATE_FORMATS, explain_template
 from weightconv.reports import ConversionReport
 
 _EXAMPLES = {
@@ -84,12 +85,14 @@ def add(verbs: Any) -> None:
         "map",
         help="show the mapping plan (--explain), or apply it",
         description="Print the plan: each source tensor and shape -> target name and shape, "
-        "and the transforms between; with -o OUT it also converts, and with "
-        "--explain it writes nothing.",
+        "and the transforms between (with --model TEMPLATE: each of our tensors -> the "
+        "PyTorch or ONNX template's tensor it fills); with -o OUT it also converts, and "
+        "with --explain it writes nothing.",
         epilog=common.examples(
             "weightconv map vgg16.caffemodel --prototxt deploy.prototxt --names slim "
             "--net vgg_16 --fc-as-conv --explain",
             "weightconv map theirs.ckpt --map rules.toml -o ours.npy",
+            "weightconv map alexnet.caffemodel --model torchvision_alexnet.pt --explain",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -151,10 +154,23 @@ def _map(args: argparse.Namespace) -> int:
     reading = common.options_for(
         source, source.read_options, common.given_options(args, "read"), "read"
     )
-    if args.output is None and common.given_options(args, "write"):
+    writing = common.given_options(args, "write")
+    target_format = formats.for_output(args.output, args.dst_format) if args.output else None
+    # --model is a template to pair with, unless it is the Keras writer's model config
+    keras = target_format is not None and target_format.name not in TEMPLATE_FORMATS
+    template = None if keras else writing.get("model")
+    if args.output is None and set(writing) - {"model", "torch_dense_inputs"}:
         raise UsageError("output options need an output: -o OUT")
+    if args.output is None and writing and template is None:
+        raise UsageError("output options need an output: -o OUT (or --model TEMPLATE)")
     weights, left_out = pipeline.select(source.read(args.src, reading), args.only, args.skip)
-    rows = common.mapping_of(args).explain(weights)
+    plan = common.mapping_of(args)
+    if template is not None:
+        mapped = weights if plan.is_identity() else plan.apply(weights)
+        dense = writing.get("torch_dense_inputs")
+        rows = explain_template(mapped, template, dense_inputs=dense)
+    else:
+        rows = plan.explain(weights)
     converting = args.output is not None
     if args.json and not converting:
         document = {

@@ -26,6 +26,7 @@ from weightconv.formats.ckpt import CkptReadOptions, CkptWriteOptions
 from weightconv.formats.keras_h5 import KerasWriteOptions
 from weightconv.formats.npy import NpyReadOptions, NpyWriteOptions
 from weightconv.formats.npz import NpzWriteOptions
+from weightconv.formats.onnx import OnnxReadOptions, OnnxWriteOptions
 from weightconv.formats.safetensors import SafetensorsReadOptions, SafetensorsWriteOptions
 from weightconv.formats.torch import TorchReadOptions, TorchWriteOptions
 from weightconv.model import WeightSet
@@ -218,6 +219,15 @@ FORMATS: list[Format] = [
         "npz",
         NoOptions,
         NpzWriteOptions,
+    ),
+    Format(
+        "onnx",
+        "ONNX model initializers (written only into a given model, the template)",
+        (".onnx",),
+        "weightconv.formats.onnx.format",
+        "onnx",
+        OnnxReadOptions,
+        OnnxWriteOptions,
     ),
 ]
 

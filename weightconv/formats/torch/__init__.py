@@ -5,6 +5,7 @@ layout rules shared with safetensors are in `names`."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from weightconv.formats.base import Options, option
@@ -58,4 +59,11 @@ class TorchWriteOptions(Options):
         metavar="NAME=C,H,W",
         parse=parse_dense_inputs,
         help=_SHAPES_HELP + ": fixes the H,W,C -> C,H,W row order of its PyTorch weights",
+    )
+    model: str | os.PathLike[str] | None = option(
+        None,
+        metavar="TEMPLATE",
+        help="a state dict (.pt) of the target model: our layers take its tensor names "
+        "(features.0.weight, ...), paired in order by role and shape; a layer that does not "
+        "fit is refused",
     )

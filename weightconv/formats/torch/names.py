@@ -174,7 +174,7 @@ def torch_layers(
             previous_outputs = None
         pairs = []
         for role, tensor in converted.tensors.items():
-            key = _key(layer, role)
+            key = torch_key(layer, role)
             if key in names:
                 raise MappingError(f"{where}: two tensors are named {key!r}")
             names.add(key)
@@ -195,7 +195,8 @@ def _dense_sizes(layer: Layer) -> tuple[int | None, int | None]:
     return int(shape[0]), int(shape[1])
 
 
-def _key(layer: Layer, role: str) -> str:
+def torch_key(layer: Layer, role: str) -> str:
+    """The state-dict key of a layer's tensor: ``conv1.weight``, or the name it came with."""
     stored = layer.stored_names.get(role)
     if stored:  # a name the source file (or a mapping) gave the tensor
         return stored

@@ -27,6 +27,7 @@ from weightconv._util.progress import Progress
 from weightconv.errors import FormatError, UsageError
 from weightconv.formats.base import WriteResult
 from weightconv.formats.torch.names import torch_layers
+from weightconv.formats.torch.template import Slot, check_dtype, template_pairs
 from weightconv.model import WeightSet
 from weightconv.model.caffe_layout import steps
 
@@ -64,19 +65,30 @@ def write(
     path: str | os.PathLike[str],
     *,
     torch_dense_inputs: Mapping[str, tuple[int, ...]] | None = None,
+    model: str | os.PathLike[str] | None = None,
     force: bool = False,
     progress: Progress | None = None,
 ) -> WriteResult:
     """Write `weights` as a PyTorch state dict that ``torch.load(path, weights_only=True)``
     loads: keys ``layer.weight``, ``layer.bias``, ``bn.running_mean``... (or the keys they were
     read under), tensors in PyTorch's layout. `torch_dense_inputs` gives the C,H,W of a dense
-    layer's input where the weights do not record it (``{"fc6": (256, 6, 6)}``)."""
+    layer's input where the weights do not record it (``{"fc6": (256, 6, 6)}``). `model`, a
+    state dict of the target model, gives the keys instead: our layers are paired with its
+    tensors in order, by role and shape (`weightconv.formats.torch.template`)."""
     entries: list[tuple[str, str, int, tuple[int, ...]]] = []
     counts = {"layers": 0, "tensors": 0, "parameters": 0}
     skipped: list[str] = []
     notes: list[str] = []
     transforms: dict[str, list[str]] = {}
     where = os.fspath(path)
+    slots: dict[str, Slot] = {}
+    carried: list[Slot] = []
+    if model is not None:
+        slots, carried = template_pairs(weights, model, torch_dense_inputs, where)
+        notes.append(f"tensor names from {os.fspath(model)}: {len(slots)} tensors paired")
+        if carried:
+            listed = ", ".join(slot.name for slot in carried)
+            notes.append(f"not in the weights, written as the template has them: {listed}")
     with atomic_output(path, force, notes=notes) as handle:
         with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for layer, shape, pairs in torch_layers(weights, torch_dense_inputs, where):
@@ -86,6 +98,9 @@ def write(
                     if array.dtype.hasobject or array.dtype.kind in "SU":
                         skipped.append(f"{key} (not numbers)")
                         continue
+                    if slots:
+                        check_dtype(array, slots[key], where)
+                        key = slots[key].name
                     storage = _storage_class(array, where, key)
                     index = len(entries)
                     _member(archive, handle, f"{ARCHIVE}/data/{index}", array, progress)
@@ -93,6 +108,12 @@ def write(
                     counts["tensors"] += 1
                     counts["parameters"] += int(array.size)
                 counts["layers"] += 1
+            for slot in carried:  # not in our weights: the template's own value
+                array = np.asarray(slot.value)
+                storage = _storage_class(array, where, slot.name)
+                _member(archive, handle, f"{ARCHIVE}/data/{len(entries)}", array, progress)
+                entries.append((slot.name, storage, int(array.size), tuple(array.shape)))
+                counts["tensors"] += 1
             if not entries:
                 raise UsageError(f"{where}: nothing to write: no layer holds numeric tensors")
             _small(archive, handle, f"{ARCHIVE}/data.pkl", _pickle(entries))
