@@ -245,6 +245,10 @@ def test_demo_verifies_every_output_against_the_caffemodel(capsys, tmp_path):
     for row in report["verified"]:
         assert row["summary"]["top1_agree"] == row["summary"]["images"] == 8
         assert row["summary"]["max_abs_prob_diff"] < 1e-4
+    graph = report["graph"]  # the SqueezeNet-shaped graph model, NumPy engine
+    assert graph["passed"] and graph["engine"] == "numpy"
+    assert [blob["blob"] for blob in graph["blobs"]] == ["pool10", "prob"]
+    assert all(blob["passed"] for blob in graph["blobs"])
 
 
 @pytest.mark.oracle

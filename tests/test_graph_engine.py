@@ -146,6 +146,11 @@ NETS = {
         extra="reshape_param { axis: 1 num_axes: 1 shape { dim: 2 dim: 2 } }",
     )
     + layer("t", "TanH", ["r"]),
+    "flatten-inner-product": conv("c", "data", "num_output: 3 kernel_size: 3")
+    + layer("r", "ReLU", ["c"], ["c"])
+    + layer("f", "Flatten", ["c"])
+    + layer("d", "Dropout", ["f"], ["f"])
+    + layer("ip", "InnerProduct", ["f"], extra="inner_product_param { num_output: 5 }"),
     "permute": layer(
         "p", "Permute", ["data"], extra="permute_param { order: 0 order: 2 order: 3 order: 1 }"
     )

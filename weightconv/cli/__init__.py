@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from weightconv._version import __version__
 from weightconv.cli import args as common
-from weightconv.cli import checks, convert, demo, diff, inspect
+from weightconv.cli import checks, convert, demo, diff, export, inspect
 from weightconv.errors import EXIT_BAD_INPUT, EXIT_OK, WeightconvError
 from weightconv.reports import SCHEMA_VERSION
 
@@ -50,6 +50,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         verb,
     )
     convert.add(verbs)
+    export.add(verbs)
     inspect.add(verbs)
     diff.add(verbs)
     checks.add(verbs)

@@ -116,11 +116,15 @@ def add(verbs: Any) -> None:
             "weightconv verify alexnet.ckpt --card caffenet_cat.json",
             "weightconv verify alexnet.weights.h5 --against "
             "bvlc_alexnet.caffemodel --prototxt deploy.prototxt --image cat.jpg",
+            "weightconv verify resnet.npy --against resnet.caffemodel --prototxt "
+            "deploy.prototxt --engine keras --trace",
+            "weightconv verify model.keras --against model.caffemodel --prototxt deploy.prototxt",
         ),
         help="check converted weights against their source model or a card",
         description="Run WEIGHTS (any format) in the graph of the deploy prototxt "
-        "(NumPy engine, Caffe's semantics; --engine tf|keras: the built-in "
-        "AlexNet graph in TensorFlow) and compare every output blob, "
+        "(NumPy engine, Caffe's semantics; --engine keras|tf: the same graph as a "
+        "Keras 3 model; a .keras model file made by caffe2keras or export-keras is "
+        "run itself, in Keras) and compare every output blob, "
         "elementwise, and a classifier's top-k with the source caffemodel "
         "run by OpenCV's Caffe importer (--against), or the predictions "
         "with a reference card (--card). Exit 0 when they agree, 1 when "
@@ -156,9 +160,10 @@ def add(verbs: Any) -> None:
     p.add_argument(
         "--engine",
         choices=("numpy", "tf", "keras"),
-        default="numpy",
-        help="what runs WEIGHTS: numpy (default; any deploy net, no TensorFlow), tf or "
-        "keras (the built-in AlexNet-style graph; needs TensorFlow)",
+        default=None,
+        help="what runs WEIGHTS: numpy (default; any deploy net, no TensorFlow), keras or "
+        "tf (the deploy net as a Keras 3 model on TensorFlow; without --prototxt the "
+        "built-in AlexNet graph); default keras for a .keras model with --prototxt",
     )
     p.add_argument(
         "--outputs",

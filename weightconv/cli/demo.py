@@ -20,7 +20,58 @@ _FILES = (
     "alexnet.npy",
     "alexnet.ckpt.index",
     "alexnet.weights.h5",
+    "squeezenet.caffemodel",
+    "squeezenet.prototxt",
+    "squeezenet.npy",
 )
+
+
+def _fire(name: str, bottom: str, squeeze: int, expand: int) -> str:
+    def conv(layer: str, below: str, params: str) -> str:
+        return (
+            f'layer {{ name: "{layer}" type: "Convolution" bottom: "{below}" top: "{layer}" '
+            f"convolution_param {{ {params} }} }}\n"
+            f'layer {{ name: "{layer}/relu" type: "ReLU" bottom: "{layer}" top: "{layer}" }}\n'
+        )
+
+    return (
+        conv(f"{name}/squeeze1x1", bottom, f"num_output: {squeeze} kernel_size: 1")
+        + conv(f"{name}/expand1x1", f"{name}/squeeze1x1", f"num_output: {expand} kernel_size: 1")
+        + conv(
+            f"{name}/expand3x3",
+            f"{name}/squeeze1x1",
+            f"num_output: {expand} kernel_size: 3 pad: 1",
+        )
+        + f'layer {{ name: "{name}/concat" type: "Concat" bottom: "{name}/expand1x1" '
+        f'bottom: "{name}/expand3x3" top: "{name}/concat" }}\n'
+    )
+
+
+def squeezenet_prototxt(size: int = 63, classes: int = 10) -> str:
+    """A small SqueezeNet-shaped deploy net: Fire modules (1x1 squeeze, parallel 1x1 and
+    padded 3x3 expands, Concat), ceil-mode max pooling, a 1x1 classifier conv and global
+    average pooling into a Softmax."""
+    pool = (
+        'layer {{ name: "{0}" type: "Pooling" bottom: "{1}" top: "{0}" pooling_param {{ {2} }} }}\n'
+    )
+    return (
+        'name: "squeezenet-demo"\n'
+        'layer { name: "data" type: "Input" top: "data" '
+        f"input_param {{ shape {{ dim: 1 dim: 3 dim: {size} dim: {size} }} }} }}\n"
+        'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" '
+        "convolution_param { num_output: 16 kernel_size: 3 stride: 2 } }\n"
+        'layer { name: "relu_conv1" type: "ReLU" bottom: "conv1" top: "conv1" }\n'
+        + pool.format("pool1", "conv1", "pool: MAX kernel_size: 3 stride: 2")
+        + _fire("fire2", "pool1", 8, 16)
+        + _fire("fire3", "fire2/concat", 8, 16)
+        + pool.format("pool3", "fire3/concat", "pool: MAX kernel_size: 3 stride: 2")
+        + _fire("fire4", "pool3", 16, 32)
+        + 'layer { name: "drop9" type: "Dropout" bottom: "fire4/concat" top: "fire4/concat" }\n'
+        'layer { name: "conv10" type: "Convolution" bottom: "fire4/concat" top: "conv10" '
+        f"convolution_param {{ num_output: {classes} kernel_size: 1 }} }}\n"
+        + pool.format("pool10", "conv10", "pool: AVE global_pooling: true")
+        + 'layer { name: "prob" type: "Softmax" bottom: "pool10" top: "prob" }\n'
+    )
 
 
 def add(verbs: Any) -> None:
@@ -98,6 +149,7 @@ def _demo(args: argparse.Namespace) -> int:
         report.verb = verb
         if talk:
             render(report, quiet=True)
+    graph_model, graph_prototxt, graph_npy = _graph_model(args.dir, talk)
     if args.no_verify:
         if args.json:
             print(
@@ -125,7 +177,16 @@ def _demo(args: argparse.Namespace) -> int:
                 "summary": result.summary,
             }
         )
-    passed = all(r["passed"] for r in rows)
+    graph_result = verify(graph_npy, against=graph_model, prototxt=graph_prototxt)
+    graph_row: dict[str, Any] = {
+        "step": "caffe2npy",
+        "output": str(graph_npy),
+        "engine": "numpy",
+        "passed": graph_result.passed,
+        "summary": graph_result.summary,
+        "blobs": [check.to_dict() for check in getattr(graph_result, "blobs", [])],
+    }
+    passed = all(r["passed"] for r in rows) and graph_row["passed"]
     if args.json:
         print(
             json.dumps(
@@ -134,6 +195,7 @@ def _demo(args: argparse.Namespace) -> int:
                     "ok": passed,
                     "verb": "demo",
                     "verified": rows,
+                    "graph": graph_row,
                 },
                 indent=2,
                 default=json_default,
@@ -152,4 +214,35 @@ def _demo(args: argparse.Namespace) -> int:
                 f"{summary['images']}, top-5 {summary['topk_agree']}/{summary['images']}, "
                 f"max |dprob| {summary['max_abs_prob_diff']:.1e}"
             )
+        summary = graph_result.summary
+        blobs = graph_row["blobs"]
+        print(
+            f"graph model against {graph_model.name} (SqueezeNet-shaped: Fire modules, "
+            f"global AVE pooling), NumPy engine, every output blob:"
+        )
+        print(
+            f"  caffe2npy  {graph_npy.name:<22} {'PASS' if graph_result.passed else 'FAIL'}  "
+            f"top-1 {summary['top1_agree']}/{summary['images']}, max |dprob| "
+            f"{summary['max_abs_prob_diff']:.1e}, {sum(b['passed'] for b in blobs)}/"
+            f"{len(blobs)} blobs agree"
+        )
     return EXIT_OK if passed else EXIT_CHECK_FAILED
+
+
+def _graph_model(folder: Path, talk: bool) -> tuple[Path, Path, Path]:
+    """A SqueezeNet-shaped deploy net with seeded weights, converted to .npy."""
+    from weightconv.nets.graph import Graph
+    from weightconv.testing.caffe_weights import write_caffemodel
+
+    prototxt = folder / "squeezenet.prototxt"
+    model = folder / "squeezenet.caffemodel"
+    npy = folder / "squeezenet.npy"
+    prototxt.write_text(squeezenet_prototxt())
+    # scale 0.7 keeps the softmax from saturating (probabilities 0.6 to 0.95), as above
+    shapes = Graph.from_prototxt(prototxt).shapes
+    write_caffemodel(prototxt, model, seed=0, scale=0.7, shapes=shapes)
+    report = pipeline.convert(model, npy, read_options={"prototxt": prototxt}, force=True)
+    report.verb = "caffe2npy"
+    if talk:
+        render(report, quiet=True)
+    return model, prototxt, npy

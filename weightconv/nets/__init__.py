@@ -3,8 +3,10 @@
 `graph` describes any Caffe deploy net (V0/V1/V2) as one graph of Caffe layers with their
 parameters, inputs, outputs and blob shapes; `graph_weights` finds the canonical-layout
 weights of its layers in a WeightSet; `numpy_engine` (ops in `numpy_ops`) runs it in NumPy,
-float32, with Caffe's exact semantics. The description is engine-neutral, for a TensorFlow
-engine to run the same graph later.
+float32, with Caffe's exact semantics. `keras_engine` builds the same graph as a Keras 3
+functional model (NHWC, the same semantics; the layers Keras lacks are in `keras_layers`,
+which a process loading a saved model imports) and `keras_export` saves it as a runnable
+``.keras``; Keras is imported only when a model is built or loaded.
 
 `alexnet` builds AlexNet and CaffeNet with Caffe's semantics (symmetric padding, ceil-mode
 max pooling, grouped convolution, Caffe's LRN translated to TensorFlow's) from a WeightSet

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ def _collect(weights: WeightSet) -> tuple[dict[str, list[Layer]], list[str]]:
 
 def bind(graph: Graph, weights: WeightSet) -> GraphWeights:
     """The tensors of every weighted node of `graph`, checked against its shapes."""
-    found, order = _collect(weights)
+    found, order = _collect(_with_dense_inputs(graph, weights))
     wanted = [node.name for node in graph.weighted_nodes]
     notes: list[str] = []
     missing = [name for name in wanted if name not in found]
@@ -120,6 +121,46 @@ def bind(graph: Graph, weights: WeightSet) -> GraphWeights:
     return GraphWeights(
         tensors, chosen, [*weights.notes, *notes], weights.channel_order, weights.release
     )
+
+
+def flattened_input(graph: Graph, node: Node) -> tuple[int, ...] | None:
+    """The 4-D shape a whole-blob Flatten (axis 1 to the end) made an InnerProduct's input
+    from, looking back through layers that work in place on it; None when no such Flatten
+    made it. A conversion reorders such a layer's rows C, H, W -> H, W, C, as when it reads
+    the 4-D blob itself."""
+    blob = node.bottoms[0]
+    index = graph.nodes.index(node)
+    for earlier in reversed(graph.nodes[:index]):
+        if blob not in earlier.tops:
+            continue
+        if blob in earlier.bottoms:  # in place (ReLU, Dropout, ...): look further back
+            continue
+        p = earlier.params
+        whole = int(p.get("axis", 1)) == 1 and int(p.get("end_axis", -1)) == -1
+        if earlier.type == "Flatten" and whole:
+            shape = graph.shapes[earlier.bottoms[0]]
+            return tuple(shape) if len(shape) == 4 else None
+        return None
+    return None
+
+
+def _with_dense_inputs(graph: Graph, weights: WeightSet) -> WeightSet:
+    """`weights` with each Caffe-layout dense layer whose file does not record its input's
+    C, H, W (a PyTorch or safetensors file of a caffemodel) given it from the graph, whose
+    deploy net says what Caffe flattens: its rows can then be put in H, W, C order."""
+    dense = {
+        n.name: flattened_input(graph, n) or graph.shapes[n.bottoms[0]]
+        for n in graph.nodes
+        if n.type == "InnerProduct"
+    }
+    layers, changed = [], False
+    for layer in weights.layers:
+        shape = dense.get(layer.name)
+        if shape is not None and layer.input_shape is None and layer.params.get("follows_spatial"):
+            layer = dataclasses.replace(layer, input_shape=tuple(shape[1:]))
+            changed = True
+        layers.append(layer)
+    return dataclasses.replace(weights, layers=layers) if changed else weights
 
 
 def _node_tensors(graph: Graph, node: Node, layers: Sequence[Layer]) -> dict[str, np.ndarray]:
@@ -192,6 +233,13 @@ def _check(graph: Graph, node: Node, t: dict[str, np.ndarray]) -> None:
         _expect(node, "weights", kernel, (inputs, out), why)
         if "biases" in t:
             _expect(node, "biases", t["biases"], (out,), f"{out} outputs")
+        flattened = flattened_input(graph, node)
+        if flattened is not None and axis == 1 and flattened[2] * flattened[3] > 1:
+            # after a Flatten the engines see Caffe's C, H, W order; the canonical rows are
+            # H, W, C of the blob flattened (as a conversion writes them): put them back
+            _, c, h, w = flattened
+            rows = kernel.reshape(h, w, c, out).transpose(2, 0, 1, 3)
+            t["weights"] = np.ascontiguousarray(rows).reshape(inputs, out)
     elif node.type == "PReLU":
         channels = bottom[1] if len(bottom) > 1 else 1
         slopes = 1 if p.get("channel_shared") else channels
@@ -221,4 +269,4 @@ def _affine_span(graph: Graph, node: Node) -> tuple[int, ...]:
     return tuple(bottom[axis:end])
 
 
-__all__ = ["ALIASES", "GraphWeights", "bind"]
+__all__ = ["ALIASES", "GraphWeights", "bind", "flattened_input"]

@@ -29,6 +29,7 @@ from weightconv.nets import Architecture
 from weightconv.nets.alexnet import read_weights
 from weightconv.nets.graph import Graph
 from weightconv.nets.graph_weights import GraphWeights, bind
+from weightconv.nets.keras_export import is_keras_model
 from weightconv.nets.numpy_engine import run
 from weightconv.nets.params import assign
 from weightconv.verify.blobs import (
@@ -184,11 +185,25 @@ def verify_graph(
     trace: bool = False,
     blob_tolerance: float = BLOB_TOLERANCE,
     notes: Sequence[str] = (),
+    engine: str = "numpy",
 ) -> GraphVerifyResult:
-    """Run the converted weights in the NumPy engine and compare with OpenCV's run of the
-    source model (`against`) or with a card's predictions (`reference`, `card_inputs`)."""
+    """Run the converted weights in the NumPy engine (or, `engine` "keras" or "tf", in the
+    Keras engine; a ``.keras`` model file is run itself) and compare with OpenCV's run of
+    the source model (`against`) or with a card's predictions (`reference`,
+    `card_inputs`)."""
     early = Graph.from_prototxt(prototxt) if prototxt is not None and variant is None else None
-    if isinstance(weights, WeightSet):
+    model_file = (
+        engine != "numpy" and not isinstance(weights, WeightSet) and is_keras_model(weights)
+    )
+    weight_set: WeightSet | None
+    if model_file:
+        if early is None:
+            raise UsageError(
+                f"{weights}: verifying a .keras model needs the deploy net it was built from: "
+                f"prototxt=DEPLOY.prototxt (and no variant)"
+            )
+        weight_set = None
+    elif isinstance(weights, WeightSet):
         if format is not None or read_options:
             raise UsageError(
                 "format= and read_options= apply to a weight file, not to a WeightSet already read"
@@ -196,10 +211,15 @@ def verify_graph(
         weight_set = weights
     else:
         weight_set = read_weights(Path(weights), prototxt, format, read_options)
-    graph = early or build_graph(weight_set, prototxt, variant)
-    bound = bind(graph, weight_set)
+    if weight_set is None:
+        assert early is not None
+        graph, bound = early, None
+    else:
+        graph = early or build_graph(weight_set, prototxt, variant)
+        bound = bind(graph, weight_set)
     all_notes = [*notes, *graph.notes]
-    all_notes += [note for note in bound.notes if "matched to the graph" in note]
+    if bound is not None:
+        all_notes += [note for note in bound.notes if "matched to the graph" in note]
     if card_inputs is not None:
         inputs: Inputs | None = card_inputs
         ((input_blob, _),) = graph.inputs.items()
@@ -209,7 +229,7 @@ def verify_graph(
         inputs, feed, names, description = graph_inputs(graph, images, preprocessing, count, seed)
     if inputs is not None:
         all_notes += inputs.notes
-        order = channel_order or bound.channel_order
+        order = channel_order or (bound.channel_order if bound is not None else None)
         if order is None:
             order = "bgr"
             all_notes.append(
@@ -226,11 +246,15 @@ def verify_graph(
     asked = list(dict.fromkeys([*wanted, *(head or ())]))
     n = len(names)
     graph = graph.with_batch(n)
-    ours = _run(graph, bound, ours_feed, asked, trace)
+    if bound is not None:
+        ours, engine_name = _run(graph, bound, ours_feed, asked, trace, engine), _ENGINES[engine]
+    else:
+        assert not isinstance(weights, WeightSet)
+        ours, engine_name = _run_model(Path(weights), graph, ours_feed, asked, trace)
     # a mapped weight file is unmapped here, before OpenCV reads the source model
     del bound, weight_set
     where = Path(graph.source).name if os.sep in graph.source else graph.source
-    our_source = f"{subject} in the NumPy engine ({where}), {order.upper()} input"
+    our_source = f"{subject} {engine_name} ({where}), {order.upper()} input"
     checks: list[BlobCheck] = []
     theirs: dict[str, np.ndarray] = {}
     their_layers: dict[str, list[np.ndarray]] = {}
@@ -302,13 +326,49 @@ def _cv2_version() -> str:
     return str(cv2.__version__)
 
 
+_ENGINES = {
+    "numpy": "in the NumPy engine",
+    "keras": "in the Keras engine",
+    "tf": "in the Keras engine (TensorFlow)",
+}
+
+
+def _run_model(
+    path: Path,
+    graph: Graph,
+    feed: Mapping[str, np.ndarray],
+    outputs: Sequence[str],
+    keep_layers: bool,
+) -> tuple[Any, str]:
+    """A ``.keras`` model file loaded by Keras and run: (its blobs, how it ran)."""
+    from weightconv.nets.keras_engine import import_keras, model_blobs
+
+    keras = import_keras()
+    from weightconv.nets import keras_layers  # noqa: F401 - registers our layers
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many kinds
+        raise UsageError(f"{path}: Keras cannot load it as a model: {exc}") from None
+    keep = "layers" if keep_layers else "outputs"
+    ran = model_blobs(model, graph, feed, outputs=outputs, keep=keep)
+    return ran, f"loaded by Keras {keras.__version__}"
+
+
 def _run(
     graph: Graph,
     weights: GraphWeights,
     feed: Mapping[str, np.ndarray],
     outputs: Sequence[str],
     keep_layers: bool,
+    engine: str = "numpy",
 ) -> Any:
+    if engine != "numpy":
+        from weightconv.nets import keras_engine
+
+        return keras_engine.run(
+            graph, weights, feed, outputs=outputs, keep="layers" if keep_layers else "outputs"
+        )
     return run(
         graph,
         weights,

@@ -16,6 +16,7 @@ from typing import Any
 from weightconv.errors import UsageError
 from weightconv.model import WeightSet
 from weightconv.nets import AlexNet
+from weightconv.nets.keras_export import is_keras_model
 from weightconv.verify.blobs import BLOB_TOLERANCE
 from weightconv.verify.cards import card_inputs, file_sha1, is_caffe, load_card
 from weightconv.verify.comparison import (
@@ -55,7 +56,7 @@ def verify(
     top: int = TOP,
     format: str | None = None,
     read_options: Mapping[str, Any] | None = None,
-    engine: str = DEFAULT_ENGINE,
+    engine: str | None = None,
     outputs: Sequence[str] | None = None,
     trace: bool = False,
     blob_tolerance: float = BLOB_TOLERANCE,
@@ -80,13 +81,17 @@ def verify(
         format: the format of the weight file (default: detected).
         read_options: the format's reader options, as `weightconv.load` takes them (e.g.
             ``{"trust_pickle": True}``); one the reader does not take is refused.
-        engine: "numpy" (default: any deploy net, `weightconv.nets.numpy_engine`; every
-            output blob compared with OpenCV's), "tf" or "keras" (the built-in AlexNet
-            graph in TensorFlow / as a Keras model; needs TensorFlow). A built `AlexNet`
-            always runs in TensorFlow.
-        outputs: the blobs to compare (numpy engine; default every output blob).
-        trace: after a failure, find the first blob that differs from OpenCV's (numpy
-            engine, against a caffemodel).
+        engine: "numpy" (any deploy net, `weightconv.nets.numpy_engine`; every output
+            blob compared with OpenCV's), "keras" or "tf" (with a prototxt: the same
+            graph as a Keras 3 model, `weightconv.nets.keras_engine`; without one, the
+            built-in AlexNet graph in TensorFlow / Keras; needs TensorFlow). Default:
+            "keras" for a ``.keras`` model file with a prototxt (the model itself is run,
+            found by the layer names `weightconv.nets.keras_export` gives; "numpy" runs the
+            weights it holds instead), else "numpy". A built `AlexNet` always runs in
+            TensorFlow.
+        outputs: the blobs to compare (graph engines; default every output blob).
+        trace: after a failure, find the first blob that differs from OpenCV's (graph
+            engines, against a caffemodel).
         blob_tolerance: a blob agrees when max |Δ| / max |reference| is below it.
 
     Returns a VerifyResult (``.passed``, ``.exit_code``, ``.report()``, ``.to_dict()``).
@@ -105,11 +110,16 @@ def verify(
         )
     if channel_order is not None and channel_order not in CHANNEL_ORDERS:
         raise UsageError(f"channel_order={channel_order!r}: must be 'bgr' or 'rgb'")
+    model_file = isinstance(weights, str | os.PathLike) and is_keras_model(weights)
+    if engine is None:
+        engine = "keras" if model_file and prototxt is not None else DEFAULT_ENGINE
+    model_file = model_file and engine != "numpy"
     if engine not in ENGINES:
         raise UsageError(f"engine={engine!r}: one of {', '.join(ENGINES)}")
     notes: list[str] = []
     subject = _subject(weights)
-    if engine == "numpy" and not isinstance(weights, AlexNet):
+    graph_engine = engine == "numpy" or prototxt is not None or model_file
+    if graph_engine and not isinstance(weights, AlexNet):
         return _verify_numpy(
             weights,
             subject,
@@ -129,9 +139,13 @@ def verify(
             outputs=outputs,
             trace=trace,
             blob_tolerance=blob_tolerance,
+            engine=engine,
         )
     if outputs or trace:
-        raise UsageError("outputs= and trace= compare blobs, which the numpy engine does")
+        raise UsageError(
+            "outputs= and trace= compare blobs, which the graph engines do: give the deploy "
+            "net (prototxt=DEPLOY.prototxt)"
+        )
     if against is not None:
         _check_against(against, prototxt)
         assert prototxt is not None
@@ -185,7 +199,8 @@ def _verify_numpy(
     preprocessing: Preprocessing | None,
     **options: Any,
 ) -> VerifyResult:
-    """`verify` in the NumPy engine: against OpenCV's run of the source, or a card."""
+    """`verify` in a graph engine (NumPy or Keras): against OpenCV's run of the source, or
+    a card."""
     if against is not None:
         _check_against(against, prototxt)
         return verify_graph(
