@@ -50,7 +50,7 @@ from weightconv.formats.ckpt.naming import (
 from weightconv.formats.ckpt.shards import plan_shards
 from weightconv.formats.ckpt.strings import encode_strings
 from weightconv.model import WeightSet
-from weightconv.model.canonical import DirectWeights, layers_to_write
+from weightconv.model.canonical import DirectWeights, canonical_shapes, layers_to_write
 
 #: Tensors are converted and written in pieces of this size.
 WRITE_CHUNK_BYTES = 16 << 20
@@ -197,12 +197,14 @@ def _list_tensors(weights: WeightSet, target: str) -> list[_Planned]:
     planned: list[_Planned] = []
     seen: set[str] = set()
     for index, layer in enumerate(weights.layers):
-        for role, tensor in layer.tensors.items():
+        # The tensors as written: the canonical layout's (a Caffe BatchNorm's scale factor,
+        # say, is divided into its moments and not written).
+        for role, (shape, dtype) in canonical_shapes(layer).items():
             name = layer.tensor_name(role)
             if name in seen:
                 raise MappingError(f"{target}: two tensors would both be named {name!r}")
             seen.add(name)
-            planned.append(_Planned(index, role, name, int(tensor.nbytes)))
+            planned.append(_Planned(index, role, name, math.prod(shape) * dtype.itemsize))
     if not planned:
         raise MappingError(f"{target}: nothing to write (no tensors)")
     return planned
