@@ -18,7 +18,6 @@ from typing import Any
 
 from weightconv import formats
 from weightconv.errors import UsageError
-from weightconv.formats.torch.template import explain_rows, pair, state_dict_slots
 from weightconv.model import WeightSet
 
 #: The formats a template may be in.
@@ -33,6 +32,9 @@ def explain_template(
 ) -> list[dict[str, Any]]:
     """Each of our tensors paired with the template's (see `weightconv.formats.torch.template`),
     as rows of `Mapping.explain`'s shape; a pairing that breaks is a MappingError."""
+    # Only `map --model` needs the PyTorch reader: kept off every other command's start-up.
+    from weightconv.formats.torch.template import explain_rows, pair, state_dict_slots
+
     fmt = formats.detect(template)
     if fmt.name == "pt":
         slots = state_dict_slots(fmt.read(template))
