@@ -36,7 +36,7 @@ from weightconv._util.regions import copy_to_handle, map_input, region_at_handle
 from weightconv.codecs import npy_header, pickle_views, safe_pickle
 from weightconv.errors import FormatError, MappingError, UsageError, WeightconvError
 from weightconv.formats.base import Options, WriteResult, option
-from weightconv.model import CANONICAL, Kind, Layer, Provenance, WeightSet
+from weightconv.model import CANONICAL, FilledTensor, Kind, Layer, Provenance, WeightSet
 from weightconv.model import canonical as layout
 
 MAGIC = b"\x93NUMPY"
@@ -297,7 +297,7 @@ def write(
             + _EMPTY_LIST
             + _EMPTY_DICT
         )
-        for layer, direct in layout.layers_to_write(weights):
+        for layer in layout.canonical_layers(weights):
             if flavour == "flat":
                 for role in layer.tensors:
                     key = layer.tensor_name(role)
@@ -308,7 +308,7 @@ def write(
                         raise MappingError(f"{path}: two tensors are named {key!r}")
                     names.add(key)
                     handle.write(_fragment(key))
-                    _write_tensor(handle, path, layer, role, progress, direct)
+                    _write_tensor(handle, path, layer, role, progress)
                     handle.write(_SETITEM)
                 counts["layers"] += 1
                 counts["tensors"] += len(layer.tensors)
@@ -324,13 +324,13 @@ def write(
                 handle.write(_EMPTY_LIST + _MARK)
                 for role in _POSITIONAL_ROLES:
                     if role in layer.tensors:
-                        _write_tensor(handle, path, layer, role, progress, direct)
+                        _write_tensor(handle, path, layer, role, progress)
                 handle.write(_APPENDS)
             else:
                 handle.write(_EMPTY_DICT + _MARK)
                 for role in layer.tensors:
                     handle.write(_fragment(role))
-                    _write_tensor(handle, path, layer, role, progress, direct)
+                    _write_tensor(handle, path, layer, role, progress)
                 handle.write(_SETITEMS)
             handle.write(_SETITEM)
             counts["layers"] += 1
@@ -356,12 +356,12 @@ def _write_tensor(
     layer: Layer,
     role: str,
     progress: Progress | None,
-    direct: layout.DirectWeights | None = None,
 ) -> None:
-    """One ndarray pickled as NumPy pickles it, its bytes streamed in chunks (or, for
-    `direct` weights, converted in place into the mapped output file)."""
-    if direct is not None and role == "weights":
-        _write_direct(handle, direct, progress)
+    """One ndarray pickled as NumPy pickles it, its bytes streamed in chunks, copied by the
+    kernel from a mapped input, or, for a `FilledTensor`, converted in place in the file."""
+    tensor = layer.tensors[role]
+    if isinstance(tensor, FilledTensor):
+        _write_filled(handle, tensor, progress)
         return
     array = np.asarray(layer.tensors[role])
     if array.dtype.name == "bfloat16":  # no NumPy dtype: np.load could not read it back
@@ -400,13 +400,11 @@ def _write_tensor(
     handle.write(_TUPLE + _BUILD)
 
 
-def _write_direct(
-    handle: IO[bytes], direct: layout.DirectWeights, progress: Progress | None
-) -> None:
+def _write_filled(handle: IO[bytes], tensor: FilledTensor, progress: Progress | None) -> None:
     """The array's pickle header, then its bytes made by `fill` right in the file (no
     intermediate array, no copy through write())."""
-    shape, source_dtype, fill = direct
-    dtype = np.dtype(source_dtype).newbyteorder("<")
+    shape, fill = tensor.shape, tensor.fill
+    dtype = tensor.dtype.newbyteorder("<")
     count = int(np.prod(shape, dtype=np.int64))
     nbytes = count * dtype.itemsize
     handle.write(

@@ -35,21 +35,9 @@ def canonical_layers(weights: WeightSet) -> Iterator[Layer]:
                 weights.release(layer)
 
 
-#: (shape, dtype, fill): canonical weights that `fill` converts into a writer's own buffer.
+#: (shape, dtype, fill): canonical weights that `fill` converts into a buffer (see
+#: `FilledTensor`).
 DirectWeights = tuple[tuple[int, ...], np.dtype[Any], Callable[[np.ndarray], None]]
-
-
-def layers_to_write(weights: WeightSet) -> Iterator[tuple[Layer, DirectWeights | None]]:
-    """Each weighted layer ready to write: in the canonical layout, or, for Caffe conv and
-    dense layers, as stored with the `DirectWeights` that convert their weights straight
-    into the output file. A mapped input's pages are released after each layer."""
-    for layer in weights.layers:
-        if not layer.tensors:
-            continue
-        direct = direct_weights(layer)
-        yield (layer, direct) if direct is not None else (to_canonical(layer), None)
-        if weights.release is not None:
-            weights.release(layer)
 
 
 def deferred_canonical(layer: Layer) -> Layer:

@@ -49,8 +49,8 @@ from weightconv.formats.ckpt.naming import (
 )
 from weightconv.formats.ckpt.shards import plan_shards
 from weightconv.formats.ckpt.strings import encode_strings
-from weightconv.model import WeightSet
-from weightconv.model.canonical import DirectWeights, canonical_shapes, layers_to_write
+from weightconv.model import FilledTensor, WeightSet
+from weightconv.model.canonical import canonical_layers, canonical_shapes
 
 #: Tensors are converted and written in pieces of this size.
 WRITE_CHUNK_BYTES = 16 << 20
@@ -162,7 +162,7 @@ def _write_files(
         for item in planned:
             by_layer.setdefault(item.layer_index, []).append(item)
         position = 0
-        for layer, direct in layers_to_write(weights):
+        for layer in canonical_layers(weights):
             while position < len(weights.layers) and position not in by_layer:
                 position += 1
             items = by_layer[position]
@@ -170,8 +170,9 @@ def _write_files(
             for item in items:
                 handle = handles[item.shard]
                 what = f"{prefix}: tensor {item.name!r}"
-                if direct is not None and item.role == "weights":
-                    entry = _place_tensor(handle, direct, what, progress)
+                tensor = layer.tensors[item.role]
+                if isinstance(tensor, FilledTensor):
+                    entry = _place_tensor(handle, tensor, what, progress)
                 else:
                     array = np.asarray(layer.tensors[item.role])
                     entry = _write_tensor(handle, array, what, progress)
@@ -303,12 +304,12 @@ def _copy_and_checksum(
 
 
 def _place_tensor(
-    handle: BinaryIO, direct: DirectWeights, what: str, progress: Progress | None
+    handle: BinaryIO, tensor: FilledTensor, what: str, progress: Progress | None
 ) -> Any:
     """A Caffe-layout tensor converted straight into its place in the data file, then
     checksummed there; its ``BundleEntryProto`` without shard and offset."""
-    shape, source_dtype, fill = direct
-    dtype = np.dtype(source_dtype).newbyteorder("<")
+    shape, fill = tensor.shape, tensor.fill
+    dtype = tensor.dtype.newbyteorder("<")
     entry = _entry(dtype, shape, what)
     nbytes = math.prod(shape) * dtype.itemsize
     crc = 0
