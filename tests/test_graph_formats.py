@@ -52,3 +52,16 @@ def test_generated_graphs_verify_through_each_format(tmp_path, name, suffix):
     body, shape = GRAPHS[name]
     case = Case(tmp_path, prototxt(body, {"data": shape}))
     _convert_and_verify(case.model, tmp_path / f"converted{suffix}", case.prototxt, name)
+
+
+@pytest.fixture(scope="module")
+def googlenet(tmp_path_factory):
+    deploy = corpus_file("prototxt/bvlc_googlenet.deploy.prototxt")
+    return Case(tmp_path_factory.mktemp("googlenet"), deploy.read_text(), scale=1.0)
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".weights.h5", ".pt"])
+def test_bvlc_googlenet_verifies_through_each_format(googlenet, tmp_path, suffix):
+    _convert_and_verify(
+        googlenet.model, tmp_path / f"converted{suffix}", googlenet.prototxt, "googlenet"
+    )
