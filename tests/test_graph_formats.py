@@ -4,6 +4,10 @@ engine, is what is proven."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 import weightconv
@@ -17,15 +21,36 @@ FORMATS = [".npy", ".ckpt", ".weights.h5", ".h5", ".pt", ".safetensors", ".npz"]
 #: Nets with a layer a Keras file cannot hold without its model (PReLU, Scale,
 #: Deconvolution): writing one without `model=` is refused, never guessed.
 NEEDS_A_KERAS_MODEL = {"mtcnn-det1", "resnet-block", "mtcnn-prelu-two-heads", "deconv-crop-dilated"}
+#: Of those, the ones whose exported model the Keras writer cannot fill yet, and why: refused
+#: clearly (a custom Scale layer, and a Deconvolution whose Keras layer has another name).
+KERAS_WRITER_REFUSES = {
+    "resnet-block": "CaffeAffine in the model; writing its weights is not supported",
+    "deconv-crop-dilated": "Conv2DTranspose 'up__deconv' has no weights in the input",
+}
 
 
 def _convert_and_verify(source, converted, deploy, name):
+    options = {}
     if converted.name.endswith(".h5") and name in NEEDS_A_KERAS_MODEL:
         with pytest.raises(weightconv.MappingError, match="pass the Keras model"):
             weightconv.convert(source, converted, prototxt=deploy)
         assert not converted.exists()
-        return
-    weightconv.convert(source, converted, prototxt=deploy)
+        if not converted.name.endswith(".weights.h5"):
+            return
+        # Given the model (exported by caffe2keras, in a child: Keras stays out of pytest),
+        # the Keras file is written for it and verifies.
+        model = converted.with_name("model.keras")
+        argv = ["caffe2keras", str(source), "--prototxt", str(deploy), "-o", str(model)]
+        done = subprocess.run([sys.executable, "-m", "weightconv", *argv], capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        options["model"] = model
+        if name in KERAS_WRITER_REFUSES:
+            with pytest.raises(
+                weightconv.MappingError, match=re.escape(KERAS_WRITER_REFUSES[name])
+            ):
+                weightconv.convert(source, converted, prototxt=deploy, **options)
+            return
+    weightconv.convert(source, converted, prototxt=deploy, **options)
     result = verify(converted, against=source, prototxt=deploy, count=2)
     assert result.passed, result.report()
     assert all(check.relative < 1e-4 for check in result.blobs), result.report()
