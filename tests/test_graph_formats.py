@@ -22,9 +22,8 @@ FORMATS = [".npy", ".ckpt", ".weights.h5", ".h5", ".pt", ".safetensors", ".npz"]
 #: Deconvolution): writing one without `model=` is refused, never guessed.
 NEEDS_A_KERAS_MODEL = {"mtcnn-det1", "resnet-block", "mtcnn-prelu-two-heads", "deconv-crop-dilated"}
 #: Of those, the ones whose exported model the Keras writer cannot fill yet, and why: refused
-#: clearly (a custom Scale layer, and a Deconvolution whose Keras layer has another name).
+#: clearly (the exported Deconvolution's weighted Keras layer has another name).
 KERAS_WRITER_REFUSES = {
-    "resnet-block": "CaffeAffine in the model; writing its weights is not supported",
     "deconv-crop-dilated": "Conv2DTranspose 'up__deconv' has no weights in the input",
 }
 

@@ -12,6 +12,7 @@ package's readers and writers.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -110,6 +111,7 @@ WEIGHTED = (
     "BatchNormalization",
     "LayerNormalization",
     "Embedding",
+    "CaffeAffine",
     "PReLU",
 )
 
@@ -300,6 +302,11 @@ def variable_roles(class_name: str, config: dict[str, Any]) -> list[str] | None:
         return ["embeddings"]
     if class_name == "PReLU":
         return ["alpha"]
+    if class_name == "CaffeAffine":  # weightconv's Caffe Scale layer (weightconv.nets.keras_layers)
+        return [
+            *(["scale"] if config.get("scale", True) else []),
+            *(["offset"] * bool(config.get("offset"))),
+        ]
     if class_name in WEIGHTLESS or class_name in MODEL_CLASSES:
         return []
     return None
@@ -308,14 +315,11 @@ def variable_roles(class_name: str, config: dict[str, Any]) -> list[str] | None:
 def role_variants(class_name: str) -> list[list[str]]:
     """The role lists a class has over its options (``use_bias``, ``scale``, ``center``)."""
     variants = []
-    for use_bias in (True, False):
-        for scale in (True, False):
-            for center in (True, False):
-                roles = variable_roles(
-                    class_name, {"use_bias": use_bias, "scale": scale, "center": center}
-                )
-                if roles is not None:
-                    variants.append(roles)
+    for use_bias, scale, center, offset in itertools.product((True, False), repeat=4):
+        config = {"use_bias": use_bias, "scale": scale, "center": center, "offset": offset}
+        roles = variable_roles(class_name, config)
+        if roles is not None and roles not in variants:
+            variants.append(roles)
     return variants
 
 
