@@ -8,20 +8,12 @@ import os
 from dataclasses import dataclass
 
 from weightconv.formats.base import Options, option
-from weightconv.formats.torch import parse_dense_inputs
+from weightconv.formats.torch import dense_inputs_option, torch_dense_inputs_option
 
 
 @dataclass(frozen=True)
 class OnnxReadOptions(Options):
-    dense_inputs: dict[str, tuple[int, ...]] | None = option(
-        None,
-        flag="--dense-input",
-        metavar="NAME=C,H,W",
-        parse=parse_dense_inputs,
-        help="the input of a dense layer that follows a spatial one, as C,H,W (or N for a flat "
-        "input), e.g. fc6=256,6,6; several joined by commas: fixes the C,H,W -> H,W,C row "
-        "order of its canonical weights",
-    )
+    dense_inputs: dict[str, tuple[int, ...]] | None = dense_inputs_option()
 
 
 @dataclass(frozen=True)
@@ -32,12 +24,4 @@ class OnnxWriteOptions(Options):
         help="the ONNX model to put the weights in (required for .onnx): its graph is kept, "
         "its initializers replaced, paired with our layers in order by role and shape",
     )
-    torch_dense_inputs: dict[str, tuple[int, ...]] | None = option(
-        None,
-        flag="--torch-dense-input",
-        metavar="NAME=C,H,W",
-        parse=parse_dense_inputs,
-        help="the input of a dense layer that follows a spatial one, as C,H,W (or N for a "
-        "flat input), e.g. fc6=256,6,6; several joined by commas: fixes the H,W,C -> C,H,W "
-        "row order of its PyTorch weights",
-    )
+    torch_dense_inputs: dict[str, tuple[int, ...]] | None = torch_dense_inputs_option()

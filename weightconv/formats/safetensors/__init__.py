@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from weightconv.formats.base import Options, option
-from weightconv.formats.torch import parse_dense_inputs
+from weightconv.formats.torch import dense_inputs_option, torch_dense_inputs_option
 
 LAYOUTS = ("torch", "tf")
 
@@ -24,15 +24,7 @@ class SafetensorsReadOptions(Options):
         "torch (conv OIHW, dense (out, in)) or tf (HWIO, (in, out)); given, it wins over "
         "the metadata",
     )
-    dense_inputs: dict[str, tuple[int, ...]] | None = option(
-        None,
-        flag="--dense-input",
-        metavar="NAME=C,H,W",
-        parse=parse_dense_inputs,
-        help="the input of a dense layer that follows a spatial one, as C,H,W (or N for a flat "
-        "input), e.g. fc6=256,6,6; several joined by commas: fixes the C,H,W -> H,W,C row "
-        "order of its canonical weights",
-    )
+    dense_inputs: dict[str, tuple[int, ...]] | None = dense_inputs_option()
 
 
 @dataclass(frozen=True)
@@ -44,12 +36,4 @@ class SafetensorsWriteOptions(Options):
         "(format tf: the canonical layout, names conv1/weights); default: the layout the "
         "weights are in (torch for Caffe and PyTorch sources, tf for the others)",
     )
-    torch_dense_inputs: dict[str, tuple[int, ...]] | None = option(
-        None,
-        flag="--torch-dense-input",
-        metavar="NAME=C,H,W",
-        parse=parse_dense_inputs,
-        help="the input of a dense layer that follows a spatial one, as C,H,W (or N for a "
-        "flat input), e.g. fc6=256,6,6; several joined by commas: fixes the H,W,C -> C,H,W "
-        "row order of its PyTorch weights",
-    )
+    torch_dense_inputs: dict[str, tuple[int, ...]] | None = torch_dense_inputs_option()

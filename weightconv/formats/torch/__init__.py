@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from weightconv.formats.base import Options, option
 
@@ -40,9 +41,9 @@ _SHAPES_HELP = (
 )
 
 
-@dataclass(frozen=True)
-class TorchReadOptions(Options):
-    dense_inputs: dict[str, tuple[int, ...]] | None = option(
+def dense_inputs_option() -> Any:
+    """The read option giving a dense layer's input shape (torch layout -> canonical)."""
+    return option(
         None,
         flag="--dense-input",
         metavar="NAME=C,H,W",
@@ -51,15 +52,25 @@ class TorchReadOptions(Options):
     )
 
 
-@dataclass(frozen=True)
-class TorchWriteOptions(Options):
-    torch_dense_inputs: dict[str, tuple[int, ...]] | None = option(
+def torch_dense_inputs_option() -> Any:
+    """The write option giving a dense layer's input shape (canonical -> torch layout)."""
+    return option(
         None,
         flag="--torch-dense-input",
         metavar="NAME=C,H,W",
         parse=parse_dense_inputs,
         help=_SHAPES_HELP + ": fixes the H,W,C -> C,H,W row order of its PyTorch weights",
     )
+
+
+@dataclass(frozen=True)
+class TorchReadOptions(Options):
+    dense_inputs: dict[str, tuple[int, ...]] | None = dense_inputs_option()  # noqa: RUF009
+
+
+@dataclass(frozen=True)
+class TorchWriteOptions(Options):
+    torch_dense_inputs: dict[str, tuple[int, ...]] | None = torch_dense_inputs_option()  # noqa: RUF009
     model: str | os.PathLike[str] | None = option(
         None,
         metavar="TEMPLATE",
