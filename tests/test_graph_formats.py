@@ -4,7 +4,6 @@ engine, is what is proven."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
@@ -21,11 +20,6 @@ FORMATS = [".npy", ".ckpt", ".weights.h5", ".h5", ".pt", ".safetensors", ".npz"]
 #: Nets with a layer a Keras file cannot hold without its model (PReLU, Scale,
 #: Deconvolution): writing one without `model=` is refused, never guessed.
 NEEDS_A_KERAS_MODEL = {"mtcnn-det1", "resnet-block", "mtcnn-prelu-two-heads", "deconv-crop-dilated"}
-#: Of those, the ones whose exported model the Keras writer cannot fill yet, and why: refused
-#: clearly (the exported Deconvolution's weighted Keras layer has another name).
-KERAS_WRITER_REFUSES = {
-    "deconv-crop-dilated": "Conv2DTranspose 'up__deconv' has no weights in the input",
-}
 
 
 def _convert_and_verify(source, converted, deploy, name):
@@ -41,12 +35,6 @@ def _convert_and_verify(source, converted, deploy, name):
         done = subprocess.run([sys.executable, "-m", "weightconv", *argv], capture_output=True)
         assert done.returncode == 0, done.stderr.decode()[-2000:]
         options["model"] = model
-        if name in KERAS_WRITER_REFUSES:
-            with pytest.raises(
-                weightconv.MappingError, match=re.escape(KERAS_WRITER_REFUSES[name])
-            ):
-                weightconv.convert(source, converted, prototxt=deploy, **options)
-            return
     weightconv.convert(source, converted, prototxt=deploy, **options)
     result = verify(converted, against=source, prototxt=deploy, count=2)
     assert result.passed, result.report()

@@ -177,6 +177,12 @@ class Builder:
         c, outputs = shapes[0][1], out[0][1]
         cg, og = c // group, outputs // group
         use_bias = bool(p.get("bias_term", True))
+        oh, ow = out[0][2], out[0][3]
+        # Keras's 'valid' transpose makes (in - 1) * stride + kernel; Caffe's pad crops that.
+        # With nothing to crop and one group, the Conv2DTranspose is the node's last layer and
+        # takes its name, so a Keras file written for this model finds its weights by name.
+        full = ((shapes[0][2] - 1) * sh + kh, (shapes[0][3] - 1) * sw + kw)
+        whole = group == 1 and (ph, pw) == (0, 0) and full == (oh, ow)
         parts = []
         for g in range(group):
             x = b[0]
@@ -188,7 +194,7 @@ class Builder:
                 strides=(sh, sw),
                 padding="valid",
                 use_bias=use_bias,
-                name=f"{name}__deconv" + (str(g) if group > 1 else ""),
+                name=name if whole else f"{name}__deconv" + (str(g) if group > 1 else ""),
             )
             values = []
             if "weights" in t:
@@ -197,7 +203,8 @@ class Builder:
                 values.append(t["biases"][g * og : (g + 1) * og])
             parts.append(self.weighted(layer, x, values))
         y = parts[0] if group == 1 else self.L.Concatenate(axis=-1, name=f"{name}__groups")(parts)
-        oh, ow = out[0][2], out[0][3]
+        if whole:
+            return [y]
         crop = ((ph, int(y.shape[1]) - ph - oh), (pw, int(y.shape[2]) - pw - ow))
         return [self.L.Cropping2D(crop, name=name)(y)]
 
