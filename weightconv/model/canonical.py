@@ -86,6 +86,13 @@ def _dense_input(layer: Layer, inputs: int) -> tuple[int, int, int] | None:
     """The (C, H, W) whose flatten order a Caffe dense layer's rows follow, when it has a
     spatial input; None when its input is flat. Raises when that cannot be known."""
     shape = layer.input_shape
+    if shape is None and layer.params.get("maybe_embedding"):
+        raise ShapeError(
+            f"layer {layer.name!r}: its 2-D weight has no bias, so it may be a bias-free dense "
+            f"layer (whose canonical weights are transposed) or an embedding table (which is "
+            f"not); give its input as dense_inputs={layer.name}=N to take it as dense, or "
+            f"skip={layer.name}"
+        )
     if shape is None:
         if layer.params.get("follows_spatial"):
             hint = layer.params.get("input_shape_hint") or (

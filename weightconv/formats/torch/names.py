@@ -93,10 +93,17 @@ def _layer(name: str, group: dict[str, tuple[str, Tensor]]) -> Layer:
         kind, roles = Kind.OTHER, _PLAIN if leaves <= {"weight", "bias"} else {}
     tensors = {roles.get(leaf, leaf): tensor for leaf, (_, tensor) in group.items()}
     stored = {roles.get(leaf, leaf): key for leaf, (key, _) in group.items()}
+    params = {}
+    if kind == Kind.DENSE and leaves == {"weight"}:
+        # A bias-free Linear and an Embedding table look the same: (rows, columns) alone.
+        # The canonical layout transposes the one and must not touch the other, so that
+        # conversion asks (see `weightconv.model.canonical`).
+        params["maybe_embedding"] = True
     return Layer(
         name=name,
         kind=kind,
         tensors=tensors,
+        params=params,
         source_type=SOURCE_TYPE,
         layout=CAFFE,
         locations=stored,
