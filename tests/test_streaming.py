@@ -79,6 +79,7 @@ ROUTES = [
     ("m.caffemodel", "out.npy", True),
     ("m.caffemodel", "out/o.ckpt", True),
     ("m.caffemodel", "out.weights.h5", True),
+    ("m.caffemodel", "out.safetensors", True),
     ("m.npy", "out/o.ckpt", False),
     ("m.npy", "out.weights.h5", False),
     ("ckpt/m.ckpt", "out.npy", False),

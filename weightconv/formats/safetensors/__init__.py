@@ -1,4 +1,5 @@
-"""safetensors files, read and written through the `safetensors` package (see `format`).
+"""safetensors files: read through the `safetensors` package, written a tensor at a time byte
+for byte as it writes them (see `format` and `write`).
 
 This module holds only what the registry needs up front: the options, so that importing the
 registry does not import the safetensors library.

@@ -1,5 +1,6 @@
-"""safetensors files, read and written through the ``safetensors`` package (the reference
-implementation; its NumPy API).
+"""safetensors files: read through the ``safetensors`` package (the reference implementation;
+its NumPy API), written here a tensor at a time (`weightconv.formats.safetensors.write`), byte
+for byte what ``safetensors.numpy.save_file`` writes for the same tensors and metadata.
 
 A safetensors file is flat: tensor names, each a dtype, a shape and raw little-endian bytes,
 plus ``__metadata__`` (text to text). It does not say how its tensors are laid out unless its
@@ -11,8 +12,10 @@ is kept in the WeightSet's provenance (what `inspect` shows as ``detail.metadata
 
 Writing records the layout in ``__metadata__["format"]`` (``pt`` or ``tf``). The layout is the
 one the weights are in unless `safetensors_layout` says otherwise: Caffe and PyTorch sources
-give ``pt`` with no transform, TensorFlow, Keras and ``.npy`` sources ``tf``. The package
-writes from whole arrays, so every tensor that needs a transform is held in memory at once.
+give ``pt`` with no transform, TensorFlow, Keras and ``.npy`` sources ``tf``. Every tensor's
+shape and dtype is known before any value is made, so the header is written first; then the
+layers are put in the file's layout one at a time and each tensor goes straight to its place,
+so memory stays near one layer.
 
 Example::
 
@@ -22,19 +25,22 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 import safetensors as st
 
-from weightconv._util.files import atomic_path, open_input
+from weightconv._util.files import open_input
 from weightconv._util.progress import Progress
 from weightconv.errors import FormatError, MappingError, UsageError
 from weightconv.formats.base import WriteResult
-from weightconv.formats.torch.names import layers_from_state_dict, torch_layers
+from weightconv.formats.safetensors.write import DTYPES, MAX_HEADER_BYTES, write_file
+from weightconv.formats.torch.names import layers_from_state_dict, torch_key, torch_layers
 from weightconv.model import (
     CAFFE,
     CANONICAL,
@@ -46,54 +52,16 @@ from weightconv.model import (
     WeightSet,
     split_tensor_name,
 )
-from weightconv.model.canonical import canonical_layers
+from weightconv.model.caffe_layout import steps as caffe_layout_steps
+from weightconv.model.canonical import canonical_layers, canonical_shapes, canonicalization_steps
+
+__all__ = ["DTYPES", "FORMAT_LAYOUTS", "read", "sniff", "write"]
 
 #: ``__metadata__["format"]`` -> the layout it means; others say nothing of the layout.
 FORMAT_LAYOUTS = {"pt": "torch", "tf": "tf", "flax": "tf"}
 _FORMAT_OF = {"torch": "pt", "tf": "tf"}
-#: The header's dtype codes -> NumPy dtypes.
-DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "U8": np.dtype(np.uint8),
-    "I8": np.dtype(np.int8),
-    "U16": np.dtype(np.uint16),
-    "I16": np.dtype(np.int16),
-    "U32": np.dtype(np.uint32),
-    "I32": np.dtype(np.int32),
-    "U64": np.dtype(np.uint64),
-    "I64": np.dtype(np.int64),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F32": np.dtype(np.float32),
-    "F64": np.dtype(np.float64),
-    "C64": np.dtype(np.complex64),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-}
-#: The package's names for the dtypes it writes.
-_WRITE_NAMES = {
-    dtype: name
-    for name, dtype in {
-        "bool": np.dtype(np.bool_),
-        "uint8": np.dtype(np.uint8),
-        "int8": np.dtype(np.int8),
-        "uint16": np.dtype(np.uint16),
-        "int16": np.dtype(np.int16),
-        "uint32": np.dtype(np.uint32),
-        "int32": np.dtype(np.int32),
-        "uint64": np.dtype(np.uint64),
-        "int64": np.dtype(np.int64),
-        "float16": np.dtype(np.float16),
-        "bfloat16": np.dtype(ml_dtypes.bfloat16),
-        "float32": np.dtype(np.float32),
-        "float64": np.dtype(np.float64),
-        "complex64": np.dtype(np.complex64),
-        "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
-        "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
-    }.items()
-}
-#: The format's own cap on the header.
-MAX_HEADER_BYTES = 100_000_000
+#: Kinds whose ``weights`` differ between the torch and the canonical layout.
+_KERNEL_KINDS = (Kind.CONV, Kind.DECONV, Kind.DENSE)
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -230,8 +198,15 @@ def write(
     force: bool = False,
     progress: Progress | None = None,
 ) -> WriteResult:
-    """Write `weights` with ``safetensors.serialize_file``, the layout recorded in
-    ``__metadata__["format"]``; a safetensors source's other metadata is carried over."""
+    """Write `weights` as a safetensors file, the layout recorded in ``__metadata__["format"]``
+    (a safetensors source's other metadata is carried over); the bytes are those
+    ``safetensors.numpy.save_file`` writes for the same tensors.
+
+    Example::
+
+        result = write(weightconv.load("m.caffemodel"), "m.safetensors")   # format pt
+        result.detail["transforms"]                                        # [] for Caffe
+    """
     where = os.fspath(path)
     layout = safetensors_layout or _layout_of(weights, where)
     if layout == "tf" and torch_dense_inputs:
@@ -239,43 +214,30 @@ def write(
             "torch_dense_inputs applies to the torch layout; this writes the tf layout (give "
             "safetensors_layout=torch)"
         )
-    arrays, skipped, layers = _arrays(weights, layout, torch_dense_inputs, where)
-    if not arrays:
+    plan = _plan(weights, layout, where)
+    if not plan.specs:
         raise UsageError(f"{where}: nothing to write: no layer holds numeric tensors")
     metadata: dict[str, str] = {}
     source = weights.source
     if source is not None and source.format == "safetensors":
         metadata.update(source.detail.get("metadata") or {})
     metadata["format"] = _FORMAT_OF[layout]
-    specs = {}
-    for name, array in arrays.items():
-        specs[name] = st.TensorSpec(
-            dtype=_WRITE_NAMES[array.dtype.newbyteorder("=")],
-            shape=list(array.shape),
-            data_ptr=array.ctypes.data,
-            data_len=array.nbytes,
-        )
     notes: list[str] = []
-    with atomic_path(path, force, notes=notes) as temporary:
-        try:
-            st.serialize_file(specs, temporary, metadata=metadata)
-        except st.SafetensorError as exc:
-            raise FormatError(
-                f"{where}: the safetensors writer refused: {_one_line(exc)}"
-            ) from None
-        del specs  # the arrays must outlive the specs that point at them
-        size = temporary.stat().st_size
-    if progress is not None:
-        progress.advance(sum(array.nbytes for array in arrays.values()))
+    walk = _walk(weights, plan, torch_dense_inputs, where)
+    size = write_file(path, plan.specs, walk, metadata, force=force, notes=notes, progress=progress)
     return WriteResult(
-        layers=layers,
-        tensors=len(arrays),
-        parameters=sum(int(array.size) for array in arrays.values()),
+        layers=plan.layers,
+        tensors=len(plan.specs),
+        parameters=sum(math.prod(shape) for shape, _ in plan.specs.values()),
         bytes=size,
         files=[where],
-        skipped=skipped,
+        skipped=plan.skipped,
         notes=notes,
-        detail={"layout": layout, "metadata": metadata},
+        detail={
+            "layout": layout,
+            "metadata": metadata,
+            "transforms": [{"step": s, "layers": ls} for s, ls in plan.transforms.items()],
+        },
     )
 
 
@@ -291,34 +253,85 @@ def _layout_of(weights: WeightSet, where: str) -> str:
     )
 
 
-def _arrays(
-    weights: WeightSet, layout: str, dense_inputs: Any, where: str
-) -> tuple[dict[str, np.ndarray], list[str], int]:
-    """Every tensor as a C-contiguous little-endian array, by the name it is written under;
-    the tensors left out; the number of layers."""
-    pairs: list[tuple[str, np.ndarray]] = []
-    layers = 0
-    if layout == "torch":
-        for _, _, named in torch_layers(weights, dense_inputs, where):
-            pairs.extend(named)
-            layers += 1
-    else:
-        for layer in canonical_layers(weights):
-            pairs.extend((layer.tensor_name(r), np.asarray(t)) for r, t in layer.tensors.items())
-            layers += 1
-    arrays: dict[str, np.ndarray] = {}
-    skipped = []
-    for name, array in pairs:
-        if array.dtype.hasobject or array.dtype.kind in "SU":
-            skipped.append(f"{name} (not numbers)")
+@dataclass
+class _Plan:
+    """What a write will do, worked out without converting anything."""
+
+    layout: str
+    #: Each tensor to write, by the name it is written under: its shape and dtype in `layout`.
+    specs: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    layers: int = 0
+    #: Step -> the layers it is applied to (the torch layout's are known only as they come).
+    transforms: dict[str, list[str]] = field(default_factory=dict)
+
+    def applied(self, step: str, layer: str) -> None:
+        self.transforms.setdefault(step, []).append(layer)
+
+
+def _plan(weights: WeightSet, layout: str, where: str) -> _Plan:
+    plan = _Plan(layout)
+    for layer in weights.layers:
+        if not layer.tensors:
             continue
-        if array.dtype.newbyteorder("=") not in _WRITE_NAMES:
-            raise FormatError(
-                f"{where}: tensor {name!r} has dtype {array.dtype}, which safetensors does not "
-                f"store"
-            )
-        if name in arrays:
-            raise MappingError(f"{where}: two tensors are named {name!r}")
-        little = array.dtype.newbyteorder("<")
-        arrays[name] = np.asarray(array, dtype=little, order="C")  # 0-d stays 0-d
-    return arrays, skipped, layers
+        plan.layers += 1
+        if layout == "torch":
+            named = [(torch_key(layer, r), s) for r, s in _torch_shapes(layer).items()]
+        else:
+            named = [(layer.tensor_name(r), s) for r, s in canonical_shapes(layer).items()]
+            for step in canonicalization_steps(layer):
+                plan.applied(step, layer.name)
+        for name, (shape, dtype) in named:
+            if dtype.hasobject or dtype.kind in "SU":
+                plan.skipped.append(f"{name} (not numbers)")
+                continue
+            if name in plan.specs:
+                raise MappingError(f"{where}: two tensors are named {name!r}")
+            plan.specs[name] = (shape, dtype)
+    return plan
+
+
+def _torch_shapes(layer: Layer) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """Shape and dtype of each tensor `to_caffe_layout` gives `layer`, without converting
+    (where it would refuse the layer, it does so when the layer comes to be written)."""
+    shapes = {
+        role: (tuple(int(n) for n in t.shape), np.dtype(t.dtype))
+        for role, t in layer.tensors.items()
+    }
+    kernel = shapes.get("weights")
+    if layer.layout == CAFFE:
+        if layer.kind == Kind.BATCHNORM and "scale_factor" in shapes:
+            del shapes["scale_factor"]  # divided into the moments
+        elif layer.kind == Kind.DENSE and layer.params.get("transpose") and kernel:
+            shapes["weights"] = (kernel[0][::-1], kernel[1])
+    elif layer.kind in _KERNEL_KINDS and kernel:
+        shape, dtype = kernel
+        if len(shape) == 4:  # HWIO -> OIHW
+            shapes["weights"] = ((shape[3], shape[2], shape[0], shape[1]), dtype)
+        elif len(shape) == 2:  # (in, out) -> (out, in)
+            shapes["weights"] = ((shape[1], shape[0]), dtype)
+    return shapes
+
+
+def _walk(
+    weights: WeightSet, plan: _Plan, dense_inputs: Any, where: str
+) -> Iterator[tuple[str, Tensor]]:
+    """Each tensor of the plan, its layer converted when its turn comes; no converted layer is
+    kept here past its turn."""
+    if plan.layout == "torch":
+        for layer, shape, pairs in torch_layers(weights, dense_inputs, where):
+            for step in caffe_layout_steps(layer, shape):
+                plan.applied(step, layer.name)
+            yield from ((name, array) for name, array in pairs if name in plan.specs)
+            del pairs
+        return
+    for converted in canonical_layers(weights):
+        yield from _named(converted, plan)
+        del converted
+
+
+def _named(layer: Layer, plan: _Plan) -> Iterator[tuple[str, Tensor]]:
+    for role, tensor in layer.tensors.items():
+        name = layer.tensor_name(role)
+        if name in plan.specs:
+            yield name, tensor

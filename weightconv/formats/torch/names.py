@@ -179,18 +179,29 @@ def torch_layers(
             previous_outputs = outputs
         elif layer.kind not in _SHAPE_KEEPING:
             previous_outputs = None
-        pairs = []
-        for role, tensor in converted.tensors.items():
-            key = torch_key(layer, role)
-            if key in names:
-                raise MappingError(f"{where}: two tensors are named {key!r}")
-            names.add(key)
-            pairs.append((key, np.asarray(tensor)))
+        pairs = _keyed_arrays(layer, converted, names, where)
+        # Nothing of a layer is kept here past its turn, so a caller that drops the arrays
+        # holds one layer at a time.
+        del converted
         yield layer, shape, pairs
+        del pairs
         if weights.release is not None:
             weights.release(layer)
     if unused:
         raise UsageError(f"{option}={sorted(unused)[0]}: the weights have no layer of that name")
+
+
+def _keyed_arrays(
+    layer: Layer, converted: Layer, names: set[str], where: str
+) -> list[tuple[str, np.ndarray]]:
+    pairs = []
+    for role, tensor in converted.tensors.items():
+        key = torch_key(layer, role)
+        if key in names:
+            raise MappingError(f"{where}: two tensors are named {key!r}")
+        names.add(key)
+        pairs.append((key, np.asarray(tensor)))
+    return pairs
 
 
 def _dense_sizes(layer: Layer) -> tuple[int | None, int | None]:
