@@ -214,6 +214,14 @@ WRITE_CASES = {
         {"model": "<onnx-unsized>", "torch_dense_inputs": {"fc1": (36,)}},
         {"model": "<onnx-unsized>", "torch_dense_inputs": {"fc1": (4, 3, 3)}},
     ),
+    ("onnx", "external_data"): (
+        {"model": "<onnx>"},
+        {"model": "<onnx>", "external_data": "always"},
+    ),
+    ("onnx", "external_data_file"): (
+        {"model": "<onnx>", "external_data": "always"},
+        {"model": "<onnx>", "external_data": "always", "external_data_file": "weights.bin"},
+    ),
 }
 #: dense_inputs and layout (pt, safetensors) are walked in test_torch_format/test_safetensors.
 READ_CASES = [

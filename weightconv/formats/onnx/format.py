@@ -5,11 +5,13 @@ Reading loads the model without its external data (``onnx.load(path,
 load_external_data=False)``), reads each initializer (`tensors`: raw, typed or external, the
 external ones memory-mapped) and gives each the role the node consuming it says (`graph`).
 
-Writing needs the model to write into (``model=template.onnx``): the graph is kept as it is
-and the initializers that hold weights are replaced, each by name and shape, our layers paired
-with the template's in order (`weightconv.formats.torch.template`): a weight the template has
-and ours lack, or a shape that does not fit, is refused naming both. The other initializers
-(shape constants and such) are kept. The output passes ``onnx.checker.check_model``.
+Writing (`write`) needs the model to write into (``model=template.onnx``): the graph is kept
+as it is and the initializers that hold weights are replaced, each by name and shape, our
+layers paired with the template's in order (`weightconv.formats.torch.template`): a weight the
+template has and ours lack, or a shape that does not fit, is refused naming both. The other
+initializers (shape constants and such) are kept. The data goes in the model or, past
+protobuf's 2 GB or when asked, in a data file beside it. The output passes
+``onnx.checker.check_model``.
 
 Example::
 
@@ -19,30 +21,37 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, checker, shape_inference
+from onnx import TensorProto
 
-from weightconv._util.files import atomic_output, open_input
+from weightconv._util.files import check_writable, open_input, publish, remove_files
 from weightconv._util.progress import Progress
-from weightconv.errors import FormatError, UsageError
+from weightconv.errors import FormatError, OutputExistsError, UsageError
 from weightconv.formats.base import WriteResult
-from weightconv.formats.onnx.graph import layers_of, topological, value_shapes
-from weightconv.formats.onnx.tensors import TYPED_FIELDS, ExternalFiles, dtype_name, tensor_of
+from weightconv.formats.onnx import EXTERNAL_DATA, output
+from weightconv.formats.onnx.graph import SMALL_BYTES, inferred_shapes, layers_of
+from weightconv.formats.onnx.tensors import (
+    ExternalFiles,
+    dtype_name,
+    external_files,
+    refuse_other_external,
+    tensor_of,
+)
 from weightconv.formats.torch.names import torch_key, torch_layers
-from weightconv.formats.torch.template import WEIGHT_KINDS, Pair, Slot, check_dtype, pair
+from weightconv.formats.torch.template import WEIGHT_KINDS, Pair, Slot, pair
 from weightconv.model import VALUE_ROLE, Kind, LazyTensor, Provenance, SetAside, WeightSet
 from weightconv.model.caffe_layout import steps
 
 #: ModelProto's field tags (number << 3 | wire type) that may follow ir_version.
 _MODEL_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA}
-#: protobuf's limit on one serialized message.
-MAX_BYTES = (2 << 30) - 1
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -103,7 +112,7 @@ def _weights_of(
             f"which are not read here)"
         )
     graph = layers_of(
-        model.graph, tensors, _shapes(model), dense_inputs=dense_inputs, where=str(target)
+        model.graph, tensors, inferred_shapes(model), dense_inputs=dense_inputs, where=str(target)
     )
     weights = WeightSet(
         layers=graph.layers,
@@ -119,22 +128,6 @@ def _weights_of(
     if len(model.graph.sparse_initializer):
         weights.note(f"{len(model.graph.sparse_initializer)} sparse initializers not read")
     return weights, files
-
-
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Every value's shape the graph declares or shape inference finds (none if it fails)."""
-    graph = model.graph
-    ordered = topological(graph)
-    if [id(n) for n in ordered] != [id(n) for n in graph.node]:  # inference reads in order
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        del model.graph.node[:]
-        model.graph.node.extend(ordered)
-    try:
-        inferred = shape_inference.infer_shapes(model).graph
-    except Exception:  # a graph inference cannot follow: its shapes stay unknown
-        inferred = graph
-    values = [*inferred.input, *inferred.value_info, *inferred.output]
-    return value_shapes(values)
 
 
 def _detail(model: onnx.ModelProto) -> dict[str, Any]:
@@ -180,82 +173,237 @@ def read_template(path: str | os.PathLike[str]) -> list[Slot]:
 # Writing ---------------------------------------------------------------------------------------
 
 
+def check_output(path: str | os.PathLike[str], force: bool) -> None:
+    """Raise unless `path` may be written: without `force` neither it nor its data file
+    ``NAME.data`` may exist (a model written inline with `force` removes that file)."""
+    target = check_writable(path, force)
+    data = output.companion(target)
+    if data.exists() and not force:
+        raise OutputExistsError(
+            f"{data}: exists (the external data file of {target.name}); pass force=True "
+            f"to overwrite it"
+        )
+
+
 def write(
     weights: WeightSet,
     path: str | os.PathLike[str],
     *,
     model: str | os.PathLike[str] | None = None,
+    external_data: str = "auto",
+    external_data_file: str | None = None,
     torch_dense_inputs: Mapping[str, tuple[int, ...]] | None = None,
     force: bool = False,
     progress: Progress | None = None,
 ) -> WriteResult:
-    """Write `weights` into a copy of the ONNX model `model`: its graph, our initializers."""
+    """Write `weights` into a copy of the ONNX model `model`: its graph, our initializers.
+
+    Their data goes in the model, or in a data file beside it (`external_data_file`, default
+    ``NAME.data``): ``external_data="auto"`` when the model would pass protobuf's 2 GB,
+    ``"always"``, or ``"never"`` (a model over the limit refused); naming the data file
+    asks for it. In a data file go all our weights and the template's other initializers of
+    1 kB or more, one at a time.
+
+    Example::
+
+        write(ws, "big.onnx", model="exported.onnx", external_data="always")
+        onnx.load("big.onnx")   # its initializers read from big.onnx.data
+    """
     where = os.fspath(path)
     if model is None:
         raise UsageError(
             f"{where}: writing ONNX needs the model to put the weights in: give "
             f"model=TEMPLATE.onnx (its graph is kept, its weight initializers replaced)"
         )
-    template = Path(model)
+    if external_data not in EXTERNAL_DATA:
+        raise UsageError(
+            f"the onnx writer: option external_data must be one of {', '.join(EXTERNAL_DATA)}, "
+            f"got {external_data!r}"
+        )
+    target, template = Path(path), Path(model)
+    data_path = output.data_path(target, external_data, external_data_file)
+    check_output(target, force)
+    if external_data_file is not None:
+        check_writable(data_path, force)
     proto = load_model(template)
     read_back, _ = _weights_of(proto, template, None)
-    slots = template_slots(read_back)
+    refuse_other_external(proto, template)
+    protected = set() if output.same_file(target, template) else external_files(proto, template)
+    if data_path.resolve() in protected:
+        raise UsageError(
+            f"{data_path}: is the template's external data file; writing it would change "
+            f"{template}: give another external_data_file"
+        )
     pairs = pair(
-        weights, slots, dense_inputs=torch_dense_inputs, where=where, template=str(template)
+        weights,
+        template_slots(read_back),
+        dense_inputs=torch_dense_inputs,
+        where=where,
+        template=str(template),
     )
     by_layer = {layer.name: layer for layer in weights.weighted_layers()}
     slot_of = {torch_key(by_layer[p.layer], p.role): p.slot for p in pairs if p.layer}
     dense = _dense_inputs(pairs, read_back, torch_dense_inputs, where)
+    plan = _plan(proto, read_back, slot_of, external_data, external_data_file, data_path, where)
+    del read_back
+    external, notes = plan.external, plan.notes
+    targets = [target, data_path] if external else [target]
+    with output.temporaries(targets, force, notes) as temporaries:
+        with contextlib.ExitStack() as stack:
+            sink: output.Inline | output.DataFile = output.Inline()
+            if external:
+                handle = stack.enter_context(open(temporaries[1], "r+b"))
+                sink = output.DataFile(handle, temporaries[1].name)
+            parameters, transforms = _put_ours(plan, weights, dense, slot_of, sink, progress, where)
+            _put_kept(plan, sink)
+        if external:  # checked while the data file has the temporary's name it is given
+            output.serialize(proto, temporaries[0], where)
+            output.check(temporaries[0], where)
+            output.point(proto, data_path.name)
+        model_bytes = output.serialize(proto, temporaries[0], where)
+        del proto, plan  # the checker reads a copy of its own: this one goes first
+        if external:
+            output.publish_pair(temporaries, targets, replace=force)
+        else:
+            output.check(temporaries[0], where)
+            publish(temporaries[0], target, replace=force)
+    data_bytes = data_path.stat().st_size if external else 0
+    if external:
+        notes.append(f"{sink.count} initializers' data in {data_path.name} ({data_bytes:,} bytes)")
+    stale = output.companion(target)
+    if force and stale not in targets and stale.resolve() not in protected and stale.exists():
+        remove_files([stale])
+        notes.append(
+            f"removed {stale.name}, the external data of the model replaced: this one "
+            + (f"keeps its data in {data_path.name}" if external else "holds its data inline")
+        )
+    return WriteResult(
+        layers=len({p.layer for p in pairs}),
+        tensors=len(slot_of),
+        parameters=parameters,
+        bytes=model_bytes + data_bytes,
+        files=[where, os.fspath(data_path)] if external else [where],
+        notes=notes,
+        detail={
+            "template": str(template),
+            "external_data": data_path.name if external else None,
+            "transforms": [{"step": s, "layers": ls} for s, ls in transforms.items()],
+        },
+    )
+
+
+@dataclass
+class _Plan:
+    """What a write does with each of the template's initializers."""
+
+    initializers: dict[str, TensorProto]
+    #: The template's values by initializer name (those of a dtype read here).
+    values: dict[str, Any]
+    #: The template's initializers not replaced by ours.
+    kept: list[str]
+    #: The initializers stripped of their values, to be given ours or the template's again.
+    pending: set[str]
+    external: bool
+    notes: list[str]
+
+
+def _plan(
+    proto: onnx.ModelProto,
+    read_back: WeightSet,
+    slot_of: Mapping[str, Slot],
+    external_data: str,
+    external_data_file: str | None,
+    data_path: Path,
+    where: str,
+) -> _Plan:
+    """Strip the initializers that get ours and those the template keeps in external files,
+    and decide where the data goes: in the model while it fits protobuf's limit, unless the
+    options say otherwise, else in the data file."""
+    template = read_back.source.path if read_back.source else "the template"
     initializers = {init.name: init for init in proto.graph.initializer}
-    filled: set[str] = set()
+    values = {
+        layer.location(role): tensor
+        for layer in read_back.layers
+        for role, tensor in layer.tensors.items()
+    }
+    replaced = {slot.name for slot in slot_of.values()}
+    kept = [name for name in initializers if name not in replaced]
+    copied = [n for n in kept if initializers[n].data_location == TensorProto.EXTERNAL]
+    for name in copied:
+        if name not in values:
+            raise FormatError(
+                f"{template}: initializer {name!r} is external and of a dtype not "
+                f"read here; it cannot be copied"
+            )
+    pending = {name: output.nbytes_of(initializers[name]) for name in [*replaced, *copied]}
+    for name in pending:
+        output.strip(initializers[name])
+    inline = output.inline_size(proto, pending)
+    over = inline > output.MAX_BYTES
+    if over and external_data == "never":
+        raise FormatError(
+            f"{where}: the model would be {inline:,} bytes with its data inline, over "
+            f"protobuf's limit of {output.MAX_BYTES:,} (2 GB); external_data=never refuses "
+            f"it (auto or always writes the data to {data_path.name})"
+        )
+    external = over or external_data == "always" or external_data_file is not None
+    if external and ".." in data_path.name:  # onnx.checker refuses any location with ".."
+        raise UsageError(
+            f"{where}: the data file's name {data_path.name} holds '..', which ONNX refuses "
+            f"in a location; give external_data_file=NAME"
+        )
+    notes = [f"graph from {template}: {len(replaced)} initializers replaced"]
+    if kept:
+        notes.append(f"initializers kept from the template: {', '.join(kept[:8])}")
+    if over and external_data == "auto":
+        notes.append(
+            f"with its data inline the model would be {inline:,} bytes, over protobuf's 2 GB: "
+            f"its data is written to {data_path.name} beside it"
+        )
+    return _Plan(initializers, values, kept, set(pending), external, notes)
+
+
+def _put_ours(
+    plan: _Plan,
+    weights: WeightSet,
+    dense: Mapping[str, tuple[int, ...]],
+    slot_of: Mapping[str, Slot],
+    sink: output.Inline | output.DataFile,
+    progress: Progress | None,
+    where: str,
+) -> tuple[int, dict[str, list[str]]]:
+    """Our tensors into their initializers, layer by layer; their count of values, and the
+    layout steps taken per layer."""
+    advance = progress.advance if progress is not None else None
+    unwritten = {slot.name for slot in slot_of.values()}
     transforms: dict[str, list[str]] = {}
     parameters = 0
     for layer, shape, named in torch_layers(weights, dense, where):
         for step in steps(layer, shape):
             transforms.setdefault(step, []).append(layer.name)
-        for key, array in named:
-            slot = slot_of[key]
-            check_dtype(array, slot, where)
-            initializer = initializers[slot.name]
-            if slot.transposed:
-                array = array.T
-            elif slot.role == "alpha":  # the (C,) read from a (C, 1, 1) slope goes back so
-                array = array.reshape(tuple(initializer.dims))
-            _fill(initializer, array)
-            filled.add(slot.name)
-            parameters += int(array.size)
-            if progress is not None:
-                progress.advance(int(array.nbytes))
-    kept = _inline_external(proto, read_back, filled)
-    if proto.ByteSize() > MAX_BYTES:
-        raise FormatError(
-            f"{where}: the model would be {proto.ByteSize():,} bytes, over protobuf's 2 GB; "
-            f"external data is not written here"
-        )
-    try:
-        checker.check_model(proto)
-    except Exception as exc:
-        raise FormatError(
-            f"{where}: the written model fails onnx.checker.check_model: {_one_line(exc)}"
-        ) from None
-    data = proto.SerializeToString()
-    notes: list[str] = [f"graph from {template}: {len(filled)} initializers replaced"]
-    if kept:
-        notes.append(f"initializers kept from the template: {', '.join(kept[:8])}")
-    with atomic_output(path, force, notes=notes) as handle:
-        handle.write(data)
-    return WriteResult(
-        layers=len({p.layer for p in pairs}),
-        tensors=len(filled),
-        parameters=parameters,
-        bytes=len(data),
-        files=[where],
-        notes=notes,
-        detail={
-            "template": str(template),
-            "transforms": [{"step": s, "layers": ls} for s, ls in transforms.items()],
-        },
-    )
+        parameters += output.put_layer(named, slot_of, plan.initializers, sink, advance, where)
+        unwritten -= {slot_of[key].name for key, _ in named}
+        del named  # before the next layer's tensors are made
+    if unwritten:  # cannot happen unless the pairing is wrong
+        raise FormatError(f"{where}: initializer {sorted(unwritten)[0]!r} not written")
+    return parameters, transforms
+
+
+def _put_kept(plan: _Plan, sink: output.Inline | output.DataFile) -> None:
+    """The template's own initializers that go to the data file, or come back from theirs."""
+    for name in plan.kept:
+        initializer = plan.initializers[name]
+        if name not in plan.values:
+            continue
+        if plan.external and output.nbytes_of(initializer) >= SMALL_BYTES:
+            into: output.Inline | output.DataFile = sink
+        elif name in plan.pending:
+            into = output.Inline()
+        else:
+            continue
+        array = np.asarray(plan.values[name]).reshape(tuple(initializer.dims))
+        into.put(initializer, array, None)
+        del array  # before the next is read
 
 
 def _dense_inputs(
@@ -276,40 +424,6 @@ def _dense_inputs(
             )
         found[name] = tuple(shape)
     return found
-
-
-def _fill(initializer: TensorProto, array: np.ndarray) -> None:
-    """Our values in place of the initializer's: raw little-endian bytes, inline."""
-    if tuple(initializer.dims) != tuple(array.shape):  # the pairing checked it; be sure
-        raise FormatError(f"initializer {initializer.name!r}: shape {list(array.shape)} differs")
-    for name in TYPED_FIELDS:
-        initializer.ClearField(name)
-    initializer.ClearField("external_data")
-    initializer.data_location = TensorProto.DEFAULT
-    little = array.dtype.newbyteorder("<")
-    initializer.raw_data = np.ascontiguousarray(array, dtype=little).tobytes()
-
-
-def _inline_external(proto: onnx.ModelProto, read_back: WeightSet, filled: set[str]) -> list[str]:
-    """Copy the template's kept initializers that live in external files into the model."""
-    values = {
-        layer.location(role): tensor
-        for layer in read_back.layers
-        for role, tensor in layer.tensors.items()
-    }
-    kept = []
-    for initializer in proto.graph.initializer:
-        if initializer.name in filled:
-            continue
-        kept.append(initializer.name)
-        if initializer.data_location == TensorProto.EXTERNAL:
-            if initializer.name not in values:
-                raise FormatError(
-                    f"initializer {initializer.name!r} of the template is external and of a "
-                    f"dtype not read here; it cannot be copied"
-                )
-            _fill(initializer, np.asarray(values[initializer.name]))
-    return kept
 
 
 def _one_line(exc: BaseException) -> str:

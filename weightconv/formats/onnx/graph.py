@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from onnx import AttributeProto, GraphProto, NodeProto, ValueInfoProto
+import onnx
+from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto, shape_inference
 
 from weightconv.errors import UsageError
 from weightconv.model import CAFFE, VALUE_ROLE, Kind, Layer, LazyTensor, Tensor
@@ -49,6 +50,10 @@ _SHAPE_KEEPING = {
     *("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Dropout", "Identity", "Elu", "Selu", "PRelu"),
     *("Add", "Sub", "Mul", "Div", "Clip", "HardSigmoid", "Softplus", "HardSwish"),
 }
+#: Initializers under this many bytes are those whose values shape inference may read (a
+#: Reshape's shape): a model keeps them inline when the rest goes to a data file (ONNX
+#: Runtime reads such values only there; ``onnx.save_model``'s ``size_threshold`` is 1 kB).
+SMALL_BYTES = 1024
 #: Ops whose output is N,C,H,W by the ONNX definition.
 _NCHW = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LRN", "BatchNormalization"}
 
@@ -317,6 +322,38 @@ def _static(shape: tuple[int | None, ...] | None, rank: int) -> tuple[int, ...] 
     if shape is None or len(shape) != rank or any(n is None or n < 1 for n in shape[1:]):
         return None
     return tuple(int(n) for n in shape[1:] if n is not None)
+
+
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Every value's shape the graph declares or shape inference finds (none if it fails)."""
+    try:
+        inferred = shape_inference.infer_shapes(_outline(model)).graph
+    except Exception:  # a graph inference cannot follow: its shapes stay unknown
+        inferred = model.graph
+    values = [*inferred.input, *inferred.value_info, *inferred.output]
+    return value_shapes(values)
+
+
+def _outline(model: onnx.ModelProto) -> onnx.ModelProto:
+    """What shape inference reads of the model: its nodes in order, and its initializers with
+    their values only when small (a Reshape's shape); a large one is marked external, as in a
+    model saved with its data beside it, so its bytes are not copied (twice, by inference)."""
+    outline = onnx.ModelProto(ir_version=model.ir_version)
+    outline.opset_import.extend(model.opset_import)
+    outline.functions.extend(model.functions)
+    graph = outline.graph
+    graph.node.extend(topological(model.graph))  # inference reads in order
+    for part in ("input", "output", "value_info", "sparse_initializer"):
+        getattr(graph, part).extend(getattr(model.graph, part))
+    for initializer in model.graph.initializer:
+        if initializer.ByteSize() < SMALL_BYTES:
+            graph.initializer.append(initializer)
+            continue
+        bare = graph.initializer.add(
+            name=initializer.name, data_type=initializer.data_type, dims=initializer.dims
+        )
+        bare.data_location = TensorProto.EXTERNAL
+    return outline
 
 
 def value_shapes(values: list[ValueInfoProto]) -> dict[str, tuple[int | None, ...]]:

@@ -6,6 +6,9 @@ An external tensor names a ``location`` relative to the model's folder, an ``off
 the folder (an absolute path, ``..``, a link out), a missing file or one too short for the
 tensor is refused, naming the initializer and the file.
 
+`refuse_other_external` and `external_files` tell a writer where a template's external data
+is, so that none is left behind.
+
 Typed fields follow ``onnx.proto``: 16-bit and 8-bit floats are kept as their bit patterns in
 ``int32_data``, as are the small integers and booleans; complex numbers as (real, imaginary)
 pairs of ``float_data`` or ``double_data``.
@@ -15,12 +18,13 @@ from __future__ import annotations
 
 import math
 import mmap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+import onnx
 from onnx import TensorProto
 
 from weightconv._util.files import open_input
@@ -139,15 +143,15 @@ def tensor_of(tensor: TensorProto, files: ExternalFiles) -> LazyTensor | str:
             return np.frombuffer(buffer, little, count, offset).reshape(shape)
 
     elif tensor.HasField("raw_data"):
-        raw = tensor.raw_data
-        if len(raw) != nbytes:
+        size = len(tensor.raw_data)  # each access copies: the values are taken when asked for
+        if size != nbytes:
             raise FormatError(
-                f"{where}: raw_data holds {len(raw):,} bytes, its shape {list(shape)} of "
+                f"{where}: raw_data holds {size:,} bytes, its shape {list(shape)} of "
                 f"{dtype} needs {nbytes:,}"
             )
 
         def load() -> np.ndarray:
-            return np.frombuffer(raw, little, count).reshape(shape)
+            return np.frombuffer(tensor.raw_data, little, count).reshape(shape)
 
     else:
         values = getattr(tensor, typed)
@@ -179,3 +183,53 @@ def _typed(values: Any, dtype: np.dtype[Any], bits: np.dtype[Any] | None, where:
         raise FormatError(f"{where}: a typed value does not fit {target} ({dtype})")
     narrow = wide.astype(target)
     return narrow.view(dtype) if bits is not None else narrow
+
+
+def refuse_other_external(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse a model (a template) whose external data is not all in its graph's initializers
+    (a node attribute's, a subgraph's or a sparse initializer's): a writer does not copy it."""
+    for tensor in _other_tensors(proto):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            raise FormatError(
+                f"{path}: tensor {tensor.name or '(unnamed)'!r} keeps its data in an "
+                f"external file and is not an initializer of the graph; it is not copied here"
+            )
+
+
+def _other_tensors(proto: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Every tensor of the model but its graph's initializers."""
+    yield from _graph_tensors(proto.graph, top=True)
+    for function in proto.functions:
+        yield from _node_tensors(function.node)
+
+
+def _graph_tensors(graph: onnx.GraphProto, top: bool = False) -> Iterator[TensorProto]:
+    if not top:
+        yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[TensorProto]:
+    for node in nodes:
+        for attribute in node.attribute:
+            yield attribute.t
+            yield from attribute.tensors
+            for sparse in (attribute.sparse_tensor, *attribute.sparse_tensors):
+                yield from (sparse.values, sparse.indices)
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            for graph in [*subgraphs, *attribute.graphs]:
+                yield from _graph_tensors(graph)
+
+
+def external_files(proto: onnx.ModelProto, path: Path) -> set[Path]:
+    """The files the initializers of the model at `path` keep their data in."""
+    folder = path.resolve().parent
+    return {
+        (folder / entry.value).resolve()
+        for initializer in proto.graph.initializer
+        if initializer.data_location == TensorProto.EXTERNAL
+        for entry in initializer.external_data
+        if entry.key == "location"
+    }
