@@ -15,12 +15,14 @@ import os
 import traceback
 import weakref
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 
 from weightconv._util.files import reserve
 from weightconv._util.memory import populate_for_writing, release_pages
+
+T = TypeVar("T")
 
 #: Bytes per copy_file_range call: progress advances between them.
 COPY_CHUNK_BYTES = 64 << 20
@@ -97,16 +99,48 @@ def copy_region(
     return True
 
 
+def copy_while(
+    array: np.ndarray,
+    fd: int,
+    offset: int,
+    alongside: Callable[[], T],
+    advance: Callable[[int], None] | None = None,
+) -> tuple[bool, T]:
+    """`copy_region` on a second thread while `alongside()` runs on this one (the copy needs
+    no GIL): (copied, what `alongside` returned). If `alongside` raises, that is raised once
+    the copy has ended; the caller's output is then to be discarded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        copy = pool.submit(copy_region, array, fd, offset, advance)
+        try:
+            result = alongside()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                copy.result()  # the copy ends before the caller discards its output
+            raise
+        return copy.result(), result
+
+
 def copy_to_handle(
-    array: np.ndarray, handle: IO[bytes], advance: Callable[[int], None] | None = None
+    array: np.ndarray,
+    handle: IO[bytes],
+    advance: Callable[[int], None] | None = None,
+    alongside: Callable[[], object] | None = None,
 ) -> bool:
     """`copy_region` at the current position of a file object, which it moves past the
-    bytes copied."""
+    bytes copied; `alongside` as in `copy_while`, run also when no copy can be made."""
     if file_region(array) is None:
+        if alongside is not None:
+            alongside()
         return False
     handle.flush()
     position = handle.tell()
-    if not copy_region(array, handle.fileno(), position, advance):
+    if alongside is not None:
+        copied, _ = copy_while(array, handle.fileno(), position, alongside, advance)
+    else:
+        copied = copy_region(array, handle.fileno(), position, advance)
+    if not copied:
         return False
     handle.seek(position + array.nbytes)
     return True

@@ -22,6 +22,7 @@ import os
 import pickle
 import pickletools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -36,7 +37,15 @@ from weightconv._util.regions import copy_to_handle, map_input, region_at_handle
 from weightconv.codecs import npy_header, pickle_views, safe_pickle
 from weightconv.errors import FormatError, MappingError, UsageError, WeightconvError
 from weightconv.formats.base import Options, WriteResult, option
-from weightconv.model import CANONICAL, FilledTensor, Kind, Layer, Provenance, WeightSet
+from weightconv.model import (
+    CANONICAL,
+    CheckedTensor,
+    FilledTensor,
+    Kind,
+    Layer,
+    Provenance,
+    WeightSet,
+)
 from weightconv.model import canonical as layout
 
 MAGIC = b"\x93NUMPY"
@@ -363,7 +372,17 @@ def _write_tensor(
     if isinstance(tensor, FilledTensor):
         _write_filled(handle, tensor, progress)
         return
-    array = np.asarray(layer.tensors[role])
+    deferred = tensor.deferred() if isinstance(tensor, CheckedTensor) else None
+    check: Callable[[], None] | None = None
+    if deferred is not None:
+        array, check = deferred  # checked alongside the kernel's copy, or before any other use
+    else:
+        array = np.asarray(tensor)
+    if check is not None and not (
+        array.dtype.kind in _NUMERIC_KINDS and array.dtype == array.dtype.newbyteorder("<")
+    ):
+        check()  # converted or refused below: checked first
+        check = None
     if array.dtype.name == "bfloat16":  # no NumPy dtype: np.load could not read it back
         array = array.astype(np.float32)  # exact: every bfloat16 is a float32
     if array.dtype.kind not in _NUMERIC_KINDS or array.dtype.hasobject:
@@ -383,7 +402,8 @@ def _write_tensor(
         + _bytes_opcode(nbytes)
     )
     advance = progress.advance if progress is not None else None
-    if array.dtype == dtype and copy_to_handle(array, handle, advance):
+    # A pending check is run by copy_to_handle, alongside the copy or, failing that, first.
+    if array.dtype == dtype and copy_to_handle(array, handle, advance, check):
         handle.write(_TUPLE + _BUILD)
         return
     written = 0

@@ -13,12 +13,13 @@ from weightconv.model.layers import (
     join_tensor_name,
     split_tensor_name,
 )
-from weightconv.model.tensors import FilledTensor, LazyTensor, Tensor
+from weightconv.model.tensors import CheckedTensor, FilledTensor, LazyTensor, Tensor
 
 __all__ = [
     "CAFFE",
     "CANONICAL",
     "VALUE_ROLE",
+    "CheckedTensor",
     "FilledTensor",
     "Kind",
     "Layer",

@@ -97,6 +97,30 @@ class FilledTensor(LazyTensor):
         return f"FilledTensor(shape={self.shape}, dtype={self.dtype})"
 
 
+class CheckedTensor(LazyTensor):
+    """A stored tensor whose bytes lie in a mapped input and whose check (its CRC) can run
+    apart from reading them: `deferred()` gives (the unchecked view, the check, which raises
+    on a mismatch), or None where it cannot (then load it). A writer that only copies the
+    bytes, file to file, may run the check alongside the copy, so long as a failed check
+    fails the write; every other use loads the tensor, checked first, as any `LazyTensor`."""
+
+    __slots__ = ("deferred",)
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        dtype: np.dtype[Any] | type | str,
+        loader: Callable[[], np.ndarray],
+        releaser: Callable[[], None] | None,
+        deferred: Callable[[], tuple[np.ndarray, Callable[[], None]] | None],
+    ) -> None:
+        super().__init__(shape, dtype, loader, releaser)
+        self.deferred = deferred
+
+    def __repr__(self) -> str:
+        return f"CheckedTensor(shape={self.shape}, dtype={self.dtype})"
+
+
 #: What a layer's tensor is: an array, or a tensor read when asked for. Both index and
 #: ``np.asarray()`` the same way and have ``shape``, ``dtype``, ``size`` and ``nbytes``.
 Tensor = np.ndarray | LazyTensor

@@ -32,7 +32,7 @@ import numpy as np
 from weightconv._util.files import open_input
 from weightconv._util.limits import describe_shape, element_count
 from weightconv._util.memory import release_pages
-from weightconv._util.regions import map_input
+from weightconv._util.regions import file_region, map_input
 from weightconv.codecs import crc32c, ordered_code, sstable
 from weightconv.errors import FormatError, MappingError
 from weightconv.formats.ckpt import dtypes as tf_types
@@ -176,6 +176,9 @@ class BundleReader:
                     len(entry.slices),
                     position,
                     _bind(self.release, entry.name),
+                    None
+                    if entry.slices or entry.dtype == tf_types.STRING
+                    else _bind(self.read_deferred, entry.name),
                 )
             )
         return infos
@@ -191,23 +194,49 @@ class BundleReader:
 
     def _read_entry(self, entry: Entry) -> np.ndarray:
         what = f"{self.prefix}: tensor {entry.name!r}"
-        dtype = tf_types.numpy_dtype(entry.dtype, what)
-        mapping = self._check_in_shard(entry, what)
-        data_path = data_filename(self.prefix, entry.shard, self.num_shards)
-        raw = np.frombuffer(mapping, dtype=np.uint8, count=entry.size, offset=entry.offset)
-        strings = None
+        tf_types.numpy_dtype(entry.dtype, what)  # a dtype we cannot hold is refused first
+        raw = self._raw(entry, what)
         if entry.dtype == tf_types.STRING:
             strings, actual = decode_strings(raw, entry.shape, what)
-        else:
-            actual = _crc_and_release(raw)
+            self._compare(entry, actual, what)
+            return strings
+        self._compare(entry, _crc_and_release(raw), what)
+        return self._values(entry, raw, what)
+
+    def read_deferred(self, name: str) -> tuple[np.ndarray, Callable[[], None]] | None:
+        """Tensor `name`'s values unchecked, and the check that raises if they do not match
+        their stored CRC32C (summed from the file on one thread, for running alongside a copy
+        of them); None for a tensor that is not one plain numeric region of a data file."""
+        entry = self.entries.get(name)
+        if entry is None or entry.slices or entry.dtype == tf_types.STRING:
+            return None
+        what = f"{self.prefix}: tensor {entry.name!r}"
+        raw = self._raw(entry, what)
+        region = file_region(raw)
+        if region is None:
+            return None
+        values = self._values(entry, raw, what)
+
+        def check() -> None:
+            self._compare(entry, crc32c.of_file(*region, raw.nbytes), what)
+
+        return values, check
+
+    def _raw(self, entry: Entry, what: str) -> np.ndarray:
+        mapping = self._check_in_shard(entry, what)
+        return np.frombuffer(mapping, dtype=np.uint8, count=entry.size, offset=entry.offset)
+
+    def _compare(self, entry: Entry, actual: int, what: str) -> None:
         if actual != crc32c.unmask(entry.crc):
+            data_path = data_filename(self.prefix, entry.shard, self.num_shards)
             raise FormatError(
                 f"{what}: checksum mismatch in {data_path} (stored "
                 f"{crc32c.unmask(entry.crc):#010x}, computed {actual:#010x}); "
                 f"the checkpoint is corrupt"
             )
-        if strings is not None:
-            return strings
+
+    def _values(self, entry: Entry, raw: np.ndarray, what: str) -> np.ndarray:
+        dtype = tf_types.numpy_dtype(entry.dtype, what)
         count = math.prod(entry.shape)
         if count * dtype.itemsize != entry.size:
             raise FormatError(
@@ -311,8 +340,12 @@ def _check_declared_size(
 
 
 def _crc_and_release(raw: np.ndarray) -> int:
-    """CRC32C of mapped bytes, dropping each piece's pages once summed, so checking a large
-    tensor does not leave all of it resident (whoever uses it next maps it back in)."""
+    """CRC32C of mapped bytes: read from the file on both cores when `raw` is a region of a
+    mapped input (no page of it is faulted in), else summed piece by piece, each piece's pages
+    dropped once summed, so checking a large tensor does not leave all of it resident."""
+    region = file_region(raw)
+    if region is not None:
+        return crc32c.of_file(*region, raw.nbytes, threads=2)
     crc = 0
     for start in range(0, raw.size, CHUNK_BYTES):
         piece = raw[start : start + CHUNK_BYTES]

@@ -29,6 +29,7 @@ from weightconv.formats.ckpt.slices import TensorInfo
 from weightconv.formats.ckpt.writer import check_output, write
 from weightconv.model import (
     CANONICAL,
+    CheckedTensor,
     Kind,
     Layer,
     LazyTensor,
@@ -130,7 +131,13 @@ def read(path: str | os.PathLike[str], *, flat: bool = False, strip_scope: str =
                 name = name[len(strip_scope) :]
             else:
                 unscoped.append(info.name)
-        tensor = LazyTensor(info.shape, _lazy_dtype(info), info.load, info.release)
+        tensor: LazyTensor
+        if info.deferred is not None:
+            tensor = CheckedTensor(
+                info.shape, _lazy_dtype(info), info.load, info.release, info.deferred
+            )
+        else:
+            tensor = LazyTensor(info.shape, _lazy_dtype(info), info.load, info.release)
         if flat and info.dtype == tf_types.STRING:
             # A writer that cannot store strings skips them unread but counts them; read
             # (and so CRC-check) them here, so a corrupt one is refused, not counted.

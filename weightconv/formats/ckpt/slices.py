@@ -44,6 +44,8 @@ class TensorInfo:
     #: (shard, byte offset) of the tensor's data: the order it was written in.
     position: tuple[int, int] = (0, 0)
     release: Callable[[], Any] | None = None
+    #: The unchecked values and their check, for a plain numeric tensor (None: `load`).
+    deferred: Callable[[], tuple[np.ndarray, Callable[[], None]] | None] | None = None
 
     @property
     def dtype_name(self) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import numpy as np
 from weightconv._util.files import chunks, output_errors, temporary_beside
 from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
-from weightconv._util.regions import copy_region, file_region, region_at_handle
+from weightconv._util.regions import copy_while, file_region, region_at_handle
 from weightconv.codecs import crc32c, sstable
 from weightconv.errors import MappingError, OutputExistsError, UsageError
 from weightconv.formats.base import WriteResult
@@ -54,6 +55,8 @@ from weightconv.model.canonical import canonical_layers, canonical_shapes
 
 #: Tensors are converted and written in pieces of this size.
 WRITE_CHUNK_BYTES = 16 << 20
+#: Tensors from this size on are copied in their input's page phase (see `_write_files`).
+ALIGN_FROM_BYTES = 1 << 20
 
 
 @dataclass
@@ -121,7 +124,8 @@ def write(
     temps: list[tuple[Path, Path]] = []
     try:
         with output_errors(prefix):
-            size = _write_files(weights, prefix, planned, count, temps, progress)
+            align = max_shard_size is None  # padding would stretch a size limit
+            size = _write_files(weights, prefix, planned, count, temps, progress, align)
         after = [stage_state_file(prefix)] if write_state else []
     except BaseException:
         for temp, _ in temps:
@@ -148,8 +152,13 @@ def _write_files(
     count: int,
     temps: list[tuple[Path, Path]],
     progress: Progress | None,
+    align: bool,
 ) -> int:
-    """The data files, then the index, each in a temporary added to `temps`; their bytes."""
+    """The data files, then the index, each in a temporary added to `temps`; their bytes.
+    With `align`, a large tensor copied from a mapped input starts at the same offset within
+    a page as it has in its input, zeros filling the gap before it (readers go by the index's
+    offsets, and TensorFlow's own writer pads so when asked to align): the kernel's copy of
+    a tensor whose page phase differs runs about 1.5x slower."""
     from weightconv._proto import tf_checkpoint_pb2 as pb
 
     entries: dict[bytes, bytes] = {}
@@ -175,10 +184,10 @@ def _write_files(
                     entry = _place_tensor(handle, tensor, what, progress)
                 else:
                     array = np.asarray(layer.tensors[item.role])
-                    entry = _write_tensor(handle, array, what, progress)
+                    entry = _write_tensor(handle, array, what, progress, align)
                 entry.shard_id = item.shard
-                entry.offset = offsets[item.shard]
-                offsets[item.shard] += entry.size
+                offsets[item.shard] = handle.tell()
+                entry.offset = offsets[item.shard] - entry.size
                 entries[item.name.encode("utf-8")] = entry.SerializeToString()
     finally:
         for handle in handles.values():
@@ -247,9 +256,12 @@ def _entry(dtype: np.dtype[Any], shape: tuple[int, ...], what: str) -> Any:
     return entry
 
 
-def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Progress | None) -> Any:
+def _write_tensor(
+    handle: BinaryIO, array: np.ndarray, what: str, progress: Progress | None, align: bool
+) -> Any:
     """Write one tensor's bytes; its ``BundleEntryProto`` without shard and offset. A view of
-    a mapped input is checksummed in place and copied file to file by the kernel."""
+    a mapped input is checksummed from its file and copied file to file by the kernel,
+    after zeros that put it in its input's page phase when `align`."""
     entry = _entry(array.dtype, array.shape, what)
     if entry.dtype == tf_types.STRING:
         lengths, payload, crc = encode_strings(array)
@@ -260,7 +272,10 @@ def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Prog
         return entry
     dtype = array.dtype.newbyteorder("<")
     advance = progress.advance if progress is not None else None
-    if array.dtype == dtype and file_region(array) is not None:
+    region = file_region(array) if array.dtype == dtype else None
+    if region is not None:
+        if align and array.nbytes >= ALIGN_FROM_BYTES:
+            handle.write(bytes((region[1] - handle.tell()) % mmap.PAGESIZE))
         copied, crc = _copy_and_checksum(array, handle, advance)
         if copied:
             entry.size = array.nbytes
@@ -285,19 +300,15 @@ def _write_tensor(handle: BinaryIO, array: np.ndarray, what: str, progress: Prog
 def _copy_and_checksum(
     array: np.ndarray, handle: BinaryIO, advance: Callable[[int], None] | None
 ) -> tuple[bool, int]:
-    """Copy a mapped tensor into `handle` by the kernel on a second thread while this one
-    checksums it (the copy needs no GIL, the checksum no copy); (copied, CRC32C)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Copy a mapped tensor into `handle` by the kernel while this thread checksums it from
+    the file (neither needs mapped pages nor the other's output); (copied, CRC32C)."""
+    region = file_region(array)
+    assert region is not None  # the caller checked
     handle.flush()
     position = handle.tell()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        copy = pool.submit(copy_region, array, handle.fileno(), position, advance)
-        crc = 0
-        for piece in chunks(array.reshape(-1).view(np.uint8), WRITE_CHUNK_BYTES):
-            crc = crc32c.extend(crc, piece)
-            release_pages(piece)  # the kernel's copy does not need them mapped
-        copied = copy.result()
+    copied, crc = copy_while(
+        array, handle.fileno(), position, lambda: crc32c.of_file(*region, array.nbytes), advance
+    )
     if copied:
         handle.seek(position + array.nbytes)
     return copied, crc
@@ -316,7 +327,7 @@ def _place_tensor(
     if nbytes:
         with region_at_handle(handle, nbytes) as region:
             fill(region.view(dtype).reshape(shape))
-            crc = crc32c.value(region)
+            crc = crc32c.value_parallel(region)
             del region  # no view may outlive the block, or the mapping cannot close
         if progress is not None:
             progress.advance(nbytes)
