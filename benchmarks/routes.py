@@ -64,7 +64,9 @@ REPO = HERE.parent
 TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 EXTRA_FC = {1: 0, 2: 8, 4: 25}  # scale -> extra 4096-wide fc layers after fc7
 CONVERSIONS = ("caffe2npy", "caffe2ckpt", "caffe2h5", "npy2ckpt", "ckpt2npy", "npy2h5", "h52npy")
-ROUTES = (*CONVERSIONS, "inspect")
+#: Today's containers: held to the same memory bound, timed against their own libraries.
+CONTAINERS = ("caffe2pt", "caffe2safetensors", "npy2safetensors")
+ROUTES = (*CONVERSIONS, "inspect", *CONTAINERS)
 # Acceptance thresholds.
 CP_RATIO = {"caffe2npy": 1.5, "caffe2ckpt": 1.8, "caffe2h5": 1.8}  # others: DEFAULT_CP_RATIO
 DEFAULT_CP_RATIO = 1.5
@@ -157,6 +159,36 @@ layers = {
     if layer.blobs
 }
 np.save(sys.argv[2], layers)
+"""
+
+NAIVE_PROTOBUF_TO = """
+import sys
+import numpy as np
+from weightconv._proto import caffe_pb2
+net = caffe_pb2.NetParameter()
+with open(sys.argv[1], "rb") as handle:
+    net.ParseFromString(handle.read())
+tensors = {
+    f"{layer.name}.{role}": np.array(b.data, dtype=np.float32).reshape(b.shape.dim)
+    for layer in net.layer
+    for role, b in zip(("weight", "bias"), layer.blobs)
+}
+if sys.argv[3] == "torch":
+    import torch
+    torch.save({name: torch.from_numpy(array) for name, array in tensors.items()}, sys.argv[2])
+else:
+    from safetensors.numpy import save_file
+    save_file(tensors, sys.argv[2], metadata={"format": "pt"})
+"""
+
+NPY_TO_SAFETENSORS = """
+import sys
+import numpy as np
+from safetensors.numpy import save_file
+weights = np.load(sys.argv[1], allow_pickle=True).item()
+tensors = {f"{layer}/{role}": array for layer, pair in weights.items()
+           for role, array in zip(("weights", "biases"), pair)}
+save_file(tensors, sys.argv[2], metadata={"format": "tf"})
 """
 
 TF_SAVE = """
@@ -362,6 +394,9 @@ def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, 
         "ckpt2npy": i.data,
         "inspect": i.data,
         "h52npy": i.h5,
+        "caffe2pt": i.caffemodel,
+        "caffe2safetensors": i.caffemodel,
+        "npy2safetensors": i.npy,
     }[route]
     caffe = (i.caffemodel, "--prototxt", i.prototxt)
     ours = {
@@ -373,6 +408,11 @@ def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, 
         "npy2h5": weightconv("npy2h5", i.npy, "-o", out / "wc.weights.h5", "-q"),
         "h52npy": weightconv("h52npy", i.h5, "-o", out / "wc.npy", "-q"),
         "inspect": weightconv("inspect", i.prefix),
+        "caffe2pt": weightconv("caffe2pt", *caffe, "-o", out / "wc.pt", "-q"),
+        "caffe2safetensors": weightconv(
+            "caffe2safetensors", *caffe, "-o", out / "wc.safetensors", "-q"
+        ),
+        "npy2safetensors": weightconv("npy2safetensors", i.npy, "-o", out / "wc.safetensors", "-q"),
     }[route]
     cases = [
         Case("weightconv", f"weightconv {route}", ours),
@@ -384,7 +424,8 @@ def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, 
     first = shlex.join(weightconv("caffe2npy", *caffe, "-o", two_step, "-q"))
     to_ckpt = shlex.join(weightconv("npy2ckpt", two_step, "-o", out / "two.ckpt", "-q"))
     to_h5 = shlex.join(weightconv("npy2h5", two_step, "-o", out / "two.weights.h5", "-q"))
-    if route == "caffe2npy" and i.caffemodel.stat().st_size >= PROTOBUF_LIMIT:
+    naive = ("caffe2npy", "caffe2pt", "caffe2safetensors")
+    if route in naive and i.caffemodel.stat().st_size >= PROTOBUF_LIMIT:
         return source, cases  # protobuf refuses to parse a message this large: no anchor
     anchor = {
         "caffe2npy": ("naive protobuf", python(NAIVE_PROTOBUF, i.caffemodel, out / "naive.npy")),
@@ -397,6 +438,18 @@ def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, 
             python(KERAS_SAVE, i.npy, out / "keras.weights.h5", i.input_hwc),
         ),
         "h52npy": ("h5py + np.save", python(H5PY_READ, i.h5, out / "h5py.npy")),
+        "caffe2pt": (
+            "naive protobuf + torch.save",
+            python(NAIVE_PROTOBUF_TO, i.caffemodel, out / "naive.pt", "torch"),
+        ),
+        "caffe2safetensors": (
+            "naive protobuf + save_file",
+            python(NAIVE_PROTOBUF_TO, i.caffemodel, out / "naive.safetensors", "safetensors"),
+        ),
+        "npy2safetensors": (
+            "np.load + save_file",
+            python(NPY_TO_SAFETENSORS, i.npy, out / "st.safetensors"),
+        ),
         "inspect": (
             "TF inspect_checkpoint",
             [
@@ -439,7 +492,11 @@ ANCHORS = (
     "`keras.Sequential` (Conv2D 3x3 same, MaxPooling2D between blocks so that Flatten gives "
     "fc6's input, Dense; the .npy's names) built in the timed process, `set_weights`, "
     "`save_weights('X.weights.h5')`; h52npy, h5py `visititems` + `ds[()]` + `np.save` of the "
-    "dict; inspect, `python -m tensorflow.python.tools.inspect_checkpoint`. The .h5 outputs "
+    "dict; inspect, `python -m tensorflow.python.tools.inspect_checkpoint`; caffe2pt and "
+    "caffe2safetensors, the naive protobuf parse (blobs as `layer.weight`/`layer.bias`, "
+    "Caffe's layout is PyTorch's) + `torch.save` of `torch.from_numpy` tensors or "
+    "`safetensors.numpy.save_file`; npy2safetensors, `np.load` + `save_file` of the flat "
+    "dict (our default for a .npy source is the same tf layout, no transform). The .h5 outputs "
     "are Keras 3 `.weights.h5` files; the h52npy input is `npy2h5`'s default `.h5` (Keras 2 "
     "layout)."
 )
@@ -487,7 +544,7 @@ def acceptance(
     lines = []
     for route in ROUTES:
         runs = {s: r[route] for s, r in results.items() if route in r}
-        if not runs:
+        if not runs or route in CONTAINERS:  # held to the memory bound below only
             continue
         if route != "inspect":
             limit = CP_RATIO.get(route, DEFAULT_CP_RATIO)
@@ -626,14 +683,19 @@ def main() -> int:
             f"## {scale}x: VGG16 + {EXTRA_FC[scale]} extra fc (width {args.width:g})\n\n"
             f"{inputs.parameters:,} float32 parameters in {inputs.tensors} tensors; largest "
             f"tensor {inputs.largest}, {largest:,.1f} MiB; caffemodel {caffemodel:,} bytes "
-            f"({over} 2 GiB = 2**31 bytes).\n\n{HEADER}"
+            f"({over} 2 GiB = 2**31 bytes)."
         )
-        if inputs.caffemodel.stat().st_size >= PROTOBUF_LIMIT and "caffe2npy" in routes:
+        if inputs.caffemodel.stat().st_size >= PROTOBUF_LIMIT and set(routes) & {
+            "caffe2npy",
+            "caffe2pt",
+            "caffe2safetensors",
+        }:
             title += (
-                "\n\nThe naive protobuf anchor has no time at this scale: protobuf refuses to "
+                " The naive protobuf anchors have no time at this scale: protobuf refuses to "
                 "parse a message of 2 GiB or more (`DecodeError`), so that path cannot read "
                 "this file at all."
             )
+        title += f"\n\n{HEADER}"
         cache_only(inputs, prepared.values())
         print(f"\n{title}", flush=True)
         results[scale], rows = {}, []

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
+import pickletools
 
 import google_crc32c
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 import weightconv
 from weightconv.codecs import crc32c
+from weightconv.formats import npy as npy_format
 from weightconv.model import CheckedTensor
 
 from .tf_oracle import run_oracle, tensor_digest
@@ -114,3 +117,43 @@ def test_a_tensor_copied_while_its_check_runs_is_refused_when_corrupt(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["m.npy", "m.ckpt.index", "m.ckpt.data-00000-of-00001", "checkpoint"]
     )
+
+
+def test_padding_is_any_length_and_leaves_the_unpickler_as_it_was():
+    for gap in range(mmap.PAGESIZE):
+        pad = npy_format._padding(gap)
+        assert len(pad) % mmap.PAGESIZE == gap
+        assert pickle.loads(b"\x80\x04" + pad + b"K\x07.") == 7
+
+
+def test_a_large_tensor_copied_into_a_npy_keeps_its_page_phase(tmp_path):
+    source, weights = _npy_with_a_large_tensor(tmp_path)
+    prefix = tmp_path / "m.ckpt"
+    weightconv.convert(source, prefix)
+    data = tmp_path / "m.ckpt.data-00000-of-00001"
+    out = tmp_path / "out.npy"
+    weightconv.convert(prefix, out)
+    assert _phase(out, weights) == _phase(data, weights)
+    loaded = np.load(out, allow_pickle=True).item()
+    assert loaded["big"][0].tobytes() == weights.tobytes()
+    assert weightconv.load_dict(out)["big/weights"].tobytes() == weights.tobytes()
+
+
+def test_only_tensors_copied_from_a_mapped_input_are_padded(tmp_path):
+    big = RNG.standard_normal((600, 700)).astype(np.float32)
+    ours = tmp_path / "ours.npy"
+    weightconv.save_dict({"big/weights": big}, ours)
+    assert np.load(ours, allow_pickle=True).item()["big/weights"].tobytes() == big.tobytes()
+    assert "POP" not in _opcodes(ours)
+    source, _ = _npy_with_a_large_tensor(tmp_path)
+    prefix = tmp_path / "m.ckpt"
+    weightconv.convert(source, prefix)
+    weightconv.convert(prefix, tmp_path / "copied.npy")
+    assert _opcodes(tmp_path / "copied.npy").count("POP") == 1  # the one large tensor
+
+
+def _opcodes(path):
+    with open(path, "rb") as handle:
+        np.lib.format.read_magic(handle)
+        np.lib.format.read_array_header_1_0(handle)
+        return [op.name for op, _, _ in pickletools.genops(handle)]

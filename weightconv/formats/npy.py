@@ -33,7 +33,7 @@ from numpy.lib import format as npformat
 from weightconv._util.files import atomic_output, chunks, open_input
 from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
-from weightconv._util.regions import copy_to_handle, map_input, region_at_handle
+from weightconv._util.regions import copy_to_handle, file_region, map_input, region_at_handle
 from weightconv.codecs import npy_header, pickle_views, safe_pickle
 from weightconv.errors import FormatError, MappingError, UsageError, WeightconvError
 from weightconv.formats.base import Options, WriteResult, option
@@ -76,6 +76,8 @@ class NpyWriteOptions(Options):
 
 _POSITIONAL_ROLES = ("weights", "biases")
 _NUMERIC_KINDS = "biufc"
+#: Tensors from this size on, copied from a mapped input, keep its page phase (`_padding`).
+ALIGN_FROM_BYTES = 1 << 20
 _UNPICKLING_ERRORS = (
     EOFError,
     pickle.UnpicklingError,
@@ -369,6 +371,13 @@ def _write_tensor(
     """One ndarray pickled as NumPy pickles it, its bytes streamed in chunks, copied by the
     kernel from a mapped input, or, for a `FilledTensor`, converted in place in the file."""
     tensor = layer.tensors[role]
+    given = np.dtype(tensor.dtype)
+    if given.isbuiltin == 2 and given.name != "bfloat16":  # float8 and other ml_dtypes
+        raise FormatError(
+            f"{path}: tensor {layer.name}/{role} has dtype {given}, which NumPy has no dtype "
+            f"for (np.load could not read it back); a .npy weight dict holds NumPy's numeric "
+            f"dtypes, and bfloat16 widened to float32"
+        )
     if isinstance(tensor, FilledTensor):
         _write_filled(handle, tensor, progress)
         return
@@ -392,15 +401,19 @@ def _write_tensor(
         )
     dtype = array.dtype.newbyteorder("<")
     nbytes = array.size * dtype.itemsize
-    handle.write(
+    head = (
         _NEW_ARRAY
         + _MARK
         + _STATE_VERSION_1
         + _fragment(tuple(int(n) for n in array.shape))
         + _dtype_fragment(dtype.str)
         + _NEWFALSE
-        + _bytes_opcode(nbytes)
     )
+    region = file_region(array) if array.dtype == dtype and nbytes >= ALIGN_FROM_BYTES else None
+    if region is not None:
+        data_at = handle.tell() + len(head) + len(_bytes_opcode(nbytes))
+        head += _padding((region[1] - data_at) % mmap.PAGESIZE)
+    handle.write(head + _bytes_opcode(nbytes))
     advance = progress.advance if progress is not None else None
     # A pending check is run by copy_to_handle, alongside the copy or, failing that, first.
     if array.dtype == dtype and copy_to_handle(array, handle, advance, check):
@@ -443,6 +456,17 @@ def _write_filled(handle: IO[bytes], tensor: FilledTensor, progress: Progress | 
         if progress is not None:
             progress.advance(nbytes)
     handle.write(_TUPLE + _BUILD)
+
+
+def _padding(gap: int) -> bytes:
+    """Opcodes that push zeros and pop them, `gap` bytes long (plus a page when `gap` is too
+    short for one): what puts a copied tensor's bytes in their input's page phase, in which
+    the kernel copies them about 1.5x faster. The unpickler's stack is as before."""
+    if gap < 3:
+        gap += mmap.PAGESIZE
+    if gap <= 258:
+        return pickle.SHORT_BINBYTES + bytes([gap - 3]) + bytes(gap - 3) + pickle.POP
+    return pickle.BINBYTES + struct.pack("<I", gap - 6) + bytes(gap - 6) + pickle.POP
 
 
 def _bytes_opcode(nbytes: int) -> bytes:
