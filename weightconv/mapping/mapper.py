@@ -153,7 +153,6 @@ class Mapper:
     def _plan_layer(self, source: Layer) -> dict[str, _Out]:
         outs = {}
         shapes = layout.canonical_shapes(source)
-        steps = layout.canonicalization_steps(source)
         for role, (shape, dtype) in shapes.items():
             outs[role] = _Out(
                 source,
@@ -161,7 +160,7 @@ class Mapper:
                 _picker(self.cache, role),
                 shape,
                 dtype,
-                list(steps) if role == "weights" else [],
+                layout.canonicalization_steps(source, role),
             )
         return outs
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from weightconv.arrays import batchnorm_caffe_to_moments, conv_hwio_to_oihw, flatten_hwc_to_chw
 from weightconv.errors import ShapeError
+from weightconv.model.canonical import BATCHNORM_ROLES, BATCHNORM_STEP
 from weightconv.model.layers import CAFFE, CANONICAL, Kind, Layer
 from weightconv.model.tensors import Tensor
 
@@ -101,9 +102,23 @@ def _kernel(
     return weights.T
 
 
-def steps(layer: Layer, input_shape: tuple[int, ...] | None = None) -> list[str]:
-    """What `to_caffe_layout` does to `layer`, in words, for conversion summaries."""
-    if layer.layout != CANONICAL or "weights" not in layer.tensors:
+#: What `to_caffe_layout` does to an InnerProduct stored (in, out) with ``transpose: true``.
+TRANSPOSED_DENSE_STEP = "dense (in, out) -> (out, in) (InnerProduct transpose: true)"
+
+
+def steps(
+    layer: Layer, input_shape: tuple[int, ...] | None = None, role: str | None = None
+) -> list[str]:
+    """What `to_caffe_layout` does to `layer` (to its tensor `role`, when given), in words,
+    for conversion summaries."""
+    if layer.layout == CAFFE:  # as `_from_caffe` decides
+        tensors = layer.tensors
+        if layer.kind == Kind.BATCHNORM and "scale_factor" in tensors:
+            return [BATCHNORM_STEP] if role in (None, *BATCHNORM_ROLES) else []
+        if layer.kind == Kind.DENSE and layer.params.get("transpose") and "weights" in tensors:
+            return [TRANSPOSED_DENSE_STEP] if role in (None, "weights") else []
+        return []
+    if layer.layout != CANONICAL or "weights" not in layer.tensors or role not in (None, "weights"):
         return []
     weights = layer.tensors["weights"]
     if len(weights.shape) == 4 and layer.kind in _KERNEL_KINDS:

@@ -21,6 +21,14 @@ from weightconv.errors import ShapeError
 from weightconv.model.layers import CAFFE, CANONICAL, Kind, Layer, WeightSet
 from weightconv.model.tensors import FilledTensor, Tensor
 
+#: What both layouts do to a Caffe BatchNorm's blobs (`batchnorm_caffe_to_moments`): Caffe's
+#: own arithmetic, the reciprocal rounded to the blobs' dtype, then one multiply.
+BATCHNORM_STEP = (
+    "batchnorm mean, variance multiplied by 1/scale_factor (0 if it is 0), scale_factor dropped"
+)
+#: The roles whose values `BATCHNORM_STEP` changes.
+BATCHNORM_ROLES = ("mean", "variance")
+
 
 def canonical_layers(weights: WeightSet) -> Iterator[Layer]:
     """Each weighted layer of `weights` in the canonical layout, converted one at a time.
@@ -160,9 +168,14 @@ def direct_weights(layer: Layer) -> DirectWeights | None:
     return shape, dtype, fill
 
 
-def canonicalization_steps(layer: Layer) -> list[str]:
-    """What `to_canonical` does to `layer`, in words, for conversion summaries."""
-    if layer.layout == CANONICAL or "weights" not in layer.tensors:
+def canonicalization_steps(layer: Layer, role: str | None = None) -> list[str]:
+    """What `to_canonical` does to `layer` (to its tensor `role`, when given), in words, for
+    conversion summaries."""
+    if layer.layout == CANONICAL:
+        return []
+    if layer.kind == Kind.BATCHNORM and "scale_factor" in layer.tensors:
+        return [BATCHNORM_STEP] if role in (None, *BATCHNORM_ROLES) else []
+    if "weights" not in layer.tensors or role not in (None, "weights"):
         return []
     if layer.kind == Kind.CONV:
         return ["conv kernel OIHW -> HWIO"]

@@ -155,9 +155,7 @@ def pair(
             )
         for common, slot in wanted.items():
             layer, role, shape = have[common]
-            transforms = (
-                list(steps(layer, _given(dense_inputs, layer))) if role == "weights" else []
-            )
+            transforms = steps(layer, _given(dense_inputs, layer), role)
             if slot.transposed:
                 transforms.append("(out, in) -> (in, out) as the template stores it")
             pairs.append(Pair(layer.name, role, shape, slot, tuple(transforms)))

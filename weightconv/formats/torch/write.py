@@ -97,17 +97,19 @@ def write(
                 for key, array in pairs:
                     if array.dtype.hasobject or array.dtype.kind in "SU":
                         skipped.append(f"{key} (not numbers)")
-                        continue
-                    if slots:
-                        check_dtype(array, slots[key], where)
-                        key = slots[key].name
-                    storage = _storage_class(array, where, key)
-                    index = len(entries)
-                    _member(archive, handle, f"{ARCHIVE}/data/{index}", array, progress)
-                    entries.append((key, storage, int(array.size), tuple(array.shape)))
-                    counts["tensors"] += 1
-                    counts["parameters"] += int(array.size)
+                    else:
+                        if slots:
+                            check_dtype(array, slots[key], where)
+                            key = slots[key].name
+                        storage = _storage_class(array, where, key)
+                        index = len(entries)
+                        _member(archive, handle, f"{ARCHIVE}/data/{index}", array, progress)
+                        entries.append((key, storage, int(array.size), tuple(array.shape)))
+                        counts["tensors"] += 1
+                        counts["parameters"] += int(array.size)
+                    del array
                 counts["layers"] += 1
+                del pairs  # before the next layer is converted: one layer alive at a time
             for slot in carried:  # not in our weights: the template's own value
                 array = np.asarray(slot.value)
                 storage = _storage_class(array, where, slot.name)
