@@ -36,9 +36,9 @@ def test_open_lists_and_reads_what_the_file_holds(lenet, suffix, tmp_path):
     weightconv.convert(folder / "lenet.caffemodel", path, prototxt=folder / "lenet.prototxt")
     reference = weightconv.load(path)
     with weightconv.open(path) as f:
-        assert f.keys() == [layer.tensor_name(role) for layer, role, _ in reference.tensors()]
+        assert f.keys() == [layer.location(role) for layer, role, _ in reference.tensors()]
         for layer, role, tensor in reference.tensors():
-            name = layer.tensor_name(role)
+            name = layer.location(role)
             assert name in f and f.shape(name) == tuple(tensor.shape)
             assert f.dtype(name) == tensor.dtype
             assert np.array_equal(f.get_tensor(name), np.asarray(tensor))
@@ -123,3 +123,41 @@ def test_get_tensor_reads_about_that_tensor(tmp_path, kind):
 
     added = peak(name) - peak("-")
     assert added < 1.5 * nbytes, f"{added / (1 << 20):.1f} MiB for a {nbytes >> 20} MiB tensor"
+
+
+def test_state_dict_keys_are_the_names_open_lists(tmp_path):
+    """A .pt or a torch-layout safetensors file is opened by its own keys, as torch.load
+    and safetensors' safe_open list them, not by our layer/role names."""
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import save_file
+
+    state = {
+        "features.0.weight": np.arange(108, dtype=np.float32).reshape(4, 3, 3, 3),
+        "features.0.bias": np.arange(4, dtype=np.float32),
+        "classifier.weight": np.ones((10, 4), np.float32),
+    }
+    pt, st = tmp_path / "m.pt", tmp_path / "m.safetensors"
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pt)
+    save_file(state, st, metadata={"format": "pt"})
+    for path in (pt, st):
+        with weightconv.open(path) as f:
+            assert sorted(f.keys()) == sorted(state), path
+            for name, array in state.items():
+                assert np.array_equal(f.get_tensor(name), array), (path, name)
+        assert sorted(weightconv.load_dict(path)) == sorted(state)
+
+
+def test_a_plain_state_dict_saves_to_a_pt_torch_loads_as_given(tmp_path):
+    torch = pytest.importorskip("torch")
+    state = {
+        "features.0.weight": np.arange(108, dtype=np.float32).reshape(4, 3, 3, 3),
+        "features.0.bias": np.arange(4, dtype=np.float32),
+        "classifier.weight": np.arange(40, dtype=np.float32).reshape(10, 4),
+    }
+    path = tmp_path / "m.pt"
+    weightconv.save_dict(state, path)
+    loaded = torch.load(path, weights_only=True)
+    assert sorted(loaded) == sorted(state)
+    for name, array in state.items():
+        assert np.array_equal(loaded[name].numpy(), array), name  # no layout change
+    assert sorted(weightconv.load_dict(path)) == sorted(state)

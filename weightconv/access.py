@@ -26,10 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from weightconv import formats
 from weightconv.errors import MappingError, UsageError
 from weightconv.formats.base import WriteResult
-from weightconv.model import VALUE_ROLE, Layer, Tensor, WeightSet
+from weightconv.model import CAFFE, CANONICAL, VALUE_ROLE, Layer, Tensor, WeightSet
 from weightconv.pipeline import load, save
+
+#: Formats whose tensors are in PyTorch's layout (Caffe's): a plain dict goes there as it is.
+_TORCH_LAYOUT_FORMATS = ("pt", "onnx")
 
 
 class WeightFile:
@@ -45,7 +49,7 @@ class WeightFile:
         self.weights: WeightSet | None = weights
         self._tensors: dict[str, Tensor] = {}
         for layer, role, tensor in weights.tensors():
-            self._tensors[layer.tensor_name(role)] = tensor
+            self._tensors[layer.location(role)] = tensor
 
     def keys(self) -> list[str]:
         """Every tensor's name, in the file's order."""
@@ -121,13 +125,16 @@ def save_dict(
     force: bool = False,
     **options: Any,
 ) -> WriteResult:
-    """Write ``{name: array}`` to any writable format, each tensor under its own name (a
-    format that needs more than names, such as a Keras file without its model, says so)."""
+    """Write ``{name: array}`` to any writable format, each tensor under its own name and as
+    given (a PyTorch state dict's arrays are written in its layout, untouched; a format that
+    needs more than names, such as a Keras file without its model, says so)."""
+    target = formats.for_output(path, format)
+    layout = CAFFE if target.name in _TORCH_LAYOUT_FORMATS else CANONICAL
     layers = []
     for name, value in tensors.items():
         if not isinstance(name, str) or not name:
             raise UsageError(f"{path}: tensor names must be non-empty strings, not {name!r}")
-        layers.append(Layer(name=name, tensors={VALUE_ROLE: np.asarray(value)}))
+        layers.append(Layer(name=name, tensors={VALUE_ROLE: np.asarray(value)}, layout=layout))
     if not layers:
         raise UsageError(f"{path}: nothing to write (an empty dict)")
     return save(WeightSet(layers=layers), path, format=format, force=force, **options)

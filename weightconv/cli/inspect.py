@@ -95,16 +95,17 @@ def _render(inventory: Inventory, quiet: bool) -> None:
     )
     rows = inventory.tensors
     width = max([len(r.name) for r in rows] + [6])
+    kinds = max([len(r.dtype) for r in rows] + [8])  # float8_e4m3fn, complex128
     marked = any(r.status != "weights" for r in rows)
     print(
-        f"{'tensor':<{width}}  {'shape':<22} {'dtype':<8} {'parameters':>12} {'bytes':>12}"
+        f"{'tensor':<{width}}  {'shape':<22} {'dtype':<{kinds}} {'parameters':>12} {'bytes':>12}"
         + ("  status" if marked else "")
     )
     for r in rows:
         shape = "x".join(map(str, r.shape)) or "scalar"
         status = f"  {r.status}" if marked and r.status != "weights" else ""
         print(
-            f"{r.name:<{width}}  {shape:<22} {r.dtype:<8} {r.parameters:>12,} "
+            f"{r.name:<{width}}  {shape:<22} {r.dtype:<{kinds}} {r.parameters:>12,} "
             f"{r.bytes:>12,}{status}"
         )
     totals = inventory.totals

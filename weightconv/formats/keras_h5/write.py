@@ -280,6 +280,11 @@ def _tensors_for(slot: Slot, target: Path) -> list[tuple[str, Tensor]]:
             raise MappingError(
                 f"{target}: {layer.name}/{role} has dtype {dtype}; Keras weights are numbers"
             )
+        if dtype.isbuiltin == 2 and dtype.name != "bfloat16":  # float8 and other ml_dtypes
+            raise FormatError(
+                f"{target}: {layer.name}/{role} has dtype {dtype}, which a Keras HDF5 file "
+                f"does not store (HDF5 has no such type; Keras writes bfloat16 only)"
+            )
     return taken
 
 

@@ -164,6 +164,12 @@ class _Converted:
                 if dtype.hasobject or dtype.kind in "SU":
                     self.skipped.append(f"{key} (not numbers)")
                     continue
+                if dtype.isbuiltin == 2 and dtype != np.dtype(ml_dtypes.bfloat16):
+                    raise FormatError(
+                        f"{where}: tensor {key!r} has dtype {dtype}, which NumPy has no dtype "
+                        f"for (np.load could not read it back); an .npz holds NumPy's numeric "
+                        f"dtypes, and bfloat16 widened to float32"
+                    )
                 if key in arrays:
                     raise MappingError(f"{where}: two tensors are named {key!r}")
                 if key in _RESERVED:

@@ -1,6 +1,8 @@
 """safetensors files: read through the ``safetensors`` package (the reference implementation;
-its NumPy API), written here a tensor at a time (`weightconv.formats.safetensors.write`), byte
-for byte what ``safetensors.numpy.save_file`` writes for the same tensors and metadata.
+its NumPy API; float8 tensors, which that API cannot give, are views of the mapped file:
+`weightconv.formats.safetensors.mapped`), written here a tensor at a time
+(`weightconv.formats.safetensors.write`), byte for byte what ``safetensors.numpy.save_file``
+writes for the same tensors and metadata.
 
 A safetensors file is flat: tensor names, each a dtype, a shape and raw little-endian bytes,
 plus ``__metadata__`` (text to text). It does not say how its tensors are laid out unless its
@@ -25,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -39,6 +42,7 @@ from weightconv._util.files import open_input
 from weightconv._util.progress import Progress
 from weightconv.errors import FormatError, MappingError, UsageError
 from weightconv.formats.base import WriteResult
+from weightconv.formats.safetensors.mapped import VIEWED_CODES, MappedFile
 from weightconv.formats.safetensors.write import DTYPES, MAX_HEADER_BYTES, write_file
 from weightconv.formats.torch.names import layers_from_state_dict, torch_key, torch_layers
 from weightconv.model import (
@@ -92,6 +96,7 @@ def read(
         raise FormatError(f"{target}: cannot be read: {exc.strerror or exc}") from None
     chosen, notes = _layout(target, metadata, layout)
     tensors: dict[str, Tensor] = {}
+    mapped = MappedFile(target)
     for name, (shape, code) in specs.items():
         dtype = DTYPES.get(code)
         if dtype is None:
@@ -99,7 +104,11 @@ def read(
                 f"{target}: tensor {name!r} has dtype {code}, which is not read here "
                 f"(read: {', '.join(DTYPES)})"
             )
-        tensors[name] = LazyTensor(shape, dtype, _loader(target, name, shape, dtype))
+        if code in VIEWED_CODES:
+            load = functools.partial(mapped.view, name, code, shape, dtype)
+        else:
+            load = _loader(target, name, shape, dtype)
+        tensors[name] = LazyTensor(shape, dtype, load)
     if chosen == "torch":
         layers = layers_from_state_dict(
             tensors, dense_inputs=dense_inputs, where=str(target), in_order=False
