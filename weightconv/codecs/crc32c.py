@@ -12,7 +12,9 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Sequence
 
 import google_crc32c
 import numpy as np
@@ -47,7 +49,7 @@ def extend(crc: int, data: object) -> int:
     return int(google_crc32c.extend(crc, _as_readonly(data)))
 
 
-def _times(matrix: list[int], vector: int) -> int:
+def _times(matrix: Sequence[int], vector: int) -> int:
     total = 0
     row = 0
     while vector:
@@ -58,24 +60,30 @@ def _times(matrix: list[int], vector: int) -> int:
     return total
 
 
-def _squared(matrix: list[int]) -> list[int]:
+def _squared(matrix: Sequence[int]) -> list[int]:
     return [_times(matrix, matrix[n]) for n in range(32)]
 
 
 def combine(first: int, second: int, second_length: int) -> int:
     """CRC32C of A + B from CRC32C(A), CRC32C(B) and len(B): `first` is advanced over
-    len(B) zero bytes by square-and-multiply of the zero-byte operator over GF(2)."""
-    operator = [_POLYNOMIAL] + [1 << n for n in range(31)]  # one zero bit
-    for _ in range(3):
-        operator = _squared(operator)  # two, four, then eight zero bits: one byte
-    length = second_length
-    while length > 0:
-        if length & 1:
-            first = _times(operator, first)
-        length >>= 1
-        if length:
-            operator = _squared(operator)
+    len(B) zero bytes, one GF(2) operator per set bit of the length."""
+    bit = 0
+    while second_length >> bit:
+        if (second_length >> bit) & 1:
+            first = _times(_zero_bytes_operator(bit), first)
+        bit += 1
     return first ^ second
+
+
+@functools.cache
+def _zero_bytes_operator(bit: int) -> tuple[int, ...]:
+    """The operator that advances a CRC over 2**bit zero bytes."""
+    if bit == 0:
+        operator = [_POLYNOMIAL] + [1 << n for n in range(31)]  # one zero bit
+        for _ in range(3):
+            operator = _squared(operator)  # two, four, then eight zero bits: one byte
+        return tuple(operator)
+    return tuple(_squared(list(_zero_bytes_operator(bit - 1))))
 
 
 def _of_span(fd: int, offset: int, nbytes: int) -> int:
