@@ -659,6 +659,10 @@ def test_bfloat16_round_trip_and_exact_float32_in_npy(tmp_path):
     (weights,) = np.load(tmp_path / "b.npy", allow_pickle=True).item()["emb"]
     assert weights.dtype == np.float32
     assert weights.tolist() == values.astype(np.float32).tolist()
+    report = weightconv.convert(tmp_path / "b.ckpt", tmp_path / "c.npy")
+    assert any(
+        "bfloat16 tensors written as float32" in n and "emb/weights" in n for n in report.notes
+    )
 
 
 @pytest.mark.parametrize("shards", [1, 2, 4])

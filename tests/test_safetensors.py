@@ -123,7 +123,7 @@ def test_pt_to_safetensors_and_back_gives_the_same_bytes(tmp_path):
     assert all(torch.equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in state.items())
 
 
-def test_bfloat16_and_float8_read_as_ml_dtypes(tmp_path):
+def test_bfloat16_saved_by_torch_reads_as_ml_dtypes_bfloat16(tmp_path):
     path = tmp_path / "m.safetensors"
     values = np.array([1.5, -2.0, 3.25], dtype=ml_dtypes.bfloat16)
     with torch.no_grad():

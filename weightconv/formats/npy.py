@@ -349,6 +349,16 @@ def write(
             counts["parameters"] += layer.parameter_count
         handle.write(_APPEND + _TUPLE + _BUILD + _STOP)
         size = handle.tell()
+    widened = [
+        layer.tensor_name(role)
+        for layer, role, tensor in weights.tensors()
+        if np.dtype(tensor.dtype).name == "bfloat16"
+    ]
+    if widened:
+        notes.append(
+            f"bfloat16 tensors written as float32 (exactly; NumPy has no bfloat16): "
+            f"{', '.join(widened[:8])}{' ...' if len(widened) > 8 else ''}"
+        )
     return WriteResult(
         layers=counts["layers"],
         tensors=counts["tensors"],
