@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,11 +229,8 @@ def test_never_over_the_limit_is_refused_in_one_line(mlp, tmp_path, monkeypatch,
     assert _names(tmp_path) == ["source.onnx", "template.onnx"]
 
 
-def test_a_template_with_external_data_of_its_own(tmp_path):
-    folder, elsewhere = tmp_path / "template", tmp_path / "out"
-    folder.mkdir()
-    elsewhere.mkdir()
-    template = folder / "t.onnx"
+def _external_template(tmp_path: Path, template: Path) -> Path:
+    """An MLP template saved by onnx with every initializer in ``t.bin`` beside it."""
     _mlp(tmp_path / "plain.onnx", seed=2)
     onnx.save_model(
         onnx.load(str(tmp_path / "plain.onnx")),
@@ -241,6 +239,14 @@ def test_a_template_with_external_data_of_its_own(tmp_path):
         location="t.bin",
         size_threshold=0,
     )
+    return template
+
+
+def test_a_template_with_external_data_of_its_own(tmp_path):
+    folder, elsewhere = tmp_path / "template", tmp_path / "out"
+    folder.mkdir()
+    elsewhere.mkdir()
+    template = _external_template(tmp_path, folder / "t.onnx")
     source = tmp_path / "source.onnx"
     _mlp(source, seed=1)
     kept = _expected(template)
@@ -400,15 +406,7 @@ def test_the_data_file_name_can_be_given(mlp, tmp_path):
 def test_the_template_data_file_is_not_overwritten(tmp_path):
     source = tmp_path / "source.onnx"
     _mlp(source, seed=1)
-    _mlp(tmp_path / "plain.onnx", seed=2)
-    template = tmp_path / "t.onnx"
-    onnx.save_model(
-        onnx.load(str(tmp_path / "plain.onnx")),
-        str(template),
-        save_as_external_data=True,
-        location="t.bin",
-        size_threshold=0,
-    )
+    template = _external_template(tmp_path, tmp_path / "t.onnx")
     with pytest.raises(UsageError, match=r"t\.bin: is the template's external data file"):
         _convert(source, tmp_path / "o.onnx", template, external_data_file="t.bin", force=True)
     assert np.array_equal(_expected(template)["c"], _expected(tmp_path / "plain.onnx")["c"])

@@ -6,7 +6,6 @@ applied; a failure leaves nothing behind."""
 from __future__ import annotations
 
 import json
-import weakref
 from pathlib import Path
 
 import ml_dtypes
@@ -21,15 +20,14 @@ from weightconv.errors import FormatError, MappingError, OutputExistsError
 from weightconv.formats.safetensors import write as st_write
 from weightconv.formats.safetensors.write import write_file
 from weightconv.model import (
-    CANONICAL,
     VALUE_ROLE,
     FilledTensor,
-    Kind,
     Layer,
-    LazyTensor,
     WeightSet,
 )
 from weightconv.testing import synthetic
+
+from .live_tensors import LiveArrays, values
 
 
 def _mixed() -> dict[str, np.ndarray]:
@@ -285,36 +283,15 @@ def test_a_tf_layout_file_written_in_the_torch_layout_reports_the_way_back(lenet
 
 @pytest.mark.parametrize("layout", ["tf", "torch"])
 def test_tensors_are_made_one_at_a_time_as_they_are_written(tmp_path, layout):
-    alive: list[int] = []
-    most = [0]
-
-    def loader(shape: tuple[int, ...], seed: int):
-        def load() -> np.ndarray:
-            array = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-            alive.append(seed)
-            most[0] = max(most[0], len(alive))
-            weakref.finalize(array, alive.remove, seed)
-            return array
-
-        return load
-
-    layers = [
-        Layer(
-            name=f"fc{i}",
-            kind=Kind.DENSE,
-            tensors={"weights": LazyTensor((8, 8), np.float32, loader((8, 8), i))},
-            layout=CANONICAL,
-            params={"follows_spatial": False},
-        )
-        for i in range(6)
-    ]
+    live = LiveArrays()
+    layers = live.layers(6)
     weightconv.save(WeightSet(layers=layers), tmp_path / "m.safetensors", safetensors_layout=layout)
-    assert most[0] == 1 and not alive
+    assert live.most == 1 and not live.alive
     back = load_file(tmp_path / "m.safetensors")
     for i in range(6):
-        values = np.random.default_rng(i).standard_normal((8, 8), dtype=np.float32)
+        expected = values((8, 8), i)
         name = f"fc{i}/weights" if layout == "tf" else f"fc{i}.weight"
-        assert np.array_equal(back[name], values if layout == "tf" else values.T)
+        assert np.array_equal(back[name], expected if layout == "tf" else expected.T)
 
 
 def _failing_weights() -> WeightSet:

@@ -438,36 +438,13 @@ def test_a_bin_file_is_a_state_dict_by_its_content(tmp_path):
 
 
 def test_one_layer_is_converted_at_a_time_as_it_is_written(tmp_path):
-    import weakref
+    from weightconv.model import WeightSet
 
-    from weightconv.model import CANONICAL, Layer, LazyTensor, WeightSet
+    from .live_tensors import LiveArrays, values
 
-    alive: list[int] = []
-    most = [0]
-
-    def loader(seed: int):
-        def load() -> np.ndarray:
-            array = np.random.default_rng(seed).standard_normal((8, 8), dtype=np.float32)
-            alive.append(seed)
-            most[0] = max(most[0], len(alive))
-            weakref.finalize(array, alive.remove, seed)
-            return array
-
-        return load
-
-    layers = [
-        Layer(
-            name=f"fc{i}",
-            kind=Kind.DENSE,
-            tensors={"weights": LazyTensor((8, 8), np.float32, loader(i))},
-            layout=CANONICAL,
-            params={"follows_spatial": False},
-        )
-        for i in range(4)
-    ]
-    weightconv.save(WeightSet(layers=layers), tmp_path / "m.pt")
-    assert most[0] == 1 and not alive
+    live = LiveArrays()
+    weightconv.save(WeightSet(layers=live.layers(4)), tmp_path / "m.pt")
+    assert live.most == 1 and not live.alive
     state = torch.load(tmp_path / "m.pt", weights_only=True)
     for i in range(4):
-        values = np.random.default_rng(i).standard_normal((8, 8), dtype=np.float32)
-        np.testing.assert_array_equal(state[f"fc{i}.weight"].numpy(), values.T)
+        np.testing.assert_array_equal(state[f"fc{i}.weight"].numpy(), values((8, 8), i).T)
