@@ -5,7 +5,9 @@ torch aligns them), then ``archive/data.pkl``: a protocol-2 pickle of a
 ``collections.OrderedDict`` of ``torch._utils._rebuild_tensor_v2`` calls over persistent
 storage ids, the globals ``torch.load(..., weights_only=True)`` admits; then ``byteorder`` and
 ``version``. Tensors are written layer by layer as they are put in Caffe's layout (which
-PyTorch keeps), each streamed in chunks, so memory stays near one layer.
+PyTorch keeps), so memory stays near one layer: one that is a view of a mapped input (a Caffe
+blob, a .npy array) is copied into place by the kernel while its CRC-32 is summed from the same
+file; any other is streamed in chunks (`weightconv.codecs.zip_writer` lays out the archive).
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import pickletools
-import struct
-import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -24,6 +25,8 @@ import numpy as np
 from weightconv._util.files import atomic_output, chunks
 from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
+from weightconv._util.regions import copy_while, file_region
+from weightconv.codecs.zip_writer import StoredZipWriter, crc32_of_file
 from weightconv.errors import FormatError, UsageError
 from weightconv.formats.base import WriteResult
 from weightconv.formats.torch.names import torch_layers
@@ -36,8 +39,6 @@ ALIGNMENT = 64
 CHUNK_BYTES = 16 << 20
 #: Written as ``version``: the zip format torch.save writes since 1.6.
 FORMAT_VERSION = b"3\n"
-_DATE = (1980, 1, 1, 0, 0, 0)
-_PADDING_ID = 0x4246  # "FB", the extra field torch pads with
 #: dtype name -> the storage class torch pickles it with.
 STORAGE_CLASSES = {
     "float64": "DoubleStorage",
@@ -90,37 +91,38 @@ def write(
             listed = ", ".join(slot.name for slot in carried)
             notes.append(f"not in the weights, written as the template has them: {listed}")
     with atomic_output(path, force, notes=notes) as handle:
-        with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for layer, shape, pairs in torch_layers(weights, torch_dense_inputs, where):
-                for step in steps(layer, shape):
-                    transforms.setdefault(step, []).append(layer.name)
-                for key, array in pairs:
-                    if array.dtype.hasobject or array.dtype.kind in "SU":
-                        skipped.append(f"{key} (not numbers)")
-                    else:
-                        if slots:
-                            check_dtype(array, slots[key], where)
-                            key = slots[key].name
-                        storage = _storage_class(array, where, key)
-                        index = len(entries)
-                        _member(archive, handle, f"{ARCHIVE}/data/{index}", array, progress)
-                        entries.append((key, storage, int(array.size), tuple(array.shape)))
-                        counts["tensors"] += 1
-                        counts["parameters"] += int(array.size)
-                    del array
-                counts["layers"] += 1
-                del pairs  # before the next layer is converted: one layer alive at a time
-            for slot in carried:  # not in our weights: the template's own value
-                array = np.asarray(slot.value)
-                storage = _storage_class(array, where, slot.name)
-                _member(archive, handle, f"{ARCHIVE}/data/{len(entries)}", array, progress)
-                entries.append((slot.name, storage, int(array.size), tuple(array.shape)))
-                counts["tensors"] += 1
-            if not entries:
-                raise UsageError(f"{where}: nothing to write: no layer holds numeric tensors")
-            _small(archive, handle, f"{ARCHIVE}/data.pkl", _pickle(entries))
-            _small(archive, handle, f"{ARCHIVE}/byteorder", b"little")
-            _small(archive, handle, f"{ARCHIVE}/version", FORMAT_VERSION)
+        archive = StoredZipWriter(handle, ALIGNMENT)
+        for layer, shape, pairs in torch_layers(weights, torch_dense_inputs, where):
+            for step in steps(layer, shape):
+                transforms.setdefault(step, []).append(layer.name)
+            for key, array in pairs:
+                if array.dtype.hasobject or array.dtype.kind in "SU":
+                    skipped.append(f"{key} (not numbers)")
+                else:
+                    if slots:
+                        check_dtype(array, slots[key], where)
+                        key = slots[key].name
+                    storage = _storage_class(array, where, key)
+                    index = len(entries)
+                    _member(archive, handle, f"{ARCHIVE}/data/{index}", array, progress)
+                    entries.append((key, storage, int(array.size), tuple(array.shape)))
+                    counts["tensors"] += 1
+                    counts["parameters"] += int(array.size)
+                del array
+            counts["layers"] += 1
+            del pairs  # before the next layer is converted: one layer alive at a time
+        for slot in carried:  # not in our weights: the template's own value
+            array = np.asarray(slot.value)
+            storage = _storage_class(array, where, slot.name)
+            _member(archive, handle, f"{ARCHIVE}/data/{len(entries)}", array, progress)
+            entries.append((slot.name, storage, int(array.size), tuple(array.shape)))
+            counts["tensors"] += 1
+        if not entries:
+            raise UsageError(f"{where}: nothing to write: no layer holds numeric tensors")
+        archive.add(f"{ARCHIVE}/data.pkl", _pickle(entries))
+        archive.add(f"{ARCHIVE}/byteorder", b"little")
+        archive.add(f"{ARCHIVE}/version", FORMAT_VERSION)
+        archive.finish()
         size = handle.tell()
     return WriteResult(
         layers=counts["layers"],
@@ -148,39 +150,37 @@ def _storage_class(array: np.ndarray, where: str, key: str) -> str:
     return storage
 
 
-def _info(name: str, handle: IO[bytes], nbytes: int) -> zipfile.ZipInfo:
-    """A stored member whose data will start on a multiple of ALIGNMENT in the archive."""
-    info = zipfile.ZipInfo(name, date_time=_DATE)
-    info.compress_type = zipfile.ZIP_STORED
-    info.file_size = nbytes
-    zip64 = nbytes * 1.05 > zipfile.ZIP64_LIMIT  # as zipfile decides it
-    header = 30 + len(name.encode("utf-8")) + 4 + (20 if zip64 else 0)
-    pad = -(handle.tell() + header) % ALIGNMENT
-    info.extra = struct.pack("<HH", _PADDING_ID, pad) + b"Z" * pad
-    return info
-
-
 def _member(
-    archive: zipfile.ZipFile,
+    archive: StoredZipWriter,
     handle: IO[bytes],
     name: str,
     array: np.ndarray,
     progress: Progress | None,
 ) -> None:
+    """One storage's bytes as a stored member: copied by the kernel from a mapped input while
+    its CRC-32 is summed from the same file, or written in chunks."""
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-    with archive.open(_info(name, handle, array.nbytes), "w") as out:
-        for chunk in chunks(array, CHUNK_BYTES):
-            data = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8)
-            out.write(data.data)
-            if progress is not None:
-                progress.advance(data.nbytes)
-            del data
-            release_pages(chunk)
-
-
-def _small(archive: zipfile.ZipFile, handle: IO[bytes], name: str, data: bytes) -> None:
-    with archive.open(_info(name, handle, len(data)), "w") as out:
-        out.write(data)
+    start = archive.begin(name, array.nbytes)
+    advance = progress.advance if progress is not None else None
+    region = file_region(array) if array.dtype == dtype else None
+    if region is not None:
+        handle.flush()
+        copied, crc = copy_while(
+            array, handle.fileno(), start, lambda: crc32_of_file(*region, array.nbytes), advance
+        )
+        if copied:
+            archive.end(crc)
+            return
+    crc = 0
+    for chunk in chunks(array, CHUNK_BYTES):
+        data = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8)
+        handle.write(data.data)
+        crc = zlib.crc32(data.data, crc)
+        if advance is not None:
+            advance(data.nbytes)
+        del data
+        release_pages(chunk)
+    archive.end(crc)
 
 
 def _pickle(entries: list[tuple[str, str, int, tuple[int, ...]]]) -> bytes:

@@ -1,0 +1,191 @@
+"""A zip archive of stored (uncompressed) members written straight to a file: each member's
+local header, its bytes at an aligned offset, then the central directory.
+
+The layout is PKWARE's APPNOTE: a 30-byte local header, the name, an extra field (the ZIP64
+sizes when a member reaches 4 GiB, then padding that puts the data on a multiple of the
+alignment, under PyTorch's id ``FB``), the data; at the end one central directory entry per
+member, the ZIP64 end records when an offset, a size or the count overflows, and the end of
+central directory record. A member's CRC-32 is written into its local header once known, so
+the bytes may come from anywhere: a `write`, or the kernel copying a file region into place.
+
+Example::
+
+    archive = StoredZipWriter(handle)
+    archive.add("archive/version", b"3\\n")
+    start = archive.begin("archive/data/0", nbytes)   # the data goes at `start`
+    ...                                               # written or copied there
+    archive.end(crc)
+    archive.finish()
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import IO
+
+#: Sizes, offsets and counts from these on are given in the ZIP64 fields.
+ZIP64_FROM = 0xFFFFFFFF
+ZIP64_COUNT_FROM = 0xFFFF
+#: What a 4- or 2-byte field holds when its value is in the ZIP64 fields.
+_FULL32, _FULL16 = 0xFFFFFFFF, 0xFFFF
+#: DOS date of 1980-01-01 (the earliest a zip can say); time 00:00:00.
+_DOS_DATE, _DOS_TIME = (0 << 9) | (1 << 5) | 1, 0
+_PADDING_ID = 0x4246  # "FB": PyTorch's alignment padding
+_ZIP64_ID = 0x0001
+_LOCAL, _CENTRAL = 0x04034B50, 0x02014B50
+_END, _END64, _LOCATOR64 = 0x06054B50, 0x06064B50, 0x07064B50
+
+
+@dataclass
+class _Member:
+    name: bytes
+    offset: int  # of its local header
+    data: int  # of its bytes
+    size: int
+    crc: int = 0
+
+
+class StoredZipWriter:
+    """Stored members written to `handle` (a seekable binary file at the archive's start)."""
+
+    def __init__(self, handle: IO[bytes], alignment: int = 64) -> None:
+        self.handle = handle
+        self.alignment = alignment
+        self.members: list[_Member] = []
+        self._open: _Member | None = None
+
+    def begin(self, name: str, nbytes: int) -> int:
+        """Write member `name`'s local header; the offset in the file where its `nbytes` of
+        data go, aligned. The caller puts them there and calls `end` with their CRC-32."""
+        if self._open is not None:
+            raise ValueError(f"zip member {self._open.name!r} is not ended")
+        encoded = name.encode("utf-8")
+        offset = self.handle.tell()
+        zip64 = nbytes >= ZIP64_FROM
+        sizes = struct.pack("<HHQQ", _ZIP64_ID, 16, nbytes, nbytes) if zip64 else b""
+        fixed = 30 + len(encoded) + len(sizes) + 4
+        pad = -(offset + fixed) % self.alignment
+        extra = sizes + struct.pack("<HH", _PADDING_ID, pad) + b"Z" * pad
+        stated = _FULL32 if zip64 else nbytes
+        self.handle.write(
+            struct.pack(
+                "<IHHHHHIIIHH",
+                _LOCAL,
+                45 if zip64 else 20,
+                0x800 if not encoded.isascii() else 0,
+                0,
+                _DOS_TIME,
+                _DOS_DATE,
+                0,  # CRC-32, written by `end`
+                stated,
+                stated,
+                len(encoded),
+                len(extra),
+            )
+            + encoded
+            + extra
+        )
+        self._open = _Member(encoded, offset, offset + fixed + pad, nbytes)
+        return self._open.data
+
+    def end(self, crc: int) -> None:
+        """The open member's data is in place: record its CRC-32 in its local header and move
+        past the data."""
+        member = self._open
+        if member is None:
+            raise ValueError("no zip member is open")
+        member.crc = crc & 0xFFFFFFFF
+        self.handle.flush()
+        os.pwrite(self.handle.fileno(), struct.pack("<I", member.crc), member.offset + 14)
+        self.handle.seek(member.data + member.size)
+        self.members.append(member)
+        self._open = None
+
+    def add(self, name: str, data: bytes) -> None:
+        """A small member written whole."""
+        self.begin(name, len(data))
+        self.handle.write(data)
+        self.end(zlib.crc32(data))
+
+    def finish(self) -> None:
+        """The central directory and the end records."""
+        if self._open is not None:
+            raise ValueError(f"zip member {self._open.name!r} is not ended")
+        start = self.handle.tell()
+        for member in self.members:
+            self.handle.write(_central_entry(member))
+        size = self.handle.tell() - start
+        count = len(self.members)
+        zip64 = count >= ZIP64_COUNT_FROM or start >= ZIP64_FROM or size >= ZIP64_FROM
+        if zip64:
+            end64 = self.handle.tell()
+            self.handle.write(
+                struct.pack("<IQHHIIQQQQ", _END64, 44, 45, 45, 0, 0, count, count, size, start)
+                + struct.pack("<IIQI", _LOCATOR64, 0, end64, 1)
+            )
+        self.handle.write(
+            struct.pack(
+                "<IHHHHIIH",
+                _END,
+                0,
+                0,
+                _FULL16 if zip64 else count,
+                _FULL16 if zip64 else count,
+                _FULL32 if zip64 else size,
+                _FULL32 if zip64 else start,
+                0,
+            )
+        )
+
+
+def crc32_of_file(fd: int, offset: int, nbytes: int, buffer_bytes: int = 2 << 20) -> int:
+    """CRC-32 of `nbytes` of the file `fd` from `offset`, read through a small buffer (zlib
+    lets the GIL go, so this runs beside a kernel copy of the same bytes)."""
+    buffer = bytearray(min(buffer_bytes, max(nbytes, 1)))
+    window = memoryview(buffer)
+    crc = 0
+    done = 0
+    while done < nbytes:
+        got = os.preadv(fd, [window[: min(len(buffer), nbytes - done)]], offset + done)
+        if got == 0:
+            raise OSError(f"file ended {nbytes - done} bytes early while checksumming it")
+        crc = zlib.crc32(window[:got], crc)
+        done += got
+    return crc
+
+
+def _central_entry(member: _Member) -> bytes:
+    big_size = member.size >= ZIP64_FROM
+    big_offset = member.offset >= ZIP64_FROM
+    fields = ([member.size, member.size] if big_size else []) + (
+        [member.offset] if big_offset else []
+    )
+    zip64 = bool(fields)
+    extra = struct.pack(f"<HH{len(fields)}Q", _ZIP64_ID, 8 * len(fields), *fields) if zip64 else b""
+    return (
+        struct.pack(
+            "<IHHHHHHIIIHHHHHII",
+            _CENTRAL,
+            (3 << 8) | (45 if zip64 else 20),  # made on Unix
+            45 if zip64 else 20,
+            0x800 if not member.name.isascii() else 0,
+            0,
+            _DOS_TIME,
+            _DOS_DATE,
+            member.crc,
+            _FULL32 if big_size else member.size,
+            _FULL32 if big_size else member.size,
+            len(member.name),
+            len(extra),
+            0,
+            0,
+            0,
+            0,
+            _FULL32 if big_offset else member.offset,
+        )
+        + member.name
+        + extra
+    )
