@@ -491,3 +491,14 @@ def test_writing_external_data_holds_about_one_tensor(large, source, tmp_path):
         f"{large['largest'] / MiB:.0f} MiB, the model {large['total'] / MiB:.0f} MiB"
     )
     assert (tmp_path / "out.onnx.data").stat().st_size >= large["total"]
+
+
+def test_a_wrong_external_data_choice_is_refused(mlp, tmp_path, capsys):
+    source, template = mlp
+    out = tmp_path / "out.onnx"
+    with pytest.raises(UsageError, match="external_data must be one of auto, always, never"):
+        weightconv.convert(source, out, model=template, external_data="sometimes")
+    argv = ["convert", str(source), str(out), "--model", str(template)]
+    assert cli.main([*argv, "--external-data", "sometimes", "-q"]) == 2
+    assert "sometimes" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "out.onnx.data").exists()

@@ -32,9 +32,6 @@ from weightconv.formats.base import WriteResult
 from weightconv.model import CAFFE, CANONICAL, VALUE_ROLE, Layer, Tensor, WeightSet
 from weightconv.pipeline import load, save
 
-#: Formats whose tensors are in PyTorch's layout (Caffe's): a plain dict goes there as it is.
-_TORCH_LAYOUT_FORMATS = ("pt", "onnx")
-
 
 class WeightFile:
     """An open weight file: its tensors by name, each read when `get_tensor` asks for it.
@@ -129,7 +126,7 @@ def save_dict(
     given (a PyTorch state dict's arrays are written in its layout, untouched; a format that
     needs more than names, such as a Keras file without its model, says so)."""
     target = formats.for_output(path, format)
-    layout = CAFFE if target.name in _TORCH_LAYOUT_FORMATS else CANONICAL
+    layout = CAFFE if target.torch_layout else CANONICAL
     layers = []
     for name, value in tensors.items():
         if not isinstance(name, str) or not name:

@@ -56,6 +56,9 @@ class Format:
     by_location: bool = False
     #: The suffixes the writer writes, when fewer than those read; None: `suffixes`.
     write_suffixes: tuple[str, ...] | None = None
+    #: True when the writer keeps PyTorch's layout (Caffe's: conv OIHW, dense (out, in)), so
+    #: that plain arrays given for it are already in that layout.
+    torch_layout: bool = False
 
     @property
     def can_write(self) -> bool:
@@ -201,6 +204,7 @@ FORMATS: list[Format] = [
         "pt",
         TorchReadOptions,
         TorchWriteOptions,
+        torch_layout=True,
     ),
     Format(
         "safetensors",
@@ -228,6 +232,7 @@ FORMATS: list[Format] = [
         "onnx",
         OnnxReadOptions,
         OnnxWriteOptions,
+        torch_layout=True,
     ),
 ]
 
