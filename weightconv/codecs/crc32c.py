@@ -13,18 +13,17 @@ Example::
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 
 import google_crc32c
 import numpy as np
 
+from weightconv.codecs.file_pieces import pieces
+
 _MASK_DELTA = 0xA282EAD8
 _U32 = 0xFFFFFFFF
 _POLYNOMIAL = 0x82F63B78  # Castagnoli's, bit-reflected
 
-#: Bytes read per call when checksumming a file region: small enough to stay in cache.
-READ_BYTES = 2 << 20
 #: Below this a region is checksummed on one thread.
 PARALLEL_BYTES = 32 << 20
 
@@ -87,18 +86,9 @@ def _zero_bytes_operator(bit: int) -> tuple[int, ...]:
 
 
 def _of_span(fd: int, offset: int, nbytes: int) -> int:
-    buffer = np.empty(min(READ_BYTES, max(nbytes, 1)), dtype=np.uint8)
-    window = memoryview(buffer)  # type: ignore[arg-type]
-    readable = buffer.view()
-    readable.flags.writeable = False
     crc = 0
-    done = 0
-    while done < nbytes:
-        got = os.preadv(fd, [window[: min(buffer.size, nbytes - done)]], offset + done)
-        if got == 0:
-            raise OSError(f"file ended {nbytes - done} bytes early while checksumming it")
-        crc = int(google_crc32c.extend(crc, readable[:got]))
-        done += got
+    for piece in pieces(fd, offset, nbytes):
+        crc = int(google_crc32c.extend(crc, np.frombuffer(piece, dtype=np.uint8)))
     return crc
 
 

@@ -26,6 +26,8 @@ import zlib
 from dataclasses import dataclass
 from typing import IO
 
+from weightconv.codecs.file_pieces import pieces
+
 #: Sizes, offsets and counts from these on are given in the ZIP64 fields.
 ZIP64_FROM = 0xFFFFFFFF
 ZIP64_COUNT_FROM = 0xFFFF
@@ -141,19 +143,12 @@ class StoredZipWriter:
         )
 
 
-def crc32_of_file(fd: int, offset: int, nbytes: int, buffer_bytes: int = 2 << 20) -> int:
+def crc32_of_file(fd: int, offset: int, nbytes: int) -> int:
     """CRC-32 of `nbytes` of the file `fd` from `offset`, read through a small buffer (zlib
     lets the GIL go, so this runs beside a kernel copy of the same bytes)."""
-    buffer = bytearray(min(buffer_bytes, max(nbytes, 1)))
-    window = memoryview(buffer)
     crc = 0
-    done = 0
-    while done < nbytes:
-        got = os.preadv(fd, [window[: min(len(buffer), nbytes - done)]], offset + done)
-        if got == 0:
-            raise OSError(f"file ended {nbytes - done} bytes early while checksumming it")
-        crc = zlib.crc32(window[:got], crc)
-        done += got
+    for piece in pieces(fd, offset, nbytes):
+        crc = zlib.crc32(piece, crc)
     return crc
 
 
