@@ -331,3 +331,19 @@ def test_module_entry_point_and_usage_errors(tmp_path):
         [sys.executable, "-m", "weightconv", "caffe2npy"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_a_mistyped_verb_is_told_the_verbs_there_are(capsys):
+    code, _, err = run(capsys, "inpsect", "model.ckpt")
+    assert code == 2
+    assert "invalid choice: 'inpsect'" in err
+    assert "'inspect'" in err and "'caffe2npy'" in err and "'verify'" in err
+
+
+def test_only_the_verb_being_run_is_built():
+    from weightconv.cli import build_parser
+
+    subparsers = next(a for a in build_parser("inspect")._actions if a.dest == "verb")
+    assert list(subparsers.choices) == ["inspect"]
+    everything = next(a for a in build_parser(None)._actions if a.dest == "verb")
+    assert {"inspect", "caffe2npy", "convert", "verify"} <= set(everything.choices)

@@ -55,6 +55,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     diff.add(verbs)
     checks.add(verbs)
     demo.add(verbs)
+    verbs.finish()
     return parser
 
 

@@ -48,12 +48,23 @@ class Verbs:
     def __init__(self, subparsers: Any, wanted: str | None) -> None:
         self._subparsers = subparsers
         self._wanted = wanted
+        self._built = False
+        self._listed: list[tuple[str, str | None]] = []
 
     def add_parser(self, name: str, **kwargs: Any) -> Any:
         if self._wanted is None or name == self._wanted:
+            self._built = True
             return self._subparsers.add_parser(name, **kwargs)
-        self._subparsers.add_parser(name, help=kwargs.get("help"), add_help=False)
+        self._listed.append((name, kwargs.get("help")))
         return _Unbuilt()
+
+    def finish(self) -> None:
+        """List the verbs not built, when the one wanted is not among those built: argparse
+        then names the choices in its error. A verb that is built needs no others."""
+        if self._built:
+            return
+        for name, help_text in self._listed:
+            self._subparsers.add_parser(name, help=help_text, add_help=False)
 
 
 class _Unbuilt:
@@ -146,6 +157,8 @@ def add_format_options(
 ) -> None:
     """Each reader's or writer's options as flags, grouped by format; a flag not given stays
     out of the namespace, so that what was given can be routed (or refused)."""
+    if isinstance(parser, _Unbuilt):
+        return
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag, (spec, owners) in _option_specs(kind).items():
         names = [f.name for f in owners]
