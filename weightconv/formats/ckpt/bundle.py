@@ -25,7 +25,7 @@ import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,20 +34,23 @@ from weightconv._util.limits import describe_shape, element_count
 from weightconv._util.memory import release_pages
 from weightconv._util.regions import file_region, map_input
 from weightconv.codecs import crc32c, ordered_code, sstable
+from weightconv.codecs.protowire import WireError
 from weightconv.errors import FormatError, MappingError
 from weightconv.formats.ckpt import dtypes as tf_types
+from weightconv.formats.ckpt import records
 from weightconv.formats.ckpt.naming import MAX_SHARDS, data_filename, index_filename
 from weightconv.formats.ckpt.slices import (
     Extent,
     TensorInfo,
     assemble,
     describe_extents,
-    extents_of,
 )
 from weightconv.formats.ckpt.strings import decode_strings
 
 #: The bundle version this reader knows (and the writer records), as TensorFlow's.
 BUNDLE_VERSION_PRODUCER = 1
+_Record = TypeVar("_Record", records.Header, records.EntryRecord)
+
 #: Data is checksummed (and its pages released) in pieces of this size.
 CHUNK_BYTES = 16 << 20
 
@@ -70,8 +73,6 @@ class BundleReader:
     """A V2 checkpoint: the parsed index, and data files mapped on first use."""
 
     def __init__(self, prefix: str | os.PathLike[str]) -> None:
-        from weightconv._proto import tf_checkpoint_pb2 as pb
-
         self.prefix = os.fspath(prefix)
         self.index_path = str(index_filename(self.prefix))
         self.entries: dict[str, Entry] = {}
@@ -89,51 +90,48 @@ class BundleReader:
                     if first
                     else f"{label}: empty table, no bundle header"
                 )
-            header = pb.BundleHeaderProto()
-            _parse(header, first[1], f"{label}: bundle header")
-            self.num_shards = int(header.num_shards)
-            self.big_endian = header.endianness == pb.BundleHeaderProto.BIG
-            self.producer = int(header.version.producer)
-            if header.version.min_consumer > BUNDLE_VERSION_PRODUCER:
+            header = _parse(records.decode_header, first[1], f"{label}: bundle header")
+            self.num_shards = header.num_shards
+            self.big_endian = header.endianness == records.BIG_ENDIAN
+            self.producer = header.producer
+            if header.min_consumer > BUNDLE_VERSION_PRODUCER:
                 raise FormatError(
                     f"{label}: written for readers of bundle version "
-                    f">= {header.version.min_consumer}; this reader knows "
+                    f">= {header.min_consumer}; this reader knows "
                     f"version {BUNDLE_VERSION_PRODUCER}"
                 )
             if not 1 <= self.num_shards <= MAX_SHARDS:
                 raise FormatError(f"{label}: header says {self.num_shards} data shards")
             for key, value in items:
-                entry_pb = pb.BundleEntryProto()
                 if ordered_code.is_slice_key(key):
                     name, extents = ordered_code.decode_slice_key(key)
-                    _parse(entry_pb, value, f"{label}: slice of {name!r}")
+                    record = _parse(records.decode_entry, value, f"{label}: slice of {name!r}")
                     pieces = self.slice_entries.setdefault(name, {})
-                    pieces[tuple(extents)] = self._entry(name, entry_pb, label)
+                    pieces[tuple(extents)] = self._entry(name, record, label)
                     continue
                 name = key.decode("utf-8", errors="surrogateescape")
-                _parse(entry_pb, value, f"{label}: entry {name!r}")
-                self.entries[name] = self._entry(name, entry_pb, label)
+                record = _parse(records.decode_entry, value, f"{label}: entry {name!r}")
+                self.entries[name] = self._entry(name, record, label)
 
-    def _entry(self, name: str, entry_pb: Any, label: str) -> Entry:
-        shape = tuple(int(d.size) for d in entry_pb.shape.dim)
+    def _entry(self, name: str, record: records.EntryRecord, label: str) -> Entry:
+        shape = tuple(record.shape)
         if any(n < 0 for n in shape):
             raise FormatError(f"{label}: tensor {name!r} has shape {list(shape)}")
-        slices = extents_of(entry_pb.slices)
-        if not slices:
-            if not 0 <= entry_pb.shard_id < self.num_shards:
+        if not record.slices:
+            if not 0 <= record.shard_id < self.num_shards:
                 raise FormatError(
-                    f"{label}: tensor {name!r} is in shard {entry_pb.shard_id} of {self.num_shards}"
+                    f"{label}: tensor {name!r} is in shard {record.shard_id} of {self.num_shards}"
                 )
-            _check_declared_size(name, int(entry_pb.dtype), shape, int(entry_pb.size), label)
+            _check_declared_size(name, record.dtype, shape, record.size, label)
         return Entry(
             name,
-            int(entry_pb.dtype),
+            record.dtype,
             shape,
-            int(entry_pb.shard_id),
-            int(entry_pb.offset),
-            int(entry_pb.size),
-            int(entry_pb.crc32c),
-            slices,
+            record.shard_id,
+            record.offset,
+            record.size,
+            record.crc32c,
+            record.slices,
         )
 
     def close(self) -> None:
@@ -303,12 +301,10 @@ class BundleReader:
         return full
 
 
-def _parse(message: Any, value: memoryview, what: str) -> None:
-    from google.protobuf.message import DecodeError
-
+def _parse(decode: Callable[[memoryview], _Record], value: memoryview, what: str) -> _Record:
     try:
-        message.ParseFromString(bytes(value))
-    except DecodeError as exc:
+        return decode(value)
+    except WireError as exc:
         raise FormatError(f"{what}: not a valid record ({exc})") from None
 
 
