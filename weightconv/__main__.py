@@ -1,3 +1,3 @@
-from weightconv.cli import main
+from weightconv.cli import run
 
-raise SystemExit(main())
+run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ from weightconv.reports import SCHEMA_VERSION
 
 EXIT_INTERNAL = 3
 
-__all__ = ["EXIT_INTERNAL", "build_parser", "main"]
+__all__ = ["EXIT_INTERNAL", "build_parser", "main", "run"]
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
@@ -102,6 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+def run() -> None:
+    """The installed command: `main`, and its exit code as the process's."""
+    # The modules imported so far live until exit: frozen, no collection walks them again,
+    # the last one at exit included (15 ms of a 140 ms inspect).
+    gc.freeze()
+    sys.exit(main())
+
+
 def _report_error(args: argparse.Namespace, message: str, code: int) -> None:
     if getattr(args, "json", False):
         print(json.dumps(_error_document(getattr(args, "verb", None), message, code)))
@@ -119,4 +128,4 @@ def _error_document(verb: str | None, message: str, code: int) -> dict[str, obje
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
