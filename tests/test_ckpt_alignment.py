@@ -1,6 +1,7 @@
-"""Checksums from files and across threads; large tensors copied into a checkpoint in their
-input's page phase (the kernel copies such a tensor about 1.5x faster), which TensorFlow
-reads as it reads any checkpoint."""
+"""Checksums from files and across threads; large tensors copied into a checkpoint or a .npy
+placed where the kernel copies them fastest (`regions.copy_gap`: their input's offset within
+a page, in the first page of a 64 KiB block), which TensorFlow, np.load and pickle read as
+they read any file."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import weightconv
+from weightconv._util.regions import COPY_BLOCK_BYTES, PLACE_FROM_BYTES, copy_gap
 from weightconv.codecs import crc32c
 from weightconv.formats import npy as npy_format
 from weightconv.model import CheckedTensor
@@ -60,31 +62,44 @@ def test_a_large_array_is_summed_on_two_threads():
 
 
 def _npy_with_a_large_tensor(tmp_path):
-    weights = RNG.standard_normal((600, 700)).astype(np.float32)  # 1.6 MiB
+    weights = RNG.standard_normal((1200, 1000)).astype(np.float32)  # 4.6 MiB
     biases = RNG.standard_normal(7).astype(np.float32)  # puts `weights` off a page boundary
     source = tmp_path / "m.npy"
     np.save(source, {"a_small": [biases], "big": [weights, biases[:3]]}, allow_pickle=True)
     return source, weights
 
 
-def _phase(path, array):
+def _offset(path, array):
     offset = path.read_bytes().find(array.tobytes())
     assert offset >= 0
-    return offset % mmap.PAGESIZE
+    return offset
 
 
-def test_a_large_copied_tensor_keeps_its_page_phase_and_tensorflow_reads_it(tmp_path):
+def _placed(copy, source):
+    """The copy starts at its source's offset within a page, in the first page of a block."""
+    return copy % COPY_BLOCK_BYTES == source % mmap.PAGESIZE
+
+
+def test_copy_gap_places_large_regions_only():
+    assert copy_gap(4096 + 300, 10, PLACE_FROM_BYTES - 1) == 0
+    for source, position in [(300, 10), (300, 300), (0, 5), (4095, 70000), (12345, 0)]:
+        gap = copy_gap(source, position, PLACE_FROM_BYTES)
+        assert 0 <= gap < COPY_BLOCK_BYTES
+        assert _placed(position + gap, source)
+
+
+def test_a_large_copied_tensor_is_placed_and_tensorflow_reads_it(tmp_path):
     source, weights = _npy_with_a_large_tensor(tmp_path)
     prefix = tmp_path / "out" / "m.ckpt"
     weightconv.convert(source, prefix)
     data = tmp_path / "out" / "m.ckpt.data-00000-of-00001"
-    assert _phase(data, weights) == _phase(source, weights)
-    assert _phase(source, weights) != 0  # else the test shows nothing
+    assert _placed(_offset(data, weights), _offset(source, weights))
+    assert _offset(source, weights) % mmap.PAGESIZE != 0  # else the test shows less
     result = run_oracle("read", str(prefix))
     assert "error" not in result, result
     tensors = result["tensors"]
     assert tensors["big/weights"]["sha256"] == tensor_digest(weights)
-    assert tensors["big/weights"]["shape"] == [600, 700]
+    assert tensors["big/weights"]["shape"] == [1200, 1000]
     assert weightconv.load_dict(prefix)["big/weights"].tobytes() == weights.tobytes()
 
 
@@ -120,27 +135,29 @@ def test_a_tensor_copied_while_its_check_runs_is_refused_when_corrupt(tmp_path):
 
 
 def test_padding_is_any_length_and_leaves_the_unpickler_as_it_was():
-    for gap in range(mmap.PAGESIZE):
+    assert npy_format._padding(0) == b""
+    for gap in [*range(1, 300), *range(4000, 4200), *range(300, COPY_BLOCK_BYTES, 997)]:
         pad = npy_format._padding(gap)
-        assert len(pad) % mmap.PAGESIZE == gap
+        assert len(pad) % COPY_BLOCK_BYTES == gap
         assert pickle.loads(b"\x80\x04" + pad + b"K\x07.") == 7
+    assert len(npy_format._padding(COPY_BLOCK_BYTES - 1)) == COPY_BLOCK_BYTES - 1
 
 
-def test_a_large_tensor_copied_into_a_npy_keeps_its_page_phase(tmp_path):
+def test_a_large_tensor_copied_into_a_npy_is_placed(tmp_path):
     source, weights = _npy_with_a_large_tensor(tmp_path)
     prefix = tmp_path / "m.ckpt"
     weightconv.convert(source, prefix)
     data = tmp_path / "m.ckpt.data-00000-of-00001"
     out = tmp_path / "out.npy"
     weightconv.convert(prefix, out)
-    assert _phase(out, weights) == _phase(data, weights)
+    assert _placed(_offset(out, weights), _offset(data, weights))
     loaded = np.load(out, allow_pickle=True).item()
     assert loaded["big"][0].tobytes() == weights.tobytes()
     assert weightconv.load_dict(out)["big/weights"].tobytes() == weights.tobytes()
 
 
 def test_only_tensors_copied_from_a_mapped_input_are_padded(tmp_path):
-    big = RNG.standard_normal((600, 700)).astype(np.float32)
+    big = RNG.standard_normal((1200, 1000)).astype(np.float32)
     ours = tmp_path / "ours.npy"
     weightconv.save_dict({"big/weights": big}, ours)
     assert np.load(ours, allow_pickle=True).item()["big/weights"].tobytes() == big.tobytes()

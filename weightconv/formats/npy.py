@@ -33,7 +33,14 @@ from numpy.lib import format as npformat
 from weightconv._util.files import atomic_output, chunks, open_input
 from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
-from weightconv._util.regions import copy_to_handle, file_region, map_input, region_at_handle
+from weightconv._util.regions import (
+    COPY_BLOCK_BYTES,
+    copy_gap,
+    copy_to_handle,
+    file_region,
+    map_input,
+    region_at_handle,
+)
 from weightconv.codecs import npy_header, pickle_views, safe_pickle
 from weightconv.errors import FormatError, MappingError, UsageError, WeightconvError
 from weightconv.formats.base import Options, WriteResult, option
@@ -76,8 +83,6 @@ class NpyWriteOptions(Options):
 
 _POSITIONAL_ROLES = ("weights", "biases")
 _NUMERIC_KINDS = "biufc"
-#: Tensors from this size on, copied from a mapped input, keep its page phase (`_padding`).
-ALIGN_FROM_BYTES = 1 << 20
 _UNPICKLING_ERRORS = (
     EOFError,
     pickle.UnpicklingError,
@@ -419,10 +424,10 @@ def _write_tensor(
         + _dtype_fragment(dtype.str)
         + _NEWFALSE
     )
-    region = file_region(array) if array.dtype == dtype and nbytes >= ALIGN_FROM_BYTES else None
+    region = file_region(array) if array.dtype == dtype else None
     if region is not None:
         data_at = handle.tell() + len(head) + len(_bytes_opcode(nbytes))
-        head += _padding((region[1] - data_at) % mmap.PAGESIZE)
+        head += _padding(copy_gap(region[1], data_at, nbytes))
     handle.write(head + _bytes_opcode(nbytes))
     advance = progress.advance if progress is not None else None
     # A pending check is run by copy_to_handle, alongside the copy or, failing that, first.
@@ -469,11 +474,13 @@ def _write_filled(handle: IO[bytes], tensor: FilledTensor, progress: Progress | 
 
 
 def _padding(gap: int) -> bytes:
-    """Opcodes that push zeros and pop them, `gap` bytes long (plus a page when `gap` is too
-    short for one): what puts a copied tensor's bytes in their input's page phase, in which
-    the kernel copies them about 1.5x faster. The unpickler's stack is as before."""
+    """Opcodes that push zeros and pop them, `gap` bytes long (plus a block when `gap` is
+    too short for them; nothing when it is 0): what puts a copied tensor's bytes where
+    `copy_gap` says the kernel copies them fastest. The unpickler's stack is as before."""
+    if gap == 0:
+        return b""
     if gap < 3:
-        gap += mmap.PAGESIZE
+        gap += COPY_BLOCK_BYTES
     if gap <= 258:
         return pickle.SHORT_BINBYTES + bytes([gap - 3]) + bytes(gap - 3) + pickle.POP
     return pickle.BINBYTES + struct.pack("<I", gap - 6) + bytes(gap - 6) + pickle.POP

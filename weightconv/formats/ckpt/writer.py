@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import numpy as np
 from weightconv._util.files import chunks, output_errors, temporary_beside
 from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
-from weightconv._util.regions import copy_while, file_region, region_at_handle
+from weightconv._util.regions import copy_gap, copy_while, file_region, region_at_handle
 from weightconv.codecs import crc32c, sstable
 from weightconv.errors import MappingError, OutputExistsError, UsageError
 from weightconv.formats.base import WriteResult
@@ -55,8 +54,6 @@ from weightconv.model.canonical import canonical_layers, canonical_shapes
 
 #: Tensors are converted and written in pieces of this size.
 WRITE_CHUNK_BYTES = 16 << 20
-#: Tensors from this size on are copied in their input's page phase (see `_write_files`).
-ALIGN_FROM_BYTES = 1 << 20
 
 
 @dataclass
@@ -155,10 +152,9 @@ def _write_files(
     align: bool,
 ) -> int:
     """The data files, then the index, each in a temporary added to `temps`; their bytes.
-    With `align`, a large tensor copied from a mapped input starts at the same offset within
-    a page as it has in its input, zeros filling the gap before it (readers go by the index's
-    offsets, and TensorFlow's own writer pads so when asked to align): the kernel's copy of
-    a tensor whose page phase differs runs about 1.5x slower."""
+    With `align`, a large tensor copied from a mapped input is placed where the kernel copies
+    it fastest (`copy_gap`), zeros filling the gap before it (readers go by the index's
+    offsets, and TensorFlow's own writer pads so when asked to align)."""
     from weightconv._proto import tf_checkpoint_pb2 as pb
 
     entries: dict[bytes, bytes] = {}
@@ -261,7 +257,7 @@ def _write_tensor(
 ) -> Any:
     """Write one tensor's bytes; its ``BundleEntryProto`` without shard and offset. A view of
     a mapped input is checksummed from its file and copied file to file by the kernel,
-    after zeros that put it in its input's page phase when `align`."""
+    after zeros that place it as `copy_gap` says when `align`."""
     entry = _entry(array.dtype, array.shape, what)
     if entry.dtype == tf_types.STRING:
         lengths, payload, crc = encode_strings(array)
@@ -274,8 +270,8 @@ def _write_tensor(
     advance = progress.advance if progress is not None else None
     region = file_region(array) if array.dtype == dtype else None
     if region is not None:
-        if align and array.nbytes >= ALIGN_FROM_BYTES:
-            handle.write(bytes((region[1] - handle.tell()) % mmap.PAGESIZE))
+        if align:
+            handle.write(bytes(copy_gap(region[1], handle.tell(), array.nbytes)))
         copied, crc = _copy_and_checksum(array, handle, advance)
         if copied:
             entry.size = array.nbytes
