@@ -372,17 +372,13 @@ DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 def cache_only(inputs: Inputs, every: Iterable[Inputs], drop: bool) -> bool:
     """Keep this scale's inputs in the page cache and drop the other scales' (the 4x set
     alone is 8.9 GB): each case then reads its input from memory, as "warm" means. With
-    `drop`, as root, the whole page cache is dropped first and the Python installation read
-    back: with the cache full of what earlier work left, `cp` of the 4x checkpoint took
-    0.8-2.4 s here, 0.6-0.7 s from a cache holding only what the runs read. True when it
-    was dropped."""
+    `drop`, as root, the whole page cache is dropped first (the libraries are read back by
+    the first round's runs): with the cache full of what earlier work left, `cp` of the 4x
+    checkpoint took 0.8-2.4 s here, 0.6-0.7 s after the drop. True when it was dropped."""
     dropped = drop and os.access(DROP_CACHES, os.W_OK)
     if dropped:
         os.sync()
         DROP_CACHES.write_text("1")
-        for prefix in dict.fromkeys([sys.prefix, sys.base_prefix]):
-            for folder, _, names in os.walk(prefix):
-                _read_all(Path(folder, name) for name in names)
     for other in every:
         for path in other.files():
             if other is not inputs and path.exists():
@@ -670,8 +666,7 @@ def main() -> int:
     parser.add_argument(
         "--drop-caches",
         action="store_true",
-        help="as root: drop the whole page cache before each scale, then read back the Python "
-        "installation and the scale's inputs",
+        help="as root: drop the whole page cache before each scale, then read back its inputs",
     )
     args = parser.parse_args()
     chosen = {r for r in args.routes.split(",") if r}
@@ -769,8 +764,8 @@ def main() -> int:
             f"on alternate rounds; outputs deleted and `os.sync()` before each run, inputs in "
             f"the page cache"
             + (
-                " (before each scale the whole page cache was dropped, then the Python "
-                "installation and that scale's inputs read back)"
+                " (before each scale the whole page cache was dropped and that scale's inputs "
+                "read back)"
                 if dropped
                 else " (the other scales' inputs dropped from it before each scale)"
             )
