@@ -77,8 +77,8 @@ def copy_gap(source_offset: int, position: int, nbytes: int) -> int:
     from `source_offset` of its input: none for a region under `PLACE_FROM_BYTES`; else as
     many as put the region at its input's offset within a page, in the first page of a
     64 KiB block of the output. Measured on ext4 (Linux 6.18), the kernel copies a 392 MiB
-    region so placed in 0.11-0.13 s; at the same offset within any page not 16-page
-    aligned, in 0.16-0.19 s; a whole file of 553 MB, from offset 0, in 0.16 s."""
+    region so placed in 0.11-0.13 s; at the same offset within a page that does not start
+    a 16-page block, in 0.16-0.19 s; a whole file of 553 MB, from offset 0, in 0.16 s."""
     if nbytes < PLACE_FROM_BYTES:
         return 0
     return (source_offset % mmap.PAGESIZE - position) % COPY_BLOCK_BYTES

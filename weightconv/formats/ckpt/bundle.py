@@ -49,8 +49,6 @@ from weightconv.formats.ckpt.strings import decode_strings
 
 #: The bundle version this reader knows (and the writer records), as TensorFlow's.
 BUNDLE_VERSION_PRODUCER = 1
-_Record = TypeVar("_Record", records.Header, records.EntryRecord)
-
 #: Data is checksummed (and its pages released) in pieces of this size.
 CHUNK_BYTES = 16 << 20
 
@@ -299,6 +297,9 @@ class BundleReader:
         full = assemble(entry.shape, dtype, entry.slices, read_piece, what, bound)
         full.flags.writeable = False
         return full
+
+
+_Record = TypeVar("_Record", records.Header, records.EntryRecord)
 
 
 def _parse(decode: Callable[[memoryview], _Record], value: memoryview, what: str) -> _Record:
