@@ -10,6 +10,7 @@ largest tensor.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import weightconv
 from weightconv.model import FilledTensor
@@ -30,7 +32,7 @@ SLACK = 32 * MiB
 
 CHILD = textwrap.dedent(
     """
-    import sys
+    import json, sys
     import weightconv, weightconv.cli, concurrent.futures
     from google.protobuf import text_format
     from weightconv import formats
@@ -38,7 +40,7 @@ CHILD = textwrap.dedent(
     for row in formats.FORMATS:  # every reader and writer, so the baseline has their code
         row.implementation()
     if sys.argv[1] == "convert":
-        weightconv.convert(sys.argv[2], sys.argv[3], **dict(a.split("=", 1) for a in sys.argv[4:]))
+        weightconv.convert(sys.argv[2], sys.argv[3], **json.loads(sys.argv[4]))
     with open("/proc/self/status") as status:
         print(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
     """
@@ -84,14 +86,24 @@ ROUTES = [
     ("m.npy", "out.weights.h5", False),
     ("ckpt/m.ckpt", "out.npy", False),
     ("m.h5", "out.npy", False),
+    # The canonical layout back to PyTorch's: every kernel transposed, fc6's rows reordered.
+    ("m.npy", "out.pt", False),
+    ("ckpt/m.ckpt", "out.pt", False),
+    ("m.h5", "out.pt", False),
 ]
+#: fc6's input at an eighth of VGG16's width: pool5's 64 channels of 7x7.
+TORCH_INPUTS = {"fc6": [64, 7, 7]}
 
 
 @pytest.mark.parametrize(("source", "target", "caffe"), ROUTES)
 def test_a_route_holds_about_one_tensor(files, source, target, caffe, tmp_path):
-    options = [f"prototxt={files['prototxt']}"] if caffe else []
+    options: dict[str, object] = {"prototxt": str(files["prototxt"])} if caffe else {}
+    if target.endswith(".pt"):
+        options["torch_dense_inputs"] = TORCH_INPUTS
     baseline = _peak("import")
-    peak = _peak("convert", str(files["folder"] / source), str(tmp_path / target), *options)
+    peak = _peak(
+        "convert", str(files["folder"] / source), str(tmp_path / target), json.dumps(options)
+    )
     added = peak - baseline
     assert files["total"] > 2 * (files["largest"] + SLACK)  # streaming shows: far more
     assert added <= files["largest"] + SLACK, (
@@ -134,3 +146,20 @@ def test_h5_outputs_are_filled_after_hdf5_closes_and_equal_the_npy(files, tmp_pa
         for name, arrays in reference.items():
             assert np.array_equal(np.asarray(back[name].tensors["weights"]), arrays[0]), name
             assert np.array_equal(np.asarray(back[name].tensors["biases"]), arrays[1]), name
+
+
+def test_a_large_dense_layer_back_to_torch_layout_holds_about_one_tensor(tmp_path):
+    """fc6 of VGG16 at half width, 103 MB: reordered H,W,C -> C,H,W and transposed for a .pt,
+    the conversion adds one tensor, not the two (or the whole mapped input) it once did."""
+    rng = np.random.default_rng(1)
+    weights = rng.standard_normal((256 * 7 * 7, 2048), dtype=np.float32)
+    source = tmp_path / "fc6.npy"
+    weightconv.save_dict({"fc6/weights": weights, "fc6/biases": np.zeros(2048, np.float32)}, source)
+    baseline = _peak("import")
+    options = json.dumps({"torch_dense_inputs": {"fc6": [256, 7, 7]}})
+    peak = _peak("convert", str(source), str(tmp_path / "fc6.pt"), options)
+    added = peak - baseline
+    assert added <= weights.nbytes + SLACK, f"{added / MiB:.0f} MiB over the imports"
+    loaded = torch.load(tmp_path / "fc6.pt", weights_only=True)["fc6.weight"].numpy()
+    expected = weights.reshape(7, 7, 256, 2048).transpose(3, 2, 0, 1).reshape(2048, -1)
+    np.testing.assert_array_equal(loaded, expected)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from weightconv._util.memory import release_pages
+from weightconv._util.regions import read_into
 from weightconv.errors import ShapeError
 
 
@@ -147,6 +148,68 @@ def contiguous_copy(matrix: np.ndarray, into: np.ndarray | None = None) -> np.nd
             return into
         return matrix
     return flatten_chw_to_hwc(matrix, (matrix.shape[0], 1, 1), into)
+
+
+def conv_hwio_to_oihw_copy(kernel: np.ndarray) -> np.ndarray:
+    """`conv_hwio_to_oihw`, materialised C-ordered by a blocked copy that drops a mapped
+    input's pages as it reads them."""
+    _expect_ndim(kernel, 4, "conv kernel")
+    return _channels_first(kernel)
+
+
+def dense_in_out_to_out_in_copy(
+    weights: np.ndarray, chw: tuple[int, int, int] | None = None
+) -> np.ndarray:
+    """(in, out) -> (out, in), C-ordered; with `chw`, the inputs' H, W, C flatten order
+    becomes C, H, W in the same pass: ``flatten_hwc_to_chw(weights, chw).T`` without its
+    intermediate copy, a mapped input's pages dropped as they are read."""
+    _expect_ndim(weights, 2, "dense weights")
+    c, h, w = chw if chw is not None else (weights.shape[0], 1, 1)
+    if c * h * w != weights.shape[0]:
+        raise ShapeError(
+            f"dense weights have {weights.shape[0]} inputs but the input blob is "
+            f"{c}x{h}x{w} = {c * h * w}"
+        )
+    return _channels_first(weights.reshape(h, w, c, weights.shape[1])).reshape(
+        weights.shape[1], weights.shape[0]
+    )
+
+
+def _channels_first(source: np.ndarray) -> np.ndarray:
+    """(H, W, C, O) -> (O, C, H, W), C-ordered.
+
+    A block of channels at a time: each block reads, for every (h, w), a run of whole rows
+    of the source, and writes a run of each output row, so both stay in cache (measured on
+    VGG16's fc6: 0.59 s, where NumPy's copy of the transposed view takes 2.2 s). The two
+    halves of the channels go to two threads (NumPy copies without the GIL). A block's rows
+    of a mapped input are read from its file (`read_into`): mapped, each touched run maps
+    its neighbours too, and the source of fc6 at 4x was resident up to 230 MiB at once.
+    """
+    h, w, c, o = source.shape
+    result = np.empty((o, c, h, w), dtype=source.dtype)
+
+    def copy_channels(start: int, stop: int) -> None:
+        rows = np.empty((h, w, _REORDER_BLOCK, o), dtype=source.dtype)
+        for first in range(start, stop, _REORDER_BLOCK):
+            last = min(stop, first + _REORDER_BLOCK)
+            block = rows[:, :, : last - first]
+            for i in range(h):
+                for j in range(w):
+                    read_into(source[i, j, first:last], block[i, j])
+            result[:, first:last] = block.transpose(3, 2, 0, 1)
+
+    half = (c // 2) - (c // 2) % _REORDER_BLOCK
+    if result.nbytes >= _THREADED_BYTES and half > 0:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            second = pool.submit(copy_channels, half, c)
+            copy_channels(0, half)
+            second.result()
+    else:
+        copy_channels(0, c)
+    release_pages(source)  # pages mapped back around a fault (see `_reorder_rows`)
+    return result
 
 
 def dense_to_fc_conv(weights: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:

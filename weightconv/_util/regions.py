@@ -72,6 +72,24 @@ def file_region(array: np.ndarray) -> tuple[int, int] | None:
     return descriptor, array.ctypes.data - origin
 
 
+def read_into(array: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = array`` for a C-contiguous `out` of its shape and dtype; read from the
+    input file with pread when `array` is a region of a mapped input, so that none of its
+    pages is mapped into this process (a touched page maps its neighbours with it)."""
+    region = file_region(array)
+    if region is None or not out.flags.c_contiguous:
+        out[...] = array
+        return
+    source, offset = region
+    view = out.reshape(-1).view(np.uint8).data
+    done = 0
+    while done < len(view):
+        count = os.preadv(source, [view[done:]], offset + done)
+        if count == 0:  # the input ended early: it was truncated after it was read
+            raise OSError(f"input file ended {len(view) - done} bytes early while reading")
+        done += count
+
+
 def copy_gap(source_offset: int, position: int, nbytes: int) -> int:
     """The bytes an output leaves free at `position` before a region of `nbytes` it copies
     from `source_offset` of its input: none for a region under `PLACE_FROM_BYTES`; else as

@@ -19,7 +19,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from weightconv.arrays import batchnorm_caffe_to_moments, conv_hwio_to_oihw, flatten_hwc_to_chw
+from weightconv.arrays import (
+    batchnorm_caffe_to_moments,
+    conv_hwio_to_oihw_copy,
+    dense_in_out_to_out_in_copy,
+)
 from weightconv.errors import ShapeError
 from weightconv.model.canonical import BATCHNORM_ROLES, BATCHNORM_STEP
 from weightconv.model.layers import CAFFE, CANONICAL, Kind, Layer
@@ -75,7 +79,7 @@ def _kernel(
     layer: Layer, weights: np.ndarray, given: tuple[int, ...] | None, hint: str
 ) -> np.ndarray:
     if weights.ndim == 4:  # conv, deconv, or a dense layer laid out as a convolution
-        return conv_hwio_to_oihw(weights)
+        return conv_hwio_to_oihw_copy(weights)
     if layer.kind != Kind.DENSE or weights.ndim != 2:
         raise ShapeError(
             f"layer {layer.name!r} ({layer.kind}): weights of shape {tuple(weights.shape)} have "
@@ -85,7 +89,7 @@ def _kernel(
     shape = given if given is not None else layer.input_shape
     if shape is None:
         if layer.params.get("follows_spatial") is False:
-            return weights.T  # the reader proved its input flat
+            return dense_in_out_to_out_in_copy(weights)  # the reader proved its input flat
         raise ShapeError(
             f"layer {layer.name!r}: its input may be a spatial blob of unknown C,H,W "
             f"({inputs} inputs), which the canonical layout flattens H,W,C and Caffe/PyTorch "
@@ -98,8 +102,8 @@ def _kernel(
             f"{'x'.join(map(str, shape))} = {total}"
         )
     if len(shape) == 3 and shape[0] > 1 and shape[1] * shape[2] > 1:
-        weights = flatten_hwc_to_chw(weights, (shape[0], shape[1], shape[2]))
-    return weights.T
+        return dense_in_out_to_out_in_copy(weights, (shape[0], shape[1], shape[2]))
+    return dense_in_out_to_out_in_copy(weights)
 
 
 #: What `to_caffe_layout` does to an InnerProduct stored (in, out) with ``transpose: true``.
