@@ -65,7 +65,7 @@ TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 EXTRA_FC = {1: 0, 2: 8, 4: 25}  # scale -> extra 4096-wide fc layers after fc7
 CONVERSIONS = ("caffe2npy", "caffe2ckpt", "caffe2h5", "npy2ckpt", "ckpt2npy", "npy2h5", "h52npy")
 #: Today's containers: held to the same memory bound, timed against their own libraries.
-CONTAINERS = ("caffe2pt", "caffe2safetensors", "npy2safetensors")
+CONTAINERS = ("caffe2pt", "caffe2safetensors", "npy2safetensors", "npy2pt")
 ROUTES = (*CONVERSIONS, "inspect", *CONTAINERS)
 # Acceptance thresholds.
 CP_RATIO = {"caffe2npy": 1.5, "caffe2ckpt": 1.8, "caffe2h5": 1.8}  # others: DEFAULT_CP_RATIO
@@ -143,7 +143,11 @@ for layer, arrays in expected.items():
         if array.nbytes > largest[1]:
             largest = (f"{layer}/{role} {'x'.join(map(str, array.shape))}", array.nbytes)
 assert count == parameters, ("parameters", count, parameters)
-print(json.dumps({"tensors": len(names), "largest": largest[0], "largest_bytes": largest[1]}))
+channels = expected["conv5_3"][0].shape[-1]
+side = round((expected["fc6"][0].shape[0] // channels) ** 0.5)
+assert channels * side * side == expected["fc6"][0].shape[0], ("fc6 input", channels, side)
+print(json.dumps({"tensors": len(names), "largest": largest[0], "largest_bytes": largest[1],
+                  "fc6_input": f"{channels},{side},{side}"}))
 """
 
 NAIVE_PROTOBUF = """
@@ -189,6 +193,25 @@ weights = np.load(sys.argv[1], allow_pickle=True).item()
 tensors = {f"{layer}/{role}": array for layer, pair in weights.items()
            for role, array in zip(("weights", "biases"), pair)}
 save_file(tensors, sys.argv[2], metadata={"format": "tf"})
+"""
+
+NPY_TO_TORCH = """
+import sys
+import numpy as np
+import torch
+weights = np.load(sys.argv[1], allow_pickle=True).item()
+c, h, w = (int(v) for v in sys.argv[3].split(","))
+state = {}
+for layer, (kernel, bias) in weights.items():
+    if kernel.ndim == 4:
+        kernel = kernel.transpose(3, 2, 0, 1)
+    elif layer == "fc6":
+        kernel = kernel.reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(kernel.shape[1], -1)
+    else:
+        kernel = kernel.T
+    state[f"{layer}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel))
+    state[f"{layer}.bias"] = torch.from_numpy(bias)
+torch.save(state, sys.argv[2])
 """
 
 TF_SAVE = """
@@ -278,6 +301,7 @@ class Inputs:
     tensors: int = 0
     largest: str = ""
     largest_bytes: int = 0
+    fc6_input: str = ""  # C,H,W of fc6's input
 
     @property
     def data(self) -> Path:
@@ -360,6 +384,7 @@ def prepare(scale: int, width: float, work: Path) -> Inputs:
     report = json.loads(run_checked(verify, "checking the inputs", work).splitlines()[-1])
     inputs.tensors, inputs.largest = report["tensors"], report["largest"]
     inputs.largest_bytes = report["largest_bytes"]
+    inputs.fc6_input = report["fc6_input"]
     if not fresh:
         stamp.write_text(json.dumps(inputs.sizes()))
     return inputs
@@ -415,6 +440,7 @@ def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, 
         "caffe2pt": i.caffemodel,
         "caffe2safetensors": i.caffemodel,
         "npy2safetensors": i.npy,
+        "npy2pt": i.npy,
     }[route]
     caffe = (i.caffemodel, "--prototxt", i.prototxt)
     ours = {
@@ -431,6 +457,9 @@ def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, 
             "caffe2safetensors", *caffe, "-o", out / "wc.safetensors", "-q"
         ),
         "npy2safetensors": weightconv("npy2safetensors", i.npy, "-o", out / "wc.safetensors", "-q"),
+        "npy2pt": weightconv(
+            "npy2pt", i.npy, "-o", out / "wc.pt", "-q", "--torch-dense-input", f"fc6={i.fc6_input}"
+        ),
     }[route]
     cases = [
         Case("weightconv", f"weightconv {route}", ours),
@@ -467,6 +496,10 @@ def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, 
         "npy2safetensors": (
             "np.load + save_file",
             python(NPY_TO_SAFETENSORS, i.npy, out / "st.safetensors"),
+        ),
+        "npy2pt": (
+            "np.load + transposes + torch.save",
+            python(NPY_TO_TORCH, i.npy, out / "np.pt", i.fc6_input),
         ),
         "inspect": (
             "TF inspect_checkpoint",
@@ -514,7 +547,9 @@ ANCHORS = (
     "caffe2safetensors, the naive protobuf parse (blobs as `layer.weight`/`layer.bias`, "
     "Caffe's layout is PyTorch's) + `torch.save` of `torch.from_numpy` tensors or "
     "`safetensors.numpy.save_file`; npy2safetensors, `np.load` + `save_file` of the flat "
-    "dict (our default for a .npy source is the same tf layout, no transform). The .h5 outputs "
+    "dict (our default for a .npy source is the same tf layout, no transform); npy2pt, `np.load`, "
+    "the same transposes in NumPy (conv HWIO -> OIHW, dense (in, out) -> (out, in), fc6's "
+    "inputs H,W,C -> C,H,W) and `torch.save`. The .h5 outputs "
     "are Keras 3 `.weights.h5` files; the h52npy input is `npy2h5`'s default `.h5` (Keras 2 "
     "layout)."
 )
