@@ -1,7 +1,9 @@
 """Pure array transforms between Caffe and TensorFlow/Keras layouts.
 
-Every function takes arrays and returns arrays (views where NumPy allows); none
-reads or writes files or knows about layers.
+Every function takes arrays and returns arrays (views where NumPy allows); none knows about
+layers or opens a file. An array that is a view of a mapped input is still only an array
+here, but the blocked copies drop its pages once read, and the copies back to Caffe's layout
+read its rows from the file (`read_into`) rather than through the mapping.
 """
 
 from __future__ import annotations
