@@ -8,6 +8,8 @@ read its rows from the file (`read_into`) rather than through the mapping.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from weightconv._util.memory import release_pages
@@ -98,20 +100,26 @@ def _reorder_rows(
                 release_pages(weights[:, released:last])
                 released = last
 
-    half = (outputs // 2) - (outputs // 2) % _REORDER_BLOCK
-    if result.nbytes >= _THREADED_BYTES and half > 0:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            second = pool.submit(copy_columns, half, outputs)
-            copy_columns(0, half)
-            second.result()
-    else:
-        copy_columns(0, outputs)
+    _in_halves(copy_columns, outputs, _REORDER_BLOCK, result.nbytes >= _THREADED_BYTES)
     # A page fault maps the file's cached pages around it too, so reads can map back pages
     # dropped just before (the other thread's among them): drop the whole source at the end.
     release_pages(weights)
     return result
+
+
+def _in_halves(copy: Callable[[int, int], None], count: int, block: int, threaded: bool) -> None:
+    """`copy(0, count)`, or, when `threaded`, its two halves (cut at a whole block) on two
+    threads at once."""
+    half = (count // 2) - (count // 2) % block
+    if not threaded or half == 0:
+        copy(0, count)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        second = pool.submit(copy, half, count)
+        copy(0, half)
+        second.result()
 
 
 _REORDER_BLOCK = 16
@@ -203,16 +211,7 @@ def _channels_first(source: np.ndarray) -> np.ndarray:
                     read_into(source[i, j, first:last], block[i, j])
             result[:, first:last] = block.transpose(3, 2, 0, 1)
 
-    half = (c // 2) - (c // 2) % _CHANNEL_BLOCK
-    if result.nbytes >= _THREADED_BYTES and half > 0:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            second = pool.submit(copy_channels, half, c)
-            copy_channels(0, half)
-            second.result()
-    else:
-        copy_channels(0, c)
+    _in_halves(copy_channels, c, _CHANNEL_BLOCK, result.nbytes >= _THREADED_BYTES)
     release_pages(source)  # pages mapped back around a fault (see `_reorder_rows`)
     return result
 
