@@ -64,8 +64,9 @@ REPO = HERE.parent
 TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 EXTRA_FC = {1: 0, 2: 8, 4: 25}  # scale -> extra 4096-wide fc layers after fc7
 CONVERSIONS = ("caffe2npy", "caffe2ckpt", "caffe2h5", "npy2ckpt", "ckpt2npy", "npy2h5", "h52npy")
-#: Today's containers: held to the same memory bound, timed against their own libraries.
-CONTAINERS = ("caffe2pt", "caffe2safetensors", "npy2safetensors", "npy2pt")
+#: The other outputs (today's containers, NumPy's .npz): held to the same memory bound,
+#: timed against their own libraries.
+CONTAINERS = ("caffe2pt", "caffe2safetensors", "npy2safetensors", "npy2pt", "caffe2npz", "npy2npz")
 ROUTES = (*CONVERSIONS, "inspect", *CONTAINERS)
 # Acceptance thresholds.
 CP_RATIO = {"caffe2npy": 1.5, "caffe2ckpt": 1.8, "caffe2h5": 1.8}  # others: DEFAULT_CP_RATIO
@@ -180,6 +181,8 @@ tensors = {
 if sys.argv[3] == "torch":
     import torch
     torch.save({name: torch.from_numpy(array) for name, array in tensors.items()}, sys.argv[2])
+elif sys.argv[3] == "npz":
+    np.savez(sys.argv[2], **tensors)
 else:
     from safetensors.numpy import save_file
     save_file(tensors, sys.argv[2], metadata={"format": "pt"})
@@ -188,11 +191,14 @@ else:
 NPY_TO_SAFETENSORS = """
 import sys
 import numpy as np
-from safetensors.numpy import save_file
 weights = np.load(sys.argv[1], allow_pickle=True).item()
 tensors = {f"{layer}/{role}": array for layer, pair in weights.items()
            for role, array in zip(("weights", "biases"), pair)}
-save_file(tensors, sys.argv[2], metadata={"format": "tf"})
+if sys.argv[2].endswith(".npz"):
+    np.savez(sys.argv[2], **tensors)
+else:
+    from safetensors.numpy import save_file
+    save_file(tensors, sys.argv[2], metadata={"format": "tf"})
 """
 
 NPY_TO_TORCH = """
@@ -441,6 +447,8 @@ def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, 
         "caffe2safetensors": i.caffemodel,
         "npy2safetensors": i.npy,
         "npy2pt": i.npy,
+        "caffe2npz": i.caffemodel,
+        "npy2npz": i.npy,
     }[route]
     caffe = (i.caffemodel, "--prototxt", i.prototxt)
     ours = {
@@ -460,6 +468,8 @@ def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, 
         "npy2pt": weightconv(
             "npy2pt", i.npy, "-o", out / "wc.pt", "-q", "--torch-dense-input", f"fc6={i.fc6_input}"
         ),
+        "caffe2npz": weightconv("caffe2npz", *caffe, "-o", out / "wc.npz", "-q"),
+        "npy2npz": weightconv("npy2npz", i.npy, "-o", out / "wc.npz", "-q"),
     }[route]
     cases = [
         Case("weightconv", f"weightconv {route}", ours),
@@ -471,7 +481,7 @@ def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, 
     first = shlex.join(weightconv("caffe2npy", *caffe, "-o", two_step, "-q"))
     to_ckpt = shlex.join(weightconv("npy2ckpt", two_step, "-o", out / "two.ckpt", "-q"))
     to_h5 = shlex.join(weightconv("npy2h5", two_step, "-o", out / "two.weights.h5", "-q"))
-    naive = ("caffe2npy", "caffe2pt", "caffe2safetensors")
+    naive = ("caffe2npy", "caffe2pt", "caffe2safetensors", "caffe2npz")
     if route in naive and i.caffemodel.stat().st_size >= PROTOBUF_LIMIT:
         return source, cases  # protobuf refuses to parse a message this large: no anchor
     anchor = {
@@ -501,6 +511,11 @@ def route_cases(route: str, i: Inputs, out: Path, anchors: bool) -> tuple[Path, 
             "np.load + transposes + torch.save",
             python(NPY_TO_TORCH, i.npy, out / "np.pt", i.fc6_input),
         ),
+        "caffe2npz": (
+            "naive protobuf + np.savez",
+            python(NAIVE_PROTOBUF_TO, i.caffemodel, out / "naive.npz", "npz"),
+        ),
+        "npy2npz": ("np.load + np.savez", python(NPY_TO_SAFETENSORS, i.npy, out / "np.npz")),
         "inspect": (
             "TF inspect_checkpoint",
             [
@@ -549,7 +564,8 @@ ANCHORS = (
     "`safetensors.numpy.save_file`; npy2safetensors, `np.load` + `save_file` of the flat "
     "dict (our default for a .npy source is the same tf layout, no transform); npy2pt, `np.load`, "
     "the same transposes in NumPy (conv HWIO -> OIHW, dense (in, out) -> (out, in), fc6's "
-    "inputs H,W,C -> C,H,W) and `torch.save`. The .h5 outputs "
+    "inputs H,W,C -> C,H,W) and `torch.save`; caffe2npz, the naive protobuf parse + `np.savez` "
+    "(no transposes); npy2npz, `np.load` + `np.savez` of the flat dict. The .h5 outputs "
     "are Keras 3 `.weights.h5` files; the h52npy input is `npy2h5`'s default `.h5` (Keras 2 "
     "layout)."
 )
@@ -748,6 +764,7 @@ def main() -> int:
             "caffe2npy",
             "caffe2pt",
             "caffe2safetensors",
+            "caffe2npz",
         }:
             title += (
                 " The naive protobuf anchors have no time at this scale: protobuf refuses to "

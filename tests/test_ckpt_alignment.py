@@ -1,7 +1,7 @@
-"""Checksums from files and across threads; large tensors copied into a checkpoint or a .npy
-placed where the kernel copies them fastest (`regions.copy_gap`: their input's offset within
-a page, in the first page of a 64 KiB block), which TensorFlow, np.load and pickle read as
-they read any file."""
+"""Checksums from files and across threads; large tensors copied into a checkpoint, a .npy or
+an .npz placed where the kernel copies them fastest (`regions.copy_gap`: their input's offset
+within a page, in the first page of a 64 KiB block), which TensorFlow, np.load, pickle and
+zipfile read as they read any file."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import mmap
 import os
 import pickle
 import pickletools
+import zipfile
 
 import google_crc32c
 import numpy as np
@@ -112,9 +113,10 @@ def test_a_size_limit_gets_no_padding(tmp_path):
     assert os.path.getsize(data) == expected
 
 
-def test_a_tensor_copied_while_its_check_runs_is_refused_when_corrupt(tmp_path):
-    """ckpt -> .npy copies each tensor by the kernel while its CRC is summed from the file:
-    a flipped byte fails the conversion and leaves no output."""
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_tensor_copied_while_its_check_runs_is_refused_when_corrupt(tmp_path, suffix):
+    """ckpt -> .npy or .npz copies each tensor by the kernel while its CRC is summed from the
+    file: a flipped byte fails the conversion and leaves no output."""
     source, weights = _npy_with_a_large_tensor(tmp_path)
     prefix = tmp_path / "m.ckpt"
     weightconv.convert(source, prefix)
@@ -125,13 +127,32 @@ def test_a_tensor_copied_while_its_check_runs_is_refused_when_corrupt(tmp_path):
     data.write_bytes(raw)
     ws = weightconv.load(prefix)
     assert isinstance(ws["big"].tensors["weights"], CheckedTensor)
-    out = tmp_path / "out.npy"
+    out = tmp_path / f"out{suffix}"
     with pytest.raises(weightconv.FormatError, match=r"'big/weights': checksum mismatch"):
         weightconv.convert(prefix, out)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["m.npy", "m.ckpt.index", "m.ckpt.data-00000-of-00001", "checkpoint"]
     )
+
+
+@pytest.mark.parametrize("source_format", ["npy", "ckpt"])
+def test_a_large_tensor_copied_into_an_npz_is_placed_and_zipfile_checks_it(tmp_path, source_format):
+    source, weights = _npy_with_a_large_tensor(tmp_path)
+    if source_format == "ckpt":
+        weightconv.convert(source, tmp_path / "c" / "m.ckpt")
+        source = tmp_path / "c" / "m.ckpt.data-00000-of-00001"
+        read_from = tmp_path / "c" / "m.ckpt"
+    else:
+        read_from = source
+    out = tmp_path / "out.npz"
+    weightconv.convert(read_from, out)
+    assert _offset(source, weights) % mmap.PAGESIZE != 0  # else the test shows less
+    assert _placed(_offset(out, weights), _offset(source, weights))
+    with zipfile.ZipFile(out) as archive:
+        assert archive.testzip() is None  # every member's CRC-32 as stored
+    with np.load(out, allow_pickle=False) as back:
+        assert back["big/weights"].tobytes() == weights.tobytes()
 
 
 def test_padding_is_any_length_and_leaves_the_unpickler_as_it_was():

@@ -11,7 +11,7 @@ import pytest
 
 import weightconv
 from weightconv import cli
-from weightconv.errors import FormatError
+from weightconv.errors import FormatError, MappingError
 from weightconv.formats import detect
 from weightconv.model import CANONICAL, Kind, Layer, WeightSet
 
@@ -57,6 +57,47 @@ def test_numpy_reads_what_we_write(tmp_path):
     for name, array in arrays.items():
         assert back[name].dtype == array.dtype and np.array_equal(back[name], array)
     assert result.tensors == len(arrays) and result.detail == {"compressed": False}
+
+
+def test_converted_copied_and_streamed_members_all_check(tmp_path):
+    """A Caffe kernel made in place in the archive, arrays copied from a mapped .npy, and
+    arrays in memory (big-endian, Fortran order) written in chunks: zipfile checks every
+    member's CRC-32 and np.load gives the values back, little-endian and in C order."""
+    rng = np.random.default_rng(5)
+    kernel = rng.standard_normal((8, 3, 5, 5), dtype=np.float32)
+    dense = np.asfortranarray(rng.standard_normal((6, 4)))
+    big_endian = np.arange(5, dtype=">i4")
+    weights = WeightSet(
+        layers=[
+            Layer("conv", Kind.CONV, {"weights": kernel}, layout="caffe"),
+            Layer("fc", Kind.DENSE, {"weights": dense, "biases": big_endian}),
+        ]
+    )
+    weightconv.save(weights, tmp_path / "made.npz")
+    np.save(tmp_path / "m.npy", {"fc": [dense, big_endian.astype("<i4")]}, allow_pickle=True)
+    weightconv.convert(tmp_path / "m.npy", tmp_path / "copied.npz")
+    for name in ("made.npz", "copied.npz"):
+        with zipfile.ZipFile(tmp_path / name) as archive:
+            assert archive.testzip() is None
+            assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
+        with np.load(tmp_path / name, allow_pickle=False) as back:
+            assert (
+                np.array_equal(back["fc/weights"], dense) and back["fc/weights"].flags.c_contiguous
+            )
+            assert back["fc/biases"].dtype == np.dtype("<i4")
+            assert np.array_equal(back["fc/biases"], big_endian)
+    with np.load(tmp_path / "made.npz") as back:
+        assert np.array_equal(back["conv/weights"], kernel.transpose(2, 3, 1, 0))
+
+
+def test_np_savez_keywords_are_names_only_when_not_compressed(tmp_path):
+    weights = WeightSet(layers=[Layer("file", tensors={"value": np.ones(3, np.float32)})])
+    weightconv.save(weights, tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as back:
+        assert list(back) == ["file"] and np.array_equal(back["file"], np.ones(3))
+    with pytest.raises(MappingError, match=r"'file' cannot be stored by np\.savez_compressed"):
+        weightconv.save(weights, tmp_path / "z.npz", compressed=True)
+    assert not (tmp_path / "z.npz").exists()
 
 
 def test_the_compressed_option_deflates(tmp_path):

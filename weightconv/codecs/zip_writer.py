@@ -6,7 +6,8 @@ sizes when a member reaches 4 GiB, then padding that puts the data on a multiple
 alignment, under PyTorch's id ``FB``), the data; at the end one central directory entry per
 member, the ZIP64 end records when an offset, a size or the count overflows, and the end of
 central directory record. A member's CRC-32 is written into its local header once known, so
-the bytes may come from anywhere: a `write`, or the kernel copying a file region into place.
+the bytes may come from anywhere: a `write`, the kernel copying a file region into place
+(`array_member`), or a converter filling the mapped output (`filled_member`).
 
 Example::
 
@@ -23,9 +24,15 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
+import numpy as np
+
+from weightconv._util.files import chunks
+from weightconv._util.memory import release_pages
+from weightconv._util.regions import copy_gap, copy_while, file_region, region_at_handle
 from weightconv.codecs.file_pieces import pieces
 
 #: Sizes, offsets and counts from these on are given in the ZIP64 fields.
@@ -38,6 +45,10 @@ _DOS_DATE, _DOS_TIME = (0 << 9) | (1 << 5) | 1, 0
 _PADDING_ID = 0x4246  # "FB": PyTorch's alignment padding
 _ZIP64_ID = 0x0001
 _LOCAL, _CENTRAL = 0x04034B50, 0x02014B50
+#: Most bytes an extra field holds.
+_EXTRA_LIMIT = 0xFFFF
+#: Bytes per write when a member's array is streamed.
+CHUNK_BYTES = 16 << 20
 _END, _END64, _LOCATOR64 = 0x06054B50, 0x06064B50, 0x07064B50
 
 
@@ -59,9 +70,11 @@ class StoredZipWriter:
         self.members: list[_Member] = []
         self._open: _Member | None = None
 
-    def begin(self, name: str, nbytes: int) -> int:
+    def begin(self, name: str, nbytes: int, gap: Callable[[int], int] | None = None) -> int:
         """Write member `name`'s local header; the offset in the file where its `nbytes` of
-        data go, aligned. The caller puts them there and calls `end` with their CRC-32."""
+        data go, aligned. The caller puts them there and calls `end` with their CRC-32.
+        `gap`, given where the data would start, says how many more bytes to leave before
+        them (a multiple of the alignment; left out when the extra field cannot hold it)."""
         if self._open is not None:
             raise ValueError(f"zip member {self._open.name!r} is not ended")
         encoded = name.encode("utf-8")
@@ -70,6 +83,9 @@ class StoredZipWriter:
         sizes = struct.pack("<HHQQ", _ZIP64_ID, 16, nbytes, nbytes) if zip64 else b""
         fixed = 30 + len(encoded) + len(sizes) + 4
         pad = -(offset + fixed) % self.alignment
+        more = gap(offset + fixed + pad) if gap is not None else 0
+        if more % self.alignment == 0 and len(sizes) + 4 + pad + more <= _EXTRA_LIMIT:
+            pad += more
         extra = sizes + struct.pack("<HH", _PADDING_ID, pad) + b"Z" * pad
         stated = _FULL32 if zip64 else nbytes
         self.handle.write(
@@ -143,13 +159,89 @@ class StoredZipWriter:
         )
 
 
-def crc32_of_file(fd: int, offset: int, nbytes: int) -> int:
+def crc32_of_file(fd: int, offset: int, nbytes: int, crc: int = 0) -> int:
     """CRC-32 of `nbytes` of the file `fd` from `offset`, read through a small buffer (zlib
-    lets the GIL go, so this runs beside a kernel copy of the same bytes)."""
-    crc = 0
+    lets the GIL go, so this runs beside a kernel copy of the same bytes); `crc` is that of
+    the bytes before them."""
     for piece in pieces(fd, offset, nbytes):
         crc = zlib.crc32(piece, crc)
     return crc
+
+
+def array_member(
+    archive: StoredZipWriter,
+    name: str,
+    array: np.ndarray,
+    *,
+    head: bytes = b"",
+    check: Callable[[], None] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> None:
+    """Member `name`: `head`, then `array`'s bytes in C order, little-endian. A view of a
+    mapped input is copied by the kernel, placed where it copies fastest, while its CRC-32
+    is summed from the same file; any other array is written in chunks. `check`, which
+    raises if the input's bytes are not what it recorded, runs alongside the copy, or
+    before anything is written."""
+    handle = archive.handle
+    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    region = file_region(array) if array.dtype == dtype else None
+    place = None
+    if region is not None:
+        source = region[1]
+
+        def place(position: int) -> int:
+            return copy_gap(source, position + len(head), array.nbytes)
+
+    archive.begin(name, len(head) + array.nbytes, place)
+    handle.write(head)
+    crc = zlib.crc32(head)
+    if region is not None:
+
+        def alongside() -> int:
+            if check is not None:
+                check()
+            return crc32_of_file(*region, array.nbytes, crc)
+
+        handle.flush()
+        copied, summed = copy_while(array, handle.fileno(), handle.tell(), alongside, advance)
+        if copied:
+            archive.end(summed)
+            return
+        check = None  # it ran alongside
+    if check is not None:
+        check()
+    for chunk in chunks(array, CHUNK_BYTES):
+        data = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8)
+        handle.write(data.data)
+        crc = zlib.crc32(data.data, crc)
+        if advance is not None:
+            advance(data.nbytes)
+        del data  # before the next chunk is made, so only one is alive
+        release_pages(chunk)  # a mapped input's pages, once written, need not stay resident
+    archive.end(crc)
+
+
+def filled_member(
+    archive: StoredZipWriter,
+    name: str,
+    shape: Sequence[int],
+    dtype: np.dtype[Any],
+    fill: Callable[[np.ndarray], None],
+    *,
+    head: bytes = b"",
+) -> None:
+    """Member `name`: `head`, then an array of `shape` and `dtype` that `fill` makes right in
+    the mapped output file (no intermediate array, no copy through write())."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    archive.begin(name, len(head) + nbytes)
+    archive.handle.write(head)
+    crc = zlib.crc32(head)
+    if nbytes:
+        with region_at_handle(archive.handle, nbytes) as region:
+            fill(region.view(dtype).reshape(shape))
+            crc = zlib.crc32(region.data, crc)
+            del region  # no view may outlive the block, or the mapping cannot close
+    archive.end(crc)
 
 
 def _central_entry(member: _Member) -> bytes:

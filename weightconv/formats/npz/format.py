@@ -4,8 +4,10 @@ An ``.npz`` is a zip of ``.npy`` members named ``<key>.npy``; a key ``conv1/weig
 ``conv1``, role ``weights``, in the canonical (TensorFlow) layout, as in a flat ``.npy`` weight
 dict. Reading lists each member's shape and dtype from its ``.npy`` header and loads the values
 with ``np.load(..., allow_pickle=False)`` when they are asked for, so a pickled member is
-refused, never run. Writing goes through ``np.savez`` (``np.savez_compressed`` with
-`compressed`), one array converted at a time as it writes them.
+refused, never run. Writing lays out stored members one tensor at a time, each a ``.npy``
+file: a tensor that is a view of a mapped input is copied by the kernel, a converted one is
+made in place in the output (`weightconv.codecs.zip_writer`); with `compressed` it goes
+through ``np.savez_compressed``, one array converted at a time as it asks for them.
 
 Example::
 
@@ -15,8 +17,10 @@ Example::
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,13 @@ from numpy.lib import format as npformat
 from weightconv._util.files import atomic_output
 from weightconv._util.progress import Progress
 from weightconv.codecs import zipped
+from weightconv.codecs.zip_writer import StoredZipWriter, array_member, filled_member
 from weightconv.errors import FormatError, MappingError, UsageError
 from weightconv.formats.base import WriteResult
 from weightconv.model import (
     CANONICAL,
+    CheckedTensor,
+    FilledTensor,
     Kind,
     Layer,
     LazyTensor,
@@ -39,12 +46,13 @@ from weightconv.model import (
     WeightSet,
     split_tensor_name,
 )
-from weightconv.model.canonical import canonical_shapes, to_canonical
+from weightconv.model.canonical import canonical_layers, canonical_shapes, to_canonical
 
 ZIP_MAGIC = b"PK\x03\x04"
-#: np.savez's own keywords, which no array can be named.
+#: np.savez_compressed's own keywords, which no array given it can be named.
 _RESERVED = ("file", "allow_pickle")
 _HEADER_LIMIT = 1 << 20
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -142,9 +150,146 @@ def _one_line(exc: BaseException) -> str:
 # Writing ---------------------------------------------------------------------------------------
 
 
+def write(
+    weights: WeightSet,
+    path: str | os.PathLike[str],
+    *,
+    compressed: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> WriteResult:
+    """Write `weights` in the canonical layout as ``{layer/role: array}``, an archive
+    ``np.load`` reads back: stored members written one tensor at a time (copied by the
+    kernel from a mapped input, or converted in place in the file), or, with `compressed`,
+    through ``np.savez_compressed``."""
+    where = os.fspath(path)
+    if compressed:
+        return _write_compressed(weights, where, force, progress)
+    advance = progress.advance if progress is not None else None
+    counts = {"layers": 0, "parameters": 0}
+    names: set[str] = set()
+    skipped: list[str] = []
+    widened: list[str] = []
+    notes: list[str] = []
+    with atomic_output(path, force, notes=notes) as handle:
+        archive = StoredZipWriter(handle, alignment=1)
+        for layer in canonical_layers(weights):
+            counts["layers"] += 1
+            for role, tensor in layer.tensors.items():
+                key = layer.tensor_name(role)
+                dtype = np.dtype(tensor.dtype)
+                if _numbers(dtype, key, where, skipped):
+                    if key in names:
+                        raise MappingError(f"{where}: two tensors are named {key!r}")
+                    names.add(key)
+                    if dtype == _BFLOAT16:
+                        widened.append(key)
+                    _member(archive, f"{key}.npy", tensor, advance)
+                    counts["parameters"] += int(np.prod(tensor.shape, dtype=np.int64))
+        if not names:
+            raise UsageError(f"{where}: nothing to write: no layer holds numeric tensors")
+        archive.finish()
+        size = handle.tell()
+    return _result(counts, len(names), size, where, skipped, notes, widened, compressed)
+
+
+def _numbers(dtype: np.dtype[Any], key: str, where: str, skipped: list[str]) -> bool:
+    """Whether the tensor `key` is written: strings and objects are skipped (and listed);
+    dtypes NumPy lacks are refused, bfloat16 excepted (widened to float32)."""
+    if dtype.hasobject or dtype.kind in "SU":
+        skipped.append(f"{key} (not numbers)")
+        return False
+    if dtype.isbuiltin == 2 and dtype != _BFLOAT16:
+        raise FormatError(
+            f"{where}: tensor {key!r} has dtype {dtype}, which NumPy has no dtype "
+            f"for (np.load could not read it back); an .npz holds NumPy's numeric "
+            f"dtypes, and bfloat16 widened to float32"
+        )
+    return True
+
+
+def _member(
+    archive: StoredZipWriter, name: str, tensor: Tensor, advance: Callable[[int], None] | None
+) -> None:
+    """One tensor as the ``.npy`` file `name`: its header, then its values."""
+    if isinstance(tensor, FilledTensor) and tensor.dtype != _BFLOAT16:
+        dtype = np.dtype(tensor.dtype).newbyteorder("<")
+        head = _npy_header(tensor.shape, dtype)
+        filled_member(archive, name, tensor.shape, dtype, tensor.fill, head=head)
+        if advance is not None:
+            advance(len(head) + int(np.prod(tensor.shape, dtype=np.int64)) * dtype.itemsize)
+        return
+    deferred = tensor.deferred() if isinstance(tensor, CheckedTensor) else None
+    array, check = deferred if deferred is not None else (np.asarray(tensor), None)
+    if array.dtype == _BFLOAT16:  # NumPy has no bfloat16: np.load would give raw bytes back
+        if check is not None:
+            check()
+            check = None
+        array = array.astype(np.float32)  # exact: every bfloat16 is a float32
+    head = _npy_header(array.shape, array.dtype.newbyteorder("<"))
+    array_member(archive, name, array, head=head, check=check, advance=advance)
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:
+    """The ``.npy`` magic and header of a C-order array, in the version ``np.save`` picks."""
+    described = {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    header = io.BytesIO()
+    try:
+        npformat.write_array_header_1_0(header, described)
+    except ValueError:  # too long for a 2-byte length
+        header = io.BytesIO()
+        npformat.write_array_header_2_0(header, described)
+    return header.getvalue()
+
+
+def _result(
+    counts: dict[str, int],
+    tensors: int,
+    size: int,
+    where: str,
+    skipped: list[str],
+    notes: list[str],
+    widened: list[str],
+    compressed: bool,
+) -> WriteResult:
+    if widened:
+        notes.append(
+            f"bfloat16 tensors written as float32 (exactly; NumPy has no bfloat16): "
+            f"{', '.join(widened[:8])}"
+        )
+    return WriteResult(
+        layers=counts["layers"],
+        tensors=tensors,
+        parameters=counts["parameters"],
+        bytes=size,
+        files=[where],
+        skipped=skipped,
+        notes=notes,
+        detail={"compressed": compressed},
+    )
+
+
+def _write_compressed(
+    weights: WeightSet, where: str, force: bool, progress: Progress | None
+) -> WriteResult:
+    converted = _Converted(weights, progress)
+    arrays = converted.plan(where)
+    if not arrays:
+        raise UsageError(f"{where}: nothing to write: no layer holds numeric tensors")
+    notes: list[str] = []
+    with atomic_output(where, force, notes=notes) as handle:
+        np.savez_compressed(handle, allow_pickle=False, **arrays)
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+    counts = {"layers": converted.layers, "parameters": converted.parameters}
+    return _result(
+        counts, len(arrays), size, where, converted.skipped, notes, converted.widened, True
+    )
+
+
 class _Converted:
-    """Canonical arrays by full tensor name, each converted when np.savez asks for it; only the
-    source layer last converted is kept, so memory stays near one layer."""
+    """Canonical arrays by full tensor name, each converted when np.savez_compressed asks for
+    it; only the source layer last converted is kept, so memory stays near one layer."""
 
     def __init__(self, weights: WeightSet, progress: Progress | None) -> None:
         self.weights = weights
@@ -161,21 +306,15 @@ class _Converted:
             self.layers += 1
             for role, (shape, dtype) in canonical_shapes(layer).items():
                 key = layer.tensor_name(role)
-                if dtype.hasobject or dtype.kind in "SU":
-                    self.skipped.append(f"{key} (not numbers)")
+                if not _numbers(dtype, key, where, self.skipped):
                     continue
-                if dtype.isbuiltin == 2 and dtype != np.dtype(ml_dtypes.bfloat16):
-                    raise FormatError(
-                        f"{where}: tensor {key!r} has dtype {dtype}, which NumPy has no dtype "
-                        f"for (np.load could not read it back); an .npz holds NumPy's numeric "
-                        f"dtypes, and bfloat16 widened to float32"
-                    )
                 if key in arrays:
                     raise MappingError(f"{where}: two tensors are named {key!r}")
                 if key in _RESERVED:
                     raise MappingError(
-                        f"{where}: a tensor named {key!r} cannot be stored by np.savez "
-                        f"(the name of one of its arguments); rename it with a map file"
+                        f"{where}: a tensor named {key!r} cannot be stored by "
+                        f"np.savez_compressed (the name of one of its arguments); rename it "
+                        f"with a map file, or write the archive uncompressed"
                     )
                 arrays[key] = self._deferred(layer, role, key, shape, dtype)
                 self.parameters += int(np.prod(shape, dtype=np.int64))
@@ -192,7 +331,7 @@ class _Converted:
     def _deferred(
         self, layer: Layer, role: str, key: str, shape: tuple[int, ...], dtype: np.dtype[Any]
     ) -> LazyTensor:
-        bfloat = dtype == np.dtype(ml_dtypes.bfloat16)
+        bfloat = dtype == _BFLOAT16
         if bfloat:
             self.widened.append(key)
 
@@ -205,41 +344,3 @@ class _Converted:
             return array
 
         return LazyTensor(shape, np.float32 if bfloat else dtype, load)
-
-
-def write(
-    weights: WeightSet,
-    path: str | os.PathLike[str],
-    *,
-    compressed: bool = False,
-    force: bool = False,
-    progress: Progress | None = None,
-) -> WriteResult:
-    """Write `weights` in the canonical layout as ``{layer/role: array}`` with ``np.savez``
-    (``np.savez_compressed`` when `compressed`); ``np.load`` reads it back."""
-    where = os.fspath(path)
-    converted = _Converted(weights, progress)
-    arrays = converted.plan(where)
-    if not arrays:
-        raise UsageError(f"{where}: nothing to write: no layer holds numeric tensors")
-    notes: list[str] = []
-    save = np.savez_compressed if compressed else np.savez
-    with atomic_output(path, force, notes=notes) as handle:
-        save(handle, allow_pickle=False, **arrays)
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-    if converted.widened:
-        notes.append(
-            f"bfloat16 tensors written as float32 (exactly; NumPy has no bfloat16): "
-            f"{', '.join(converted.widened[:8])}"
-        )
-    return WriteResult(
-        layers=converted.layers,
-        tensors=len(arrays),
-        parameters=converted.parameters,
-        bytes=size,
-        files=[where],
-        skipped=converted.skipped,
-        notes=notes,
-        detail={"compressed": compressed},
-    )

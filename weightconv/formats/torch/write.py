@@ -15,18 +15,15 @@ from __future__ import annotations
 import os
 import pickle
 import pickletools
-import zlib
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 
-from weightconv._util.files import atomic_output, chunks
-from weightconv._util.memory import release_pages
+from weightconv._util.files import atomic_output
 from weightconv._util.progress import Progress
-from weightconv._util.regions import copy_while, file_region
-from weightconv.codecs.zip_writer import StoredZipWriter, crc32_of_file
+from weightconv.codecs.zip_writer import StoredZipWriter, array_member
 from weightconv.errors import FormatError, UsageError
 from weightconv.formats.base import WriteResult
 from weightconv.formats.torch.names import torch_layers
@@ -36,7 +33,6 @@ from weightconv.model.caffe_layout import steps
 
 ARCHIVE = "archive"
 ALIGNMENT = 64
-CHUNK_BYTES = 16 << 20
 #: Written as ``version``: the zip format torch.save writes since 1.6.
 FORMAT_VERSION = b"3\n"
 #: dtype name -> the storage class torch pickles it with.
@@ -104,7 +100,7 @@ def write(
                         key = slots[key].name
                     storage = _storage_class(array, where, key)
                     index = len(entries)
-                    _member(archive, handle, f"{ARCHIVE}/data/{index}", array, progress)
+                    _member(archive, f"{ARCHIVE}/data/{index}", array, progress)
                     entries.append((key, storage, int(array.size), tuple(array.shape)))
                     counts["tensors"] += 1
                     counts["parameters"] += int(array.size)
@@ -114,7 +110,7 @@ def write(
         for slot in carried:  # not in our weights: the template's own value
             array = np.asarray(slot.value)
             storage = _storage_class(array, where, slot.name)
-            _member(archive, handle, f"{ARCHIVE}/data/{len(entries)}", array, progress)
+            _member(archive, f"{ARCHIVE}/data/{len(entries)}", array, progress)
             entries.append((slot.name, storage, int(array.size), tuple(array.shape)))
             counts["tensors"] += 1
         if not entries:
@@ -151,36 +147,9 @@ def _storage_class(array: np.ndarray, where: str, key: str) -> str:
 
 
 def _member(
-    archive: StoredZipWriter,
-    handle: IO[bytes],
-    name: str,
-    array: np.ndarray,
-    progress: Progress | None,
+    archive: StoredZipWriter, name: str, array: np.ndarray, progress: Progress | None
 ) -> None:
-    """One storage's bytes as a stored member: copied by the kernel from a mapped input while
-    its CRC-32 is summed from the same file, or written in chunks."""
-    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-    start = archive.begin(name, array.nbytes)
-    advance = progress.advance if progress is not None else None
-    region = file_region(array) if array.dtype == dtype else None
-    if region is not None:
-        handle.flush()
-        copied, crc = copy_while(
-            array, handle.fileno(), start, lambda: crc32_of_file(*region, array.nbytes), advance
-        )
-        if copied:
-            archive.end(crc)
-            return
-    crc = 0
-    for chunk in chunks(array, CHUNK_BYTES):
-        data = np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8)
-        handle.write(data.data)
-        crc = zlib.crc32(data.data, crc)
-        if advance is not None:
-            advance(data.nbytes)
-        del data
-        release_pages(chunk)
-    archive.end(crc)
+    array_member(archive, name, array, advance=progress.advance if progress is not None else None)
 
 
 def _pickle(entries: list[tuple[str, str, int, tuple[int, ...]]]) -> bytes:
