@@ -347,3 +347,31 @@ def test_only_the_verb_being_run_is_built():
     assert list(subparsers.choices) == ["inspect"]
     everything = next(a for a in build_parser(None)._actions if a.dest == "verb")
     assert {"inspect", "caffe2npy", "convert", "verify"} <= set(everything.choices)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["npy2ckpt", "m.npy", "-o", "a.ckpt", "--output", "b.ckpt"],
+        ["onnx2npy", "m.onnx", "--dense-input", "fc6=1,2,2", "--dense-input", "fc7=4"],
+        ["inspect", "m.npy", "--from", "npy", "--from", "ckpt"],
+        ["caffe2npy", "m.caffemodel", "--names", "tf1", "--names", "keep"],
+    ],
+    ids=["output", "format option", "input format", "mapping option"],
+)
+def test_a_flag_given_twice_is_refused_not_overridden(capsys, argv):
+    """argparse keeps the last of a flag given twice and drops the first without a word."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "given twice; it takes one value" in err and err.count("\n") <= 2
+    several = "--dense-input" in argv
+    assert ("several joined by commas" in err) == several
+
+
+def test_flags_that_add_up_may_be_given_again(tmp_path):
+    one = [np.ones(2, np.float32)]
+    np.save(tmp_path / "m.npy", {"a": one, "b": one, "c": one}, allow_pickle=True)
+    out = tmp_path / "o.npy"
+    argv = ["convert", str(tmp_path / "m.npy"), str(out), "--skip", "a", "--skip", "c", "-q"]
+    assert main(argv) == 0
+    assert list(np.load(out, allow_pickle=True).item()) == ["b"]

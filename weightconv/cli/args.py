@@ -34,10 +34,38 @@ _FLAG_OF = {
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line and a hint, exit code 2."""
+    """An ArgumentParser whose usage errors are one line and a hint, exit code 2, and whose
+    flags that take one value refuse a second (argparse keeps the last without a word)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+        self.given: set[str] = set()
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        self.given = set()
+        return super().parse_known_args(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise CommandLineError(self.prog, message)
+
+
+class _StoreOnce(argparse._StoreAction):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given = getattr(parser, "given", None)
+        if option_string is not None and given is not None:
+            if self.dest in given:
+                several = ", several joined by commas" if "=" in str(self.metavar or "") else ""
+                raise argparse.ArgumentError(self, f"given twice; it takes one value{several}")
+            given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
 
 
 class Verbs:
