@@ -131,6 +131,30 @@ def test_bfloat16_is_written_as_float32_and_says_so(tmp_path):
     assert any("bfloat16" in note for note in result.notes)
 
 
+@pytest.mark.parametrize("use", ["load", "copy"])
+def test_a_stored_member_is_a_view_checked_against_its_crc(tmp_path, use):
+    """A stored member's values are a view of the mapped archive; a flipped byte in them is
+    refused by its CRC-32 when they are read, and when a conversion copies them file to file
+    (the check runs alongside), leaving no output."""
+    weights = np.arange(300_000, dtype=np.float32).reshape(600, 500)
+    path = tmp_path / "m.npz"
+    np.savez(path, **{"fc/weights": weights, "fc/biases": np.ones(500, np.float32)})
+    view = np.asarray(weightconv.load(path)["fc"].tensors["weights"])
+    assert not view.flags.writeable and view.base is not None
+    assert np.array_equal(view, weights)
+    del view
+    raw = bytearray(path.read_bytes())
+    raw[raw.find(weights.tobytes()) + 1000] ^= 0x01
+    path.write_bytes(raw)
+    out = tmp_path / "out.npy"
+    with pytest.raises(FormatError, match=r"fc/weights\.npy: CRC-32 [0-9a-f]{8} of its data"):
+        if use == "load":
+            np.asarray(weightconv.load(path)["fc"].tensors["weights"])
+        else:
+            weightconv.convert(path, out)
+    assert not out.exists()
+
+
 def test_a_pickled_member_is_refused(tmp_path):
     path = tmp_path / "objects.npz"
     np.savez(path, w=np.ones(3), names=np.array(["a", None], dtype=object))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 
 import weightconv
@@ -151,18 +152,84 @@ def test_h5_outputs_are_filled_after_hdf5_closes_and_equal_the_npy(files, tmp_pa
             assert np.array_equal(np.asarray(back[name].tensors["biases"]), arrays[1]), name
 
 
-def test_a_large_dense_layer_back_to_torch_layout_holds_about_one_tensor(tmp_path):
-    """fc6 of VGG16 at half width, 103 MB: reordered H,W,C -> C,H,W and transposed for a .pt,
-    the conversion adds one tensor, not the two (or the whole mapped input) it once did."""
+#: fc6 of VGG16 at half width, 103 MB, and the input it reads: large enough that a route
+#: holding one copy too many, or the mapped input, shows over `SLACK`.
+FC6_INPUT = [256, 7, 7]
+
+
+@pytest.fixture(scope="module")
+def fc6(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fc6")
     rng = np.random.default_rng(1)
     weights = rng.standard_normal((256 * 7 * 7, 2048), dtype=np.float32)
-    source = tmp_path / "fc6.npy"
+    source = folder / "fc6.npy"
     weightconv.save_dict({"fc6/weights": weights, "fc6/biases": np.zeros(2048, np.float32)}, source)
+    weightconv.convert(source, folder / "fc6.safetensors")
+    weightconv.convert(source, folder / "fc6.npz")
+    weightconv.convert(source, folder / "fc6.pt", torch_dense_inputs={"fc6": FC6_INPUT})
+    _onnx_gemm(folder / "fc6.onnx", weights.reshape(7, 7, 256, 2048).transpose(3, 2, 0, 1))
+    return folder, weights
+
+
+def _onnx_gemm(path: Path, kernel: np.ndarray) -> None:
+    """A model of one Gemm over a (1, C, H, W) input flattened, its (out, C*H*W) kernel held
+    inline (raw_data), as torch.onnx.export writes a model under 2 GB."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = kernel.shape[0]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["x"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "fc6.weight", "fc6.bias"], ["y"], transB=1),
+        ],
+        "fc6",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *kernel.shape[1:]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out])],
+        initializer=[
+            numpy_helper.from_array(np.ascontiguousarray(kernel.reshape(out, -1)), "fc6.weight"),
+            numpy_helper.from_array(np.zeros(out, np.float32), "fc6.bias"),
+        ],
+    )
+    onnx.save(helper.make_model(graph), str(path))
+
+
+#: (source, target, options, what the route may add beyond SLACK: a reordered tensor or
+#: nothing, the bytes being copied file to file).
+LARGE_ROUTES = [
+    # The canonical layout to PyTorch's: H,W,C -> C,H,W and transposed.
+    ("fc6.npy", "out.pt", {"torch_dense_inputs": {"fc6": FC6_INPUT}}, 1),
+    ("fc6.npz", "out.pt", {"torch_dense_inputs": {"fc6": FC6_INPUT}}, 1),
+    # PyTorch's layout to the canonical one, from storages checked against their CRC-32.
+    ("fc6.pt", "out.npy", {"dense_inputs": {"fc6": FC6_INPUT}}, 1),
+    # Nothing to reorder: the tensor's bytes are copied, never held.
+    ("fc6.safetensors", "out.npy", {}, 0),
+    ("fc6.safetensors", "out.weights.h5", {}, 0),
+    ("fc6.npz", "out.npy", {}, 0),
+    ("fc6.npz", "o/out.ckpt", {}, 0),
+    # ONNX initializers held inline: parsed without them, each a view of the mapped model.
+    ("fc6.onnx", "out.npy", {"dense_inputs": {"fc6": FC6_INPUT}}, 1),
+    ("fc6.onnx", "out.safetensors", {}, 0),
+]
+
+
+@pytest.mark.parametrize(("source", "target", "options", "tensors"), LARGE_ROUTES)
+def test_a_large_tensor_is_held_at_most_once(fc6, tmp_path, source, target, options, tensors):
+    """What a route adds for a 103 MB fc6: one tensor where it reorders it, none where it
+    copies it; once it added two (a copy read from the file and the reordered one), or the
+    whole mapped input."""
+    folder, weights = fc6
     baseline = _peak("import")
-    options = json.dumps({"torch_dense_inputs": {"fc6": [256, 7, 7]}})
-    peak = _peak("convert", str(source), str(tmp_path / "fc6.pt"), options)
+    peak = _peak("convert", str(folder / source), str(tmp_path / target), json.dumps(options))
     added = peak - baseline
-    assert added <= weights.nbytes + SLACK, f"{added / MiB:.0f} MiB over the imports"
-    loaded = torch.load(tmp_path / "fc6.pt", weights_only=True)["fc6.weight"].numpy()
-    expected = weights.reshape(7, 7, 256, 2048).transpose(3, 2, 0, 1).reshape(2048, -1)
-    np.testing.assert_array_equal(loaded, expected)
+    assert added <= tensors * weights.nbytes + SLACK, f"{added / MiB:.0f} MiB over the imports"
+    torch_layout = weights.reshape(7, 7, 256, 2048).transpose(3, 2, 0, 1).reshape(2048, -1)
+    if target.endswith(".pt"):
+        loaded = torch.load(tmp_path / target, weights_only=True)["fc6.weight"].numpy()
+        np.testing.assert_array_equal(loaded, torch_layout)
+    elif source.endswith(".onnx") and target.endswith(".safetensors"):  # kept in its layout
+        loaded = safetensors.numpy.load_file(tmp_path / target)["fc6.weight"]
+        np.testing.assert_array_equal(loaded, torch_layout)
+    else:
+        back = weightconv.load(tmp_path / target)["fc6"].tensors["weights"]
+        assert np.array_equal(np.asarray(back), weights)

@@ -12,7 +12,8 @@ import pytest
 
 import weightconv
 from weightconv.codecs import zip_writer
-from weightconv.codecs.zip_writer import StoredZipWriter, crc32_of_file
+from weightconv.codecs.zip_writer import StoredZipWriter
+from weightconv.codecs.zipped import crc32_of_file
 from weightconv.testing import synthetic
 
 RNG = np.random.default_rng(5)

@@ -33,7 +33,7 @@ import numpy as np
 from weightconv._util.files import chunks
 from weightconv._util.memory import release_pages
 from weightconv._util.regions import copy_gap, copy_while, file_region, region_at_handle
-from weightconv.codecs.file_pieces import pieces
+from weightconv.codecs.zipped import crc32_of_file
 
 #: Sizes, offsets and counts from these on are given in the ZIP64 fields.
 ZIP64_FROM = 0xFFFFFFFF
@@ -157,15 +157,6 @@ class StoredZipWriter:
                 0,
             )
         )
-
-
-def crc32_of_file(fd: int, offset: int, nbytes: int, crc: int = 0) -> int:
-    """CRC-32 of `nbytes` of the file `fd` from `offset`, read through a small buffer (zlib
-    lets the GIL go, so this runs beside a kernel copy of the same bytes); `crc` is that of
-    the bytes before them."""
-    for piece in pieces(fd, offset, nbytes):
-        crc = zlib.crc32(piece, crc)
-    return crc
 
 
 def array_member(

@@ -149,18 +149,19 @@ def direct_weights(layer: Layer) -> DirectWeights | None:
     file): the conversion without an intermediate copy. None for any other layer, whose
     tensors `to_canonical` converts (only ``weights`` changes for these kinds)."""
     weights = layer.tensors.get("weights")
-    if layer.layout != CAFFE or not isinstance(weights, np.ndarray):
+    if layer.layout != CAFFE or weights is None:
         return None
-    if layer.kind == Kind.CONV and weights.ndim == 4:
+    stored = weights  # an array, or a tensor read only when the fill runs
+    if layer.kind == Kind.CONV and len(stored.shape) == 4:
 
         def fill(into: np.ndarray) -> None:
-            conv_oihw_to_hwio_into(weights, into)
+            conv_oihw_to_hwio_into(np.asarray(stored), into)
 
-    elif layer.kind == Kind.DENSE and weights.ndim == 2:
-        _dense_input(layer, weights.shape[0 if layer.params.get("transpose") else 1])
+    elif layer.kind == Kind.DENSE and len(stored.shape) == 2:
+        _dense_input(layer, stored.shape[0 if layer.params.get("transpose") else 1])
 
         def fill(into: np.ndarray) -> None:
-            _caffe_dense_to_canonical(layer, weights, into)
+            _caffe_dense_to_canonical(layer, np.asarray(stored), into)
 
     else:
         return None

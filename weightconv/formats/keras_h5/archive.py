@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from weightconv._util.hdf5 import check_global_heaps, data_extents, guard, read_attribute
+from weightconv.codecs import zipped
 from weightconv.errors import FormatError, UsageError
 from weightconv.formats.keras_h5.config import (
     ARCHIVE_CONFIG,
@@ -75,26 +76,6 @@ def check_member(info: zipfile.ZipInfo, archive_size: int, limit: int, path: Pat
         raise FormatError(
             f"{where}: declares {info.file_size:,} bytes from {info.compress_size:,} "
             f"compressed, a ratio deflate cannot reach (a zip bomb?)"
-        )
-
-
-def _check_crc(path: Path, offset: int, info: zipfile.ZipInfo) -> None:
-    """The CRC-32 of a stored member read in place, against the central directory's."""
-    crc, left = 0, info.file_size
-    with open(path, "rb") as raw:
-        raw.seek(offset)
-        while left > 0:
-            block = raw.read(min(left, 1 << 22))
-            if not block:
-                raise FormatError(
-                    f"{path}:{info.filename}: truncated: {left:,} of its bytes are missing"
-                )
-            crc = zlib.crc32(block, crc)
-            left -= len(block)
-    if crc != info.CRC:
-        raise FormatError(
-            f"{path}:{info.filename}: CRC-32 {crc:08x} of its data, the archive "
-            f"records {info.CRC:08x}: the member is corrupt"
         )
 
 
@@ -273,7 +254,7 @@ def open_source(path: Path) -> tuple[Source, dict[str, Any] | None]:
                             f"{path}:{ARCHIVE_WEIGHTS}: declares {info.file_size:,} bytes "
                             f"from byte {offset:,}, the archive has {archive_size:,}"
                         )
-                    _check_crc(path, offset, info)
+                    zipped.check_stored_crc(path, offset, info, f"{path}:{info.filename}")
     except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError, zlib.error) as exc:
         raise FormatError(f"{path}: not a readable zip archive ({one_line(exc)})") from None
     return Source(path, ARCHIVE_WEIGHTS, offset, info.file_size), config

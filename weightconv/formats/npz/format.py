@@ -2,9 +2,10 @@
 
 An ``.npz`` is a zip of ``.npy`` members named ``<key>.npy``; a key ``conv1/weights`` is layer
 ``conv1``, role ``weights``, in the canonical (TensorFlow) layout, as in a flat ``.npy`` weight
-dict. Reading lists each member's shape and dtype from its ``.npy`` header and loads the values
-with ``np.load(..., allow_pickle=False)`` when they are asked for, so a pickled member is
-refused, never run. Writing lays out stored members one tensor at a time, each a ``.npy``
+dict. Reading lists each member's shape and dtype from its ``.npy`` header (a pickled member
+is refused, never run); the values, when asked for, are a read-only view of the mapped file for
+a stored member, after its CRC-32 is checked, and ``np.load(..., allow_pickle=False)``'s for a
+deflated one. Writing lays out stored members one tensor at a time, each a ``.npy``
 file: a tensor that is a view of a mapped input is copied by the kernel, a converted one is
 made in place in the output (`weightconv.codecs.zip_writer`); with `compressed` it goes
 through ``np.savez_compressed``, one array converted at a time as it asks for them.
@@ -18,9 +19,12 @@ Example::
 from __future__ import annotations
 
 import io
+import math
+import mmap
 import os
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +32,10 @@ import ml_dtypes
 import numpy as np
 from numpy.lib import format as npformat
 
-from weightconv._util.files import atomic_output
+from weightconv._util.files import atomic_output, open_input
+from weightconv._util.memory import release_pages
 from weightconv._util.progress import Progress
+from weightconv._util.regions import map_input
 from weightconv.codecs import zipped
 from weightconv.codecs.zip_writer import StoredZipWriter, array_member, filled_member
 from weightconv.errors import FormatError, MappingError, UsageError
@@ -64,10 +70,12 @@ def sniff(head: bytes, path: Path) -> bool:
 
 
 def read(path: str | os.PathLike[str]) -> WeightSet:
-    """Read an ``.npz`` archive: its members' shapes and dtypes now, their values on demand."""
+    """Read an ``.npz`` archive: its members' shapes and dtypes now, their values on demand
+    (a stored member's as a view of the mapped file, a deflated one's through ``np.load``)."""
     target = Path(path)
     size = target.stat().st_size if target.is_file() else 0
     tensors: dict[str, dict[str, Tensor]] = {}
+    stored = _StoredMembers(target, size)
     with zipped.open_archive(target) as archive:
         for info in archive.infolist():
             if info.is_dir():
@@ -78,12 +86,17 @@ def read(path: str | os.PathLike[str]) -> WeightSet:
                 )
             zipped.check_sizes(info, size, max(size, 1) * zipped.MAX_DEFLATE_RATIO, str(target))
             key = info.filename[: -len(".npy")]
-            shape, dtype = _header(archive, info, f"{target}:{info.filename}")
+            where = f"{target}:{info.filename}"
+            header = _header(archive, info, where)
             layer, role = split_tensor_name(key)
             roles = tensors.setdefault(layer, {})
             if role in roles:
                 raise FormatError(f"{target}: tensor {key!r} appears twice")
-            roles[role] = LazyTensor(shape, dtype, _loader(target, key, shape, dtype))
+            if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
+                roles[role] = stored.tensor(info, header, where)
+            else:
+                shape, dtype = header.shape, header.dtype
+                roles[role] = LazyTensor(shape, dtype, _loader(target, key, shape, dtype))
     if not tensors:
         raise FormatError(f"{target}: an .npz archive holding no arrays")
     layers = [
@@ -93,20 +106,27 @@ def read(path: str | os.PathLike[str]) -> WeightSet:
     return WeightSet(layers=layers, source=Provenance(path=str(target), format="npz"))
 
 
-def _header(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str
-) -> tuple[tuple[int, ...], np.dtype[Any]]:
+@dataclass(frozen=True)
+class _Header:
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    fortran_order: bool
+    length: int  # of the magic and header, before the array's bytes
+
+
+def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> _Header:
     try:
         with archive.open(info) as member:
             version = npformat.read_magic(member)
             if version == (1, 0):
-                shape, _, dtype = npformat.read_array_header_1_0(
+                shape, fortran, dtype = npformat.read_array_header_1_0(
                     member, max_header_size=_HEADER_LIMIT
                 )
             else:
-                shape, _, dtype = npformat.read_array_header_2_0(
+                shape, fortran, dtype = npformat.read_array_header_2_0(
                     member, max_header_size=_HEADER_LIMIT
                 )
+            length = member.tell()
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError) as exc:
         raise FormatError(f"{where}: not a readable .npy member ({_one_line(exc)})") from None
     if dtype.hasobject:
@@ -114,12 +134,58 @@ def _header(
             f"{where}: holds pickled Python objects, not numbers; refused (allow_pickle=False)"
         )
     count = int(np.prod(shape, dtype=object)) if shape else 1
-    if count * dtype.itemsize > info.file_size:
+    if count * dtype.itemsize > info.file_size - length:
         raise FormatError(
             f"{where}: declares {list(shape)} of {dtype} ({count * dtype.itemsize:,} bytes), "
-            f"the member holds {info.file_size:,}"
+            f"the member holds {info.file_size - length:,} after its header"
         )
-    return tuple(int(n) for n in shape), dtype
+    return _Header(tuple(int(n) for n in shape), dtype, bool(fortran), length)
+
+
+class _StoredMembers:
+    """The stored members of one archive as read-only views of the mapped file (no copy, so
+    a writer can copy them file to file in the kernel). A member's CRC-32 is summed from the
+    file (none of it mapped) and checked before its values are first used, or alongside a
+    kernel copy of them, which then fails if it does not match."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._mapping: mmap.mmap | None = None
+        self._checked: set[str] = set()
+
+    def tensor(self, info: zipfile.ZipInfo, header: _Header, where: str) -> CheckedTensor:
+        start = zipped.stored_offset(self.path, info, self.size)
+        count = math.prod(header.shape)
+
+        def view() -> np.ndarray:
+            if not count:
+                return np.empty(header.shape, header.dtype)
+            flat = np.frombuffer(self._map(), header.dtype, count, start + header.length)
+            if header.fortran_order:
+                return flat.reshape(header.shape[::-1]).T
+            return flat.reshape(header.shape)
+
+        def check() -> None:
+            if info.filename not in self._checked:
+                zipped.check_stored_crc(self.path, start, info, where)
+                self._checked.add(info.filename)
+
+        def load() -> np.ndarray:
+            check()
+            return view()
+
+        def release() -> None:
+            if self._mapping is not None and count:
+                release_pages(view())
+
+        return CheckedTensor(header.shape, header.dtype, load, release, lambda: (view(), check))
+
+    def _map(self) -> mmap.mmap:
+        if self._mapping is None:
+            with open_input(self.path) as handle:
+                self._mapping = map_input(handle)
+        return self._mapping
 
 
 def _loader(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:

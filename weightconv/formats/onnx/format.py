@@ -1,9 +1,11 @@
 """ONNX models read for their weights and written into a given model, through the ``onnx``
 package (the reference schema).
 
-Reading loads the model without its external data (``onnx.load(path,
-load_external_data=False)``), reads each initializer (`tensors`: raw, typed or external, the
-external ones memory-mapped) and gives each the role the node consuming it says (`graph`).
+Reading parses the model through protobuf without its large initializers' bytes, which stay
+in the memory-mapped file (`wire`), reads each initializer (`tensors`: raw, typed or external,
+the large raw and the external ones as views of mapped files) and gives each the role the
+node consuming it says (`graph`). A template to write into is loaded whole, without its
+external data (``onnx.load(path, load_external_data=False)``).
 
 Writing (`write`) needs the model to write into (``model=template.onnx``): the graph is kept
 as it is and the initializers that hold weights are replaced, each by name and shape, our
@@ -45,6 +47,7 @@ from weightconv.formats.onnx.tensors import (
     refuse_other_external,
     tensor_of,
 )
+from weightconv.formats.onnx.wire import hollowed
 from weightconv.formats.torch.names import torch_key, torch_layers
 from weightconv.formats.torch.template import WEIGHT_KINDS, Pair, Slot, pair
 from weightconv.model import VALUE_ROLE, Kind, LazyTensor, Provenance, SetAside, WeightSet
@@ -69,26 +72,45 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         model = onnx.load(os.fspath(target), load_external_data=False)
     except Exception as exc:  # DecodeError, or what a damaged message makes onnx raise
         raise FormatError(f"{target}: not a readable ONNX model ({_one_line(exc)})") from None
+    _check_model(model, target)
+    return model
+
+
+def _check_model(model: onnx.ModelProto, target: Path) -> None:
     if model.ir_version < 1 or not model.HasField("graph"):
         raise FormatError(
             f"{target}: not an ONNX model (ir_version {model.ir_version}, "
             f"{'a' if model.HasField('graph') else 'no'} graph)"
         )
-    return model
 
 
 def read(path: str | os.PathLike[str], *, dense_inputs: Any = None) -> WeightSet:
-    """Read the initializers of an ONNX model as layers in Caffe's (PyTorch's) layout."""
+    """Read the initializers of an ONNX model as layers in Caffe's (PyTorch's) layout, the
+    large ones as views of the mapped model (`weightconv.formats.onnx.wire`)."""
     target = Path(path)
-    model = load_model(target)
-    weights, _ = _weights_of(model, target, dense_inputs)
+    files = ExternalFiles(target)
+    with open_input(target) as handle:
+        if not handle.read(1):
+            raise FormatError(f"{target}: file is empty")
+    try:
+        hollow, spans = hollowed(memoryview(files.mapping(target)))
+        model = onnx.ModelProto.FromString(hollow)
+    except Exception as exc:  # WireError, DecodeError, or what a damaged message makes onnx raise
+        raise FormatError(f"{target}: not a readable ONNX model ({_one_line(exc)})") from None
+    _check_model(model, target)
+    weights, _ = _weights_of(model, target, dense_inputs, files, spans)
     return weights
 
 
 def _weights_of(
-    model: onnx.ModelProto, target: Path, dense_inputs: Any
+    model: onnx.ModelProto,
+    target: Path,
+    dense_inputs: Any,
+    files: ExternalFiles | None = None,
+    spans: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[WeightSet, ExternalFiles]:
-    files = ExternalFiles(target)
+    files = files if files is not None else ExternalFiles(target)
+    spans = spans or {}
     tensors: dict[str, LazyTensor] = {}
     set_aside = []
     for initializer in model.graph.initializer:
@@ -98,7 +120,7 @@ def _weights_of(
                 if initializer.name
                 else f"{target}: an initializer without a name"
             )
-        tensor = tensor_of(initializer, files)
+        tensor = tensor_of(initializer, files, spans.get(initializer.name))
         if isinstance(tensor, str):
             dims = tuple(int(n) for n in initializer.dims)
             set_aside.append(

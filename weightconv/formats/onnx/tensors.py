@@ -118,9 +118,13 @@ def _number(entries: dict[str, str], key: str, default: int, where: str) -> int:
     return value
 
 
-def tensor_of(tensor: TensorProto, files: ExternalFiles) -> LazyTensor | str:
+def tensor_of(
+    tensor: TensorProto, files: ExternalFiles, raw: tuple[int, int] | None = None
+) -> LazyTensor | str:
     """The initializer as a LazyTensor, checked now and read when asked for; or, for one this
-    module does not read (strings, 4-bit types), why not."""
+    module does not read (strings, 4-bit types), why not. `raw`, for an initializer parsed
+    without its ``raw_data`` (`weightconv.formats.onnx.wire`), is where that lies in the
+    model's file: the tensor is a view of the mapped model."""
     name = tensor.name
     where = f"{files.model}: initializer {name!r}"
     known = DTYPES.get(tensor.data_type)
@@ -140,6 +144,18 @@ def tensor_of(tensor: TensorProto, files: ExternalFiles) -> LazyTensor | str:
 
         def load() -> np.ndarray:
             buffer = files.mapping(target)
+            return np.frombuffer(buffer, little, count, offset).reshape(shape)
+
+    elif raw is not None:
+        offset, size = raw
+        if size != nbytes:
+            raise FormatError(
+                f"{where}: raw_data holds {size:,} bytes, its shape {list(shape)} of "
+                f"{dtype} needs {nbytes:,}"
+            )
+
+        def load() -> np.ndarray:
+            buffer = files.mapping(files.model)
             return np.frombuffer(buffer, little, count, offset).reshape(shape)
 
     elif tensor.HasField("raw_data"):

@@ -1,8 +1,9 @@
-"""safetensors files: read through the ``safetensors`` package (the reference implementation;
-its NumPy API; float8 tensors, which that API cannot give, are views of the mapped file:
-`weightconv.formats.safetensors.mapped`), written here a tensor at a time
-(`weightconv.formats.safetensors.write`), byte for byte what ``safetensors.numpy.save_file``
-writes for the same tensors and metadata.
+"""safetensors files: the header read through the ``safetensors`` package (the reference
+implementation), each tensor a read-only view of the mapped file where that header puts it
+(`weightconv.formats.safetensors.mapped`: no copy, so a writer can copy it file to file in the
+kernel, and float8, which the package's NumPy API cannot give, is read too); written a tensor
+at a time (`weightconv.formats.safetensors.write`), byte for byte what
+``safetensors.numpy.save_file`` writes for the same tensors and metadata.
 
 A safetensors file is flat: tensor names, each a dtype, a shape and raw little-endian bytes,
 plus ``__metadata__`` (text to text). It does not say how its tensors are laid out unless its
@@ -42,7 +43,7 @@ from weightconv._util.files import open_input
 from weightconv._util.progress import Progress
 from weightconv.errors import FormatError, MappingError, UsageError
 from weightconv.formats.base import WriteResult
-from weightconv.formats.safetensors.mapped import VIEWED_CODES, MappedFile
+from weightconv.formats.safetensors.mapped import MappedFile
 from weightconv.formats.safetensors.write import DTYPES, MAX_HEADER_BYTES, write_file
 from weightconv.formats.torch.names import layers_from_state_dict, torch_key, torch_layers
 from weightconv.model import (
@@ -104,10 +105,7 @@ def read(
                 f"{target}: tensor {name!r} has dtype {code}, which is not read here "
                 f"(read: {', '.join(DTYPES)})"
             )
-        if code in VIEWED_CODES:
-            load = functools.partial(mapped.view, name, code, shape, dtype)
-        else:
-            load = _loader(target, name, shape, dtype)
+        load = functools.partial(mapped.view, name, code, shape, dtype)
         tensors[name] = LazyTensor(shape, dtype, load)
     if chosen == "torch":
         layers = layers_from_state_dict(
@@ -151,24 +149,6 @@ def _layout(target: Path, metadata: dict[str, str], given: str | None) -> tuple[
             f"(TensorFlow/Keras: conv HWIO, dense (in, out))"
         )
     return said, []
-
-
-def _loader(target: Path, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
-    def load() -> np.ndarray:
-        try:
-            with st.safe_open(target, framework="np") as handle:
-                array = handle.get_tensor(name)
-        except (st.SafetensorError, OSError, TypeError, ValueError) as exc:
-            raise FormatError(
-                f"{target}: tensor {name!r} cannot be read ({_one_line(exc)})"
-            ) from None
-        if array.dtype != dtype:  # the package gives raw bytes for dtypes NumPy lacks
-            array = array.view(dtype)
-        if array.shape != shape:
-            raise FormatError(f"{target}: tensor {name!r} changed while it was read")
-        return array
-
-    return load
 
 
 def _canonical_layers(tensors: dict[str, Tensor], where: str) -> list[Layer]:

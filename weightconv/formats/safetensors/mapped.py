@@ -1,11 +1,12 @@
-"""Tensors the ``safetensors`` package cannot give NumPy, viewed straight from the mapped file.
+"""The tensors of a safetensors file, viewed straight from the mapped file.
 
-The package's NumPy side asks NumPy for a dtype named after the header's code; NumPy has no
-float8, so ``F8_E4M3`` and ``F8_E5M2`` tensors fail there (``AttributeError``). Their bytes are
-where the header puts them (the layout is in `weightconv.formats.safetensors.write`): after the
-8-byte length and the header, at the tensor's ``data_offsets``. They are viewed there with the
-`ml_dtypes` dtype, the file memory-mapped (`map_input`, so a writer can copy the view file to
-file in the kernel), not read whole.
+The package's NumPy side copies every tensor it gives (``get_tensor`` reads the bytes into a new
+buffer: the largest tensor twice over while a writer reorders it, and never a view a writer can
+copy in the kernel), and it asks NumPy for a dtype named after the header's code, which fails
+for float8 (``F8_E4M3``, ``F8_E5M2``: ``AttributeError``). The bytes are where the header puts
+them (the layout is in `weightconv.formats.safetensors.write`): after the 8-byte length and the
+header, at the tensor's ``data_offsets``. They are viewed there, the file memory-mapped
+(`map_input`, so a writer can copy a view file to file in the kernel), not read whole.
 
 The package has checked the header when the file was read. It is parsed again here when the
 file is first mapped, and each tensor's entry must still be what was read then (dtype, shape,
@@ -30,9 +31,6 @@ import numpy as np
 from weightconv._util.files import open_input
 from weightconv._util.regions import map_input
 from weightconv.errors import FormatError
-
-#: Header dtype codes whose tensors the package's NumPy side cannot give: viewed here.
-VIEWED_CODES = frozenset({"F8_E4M3", "F8_E5M2"})
 
 
 class MappedFile:

@@ -1,0 +1,82 @@
+"""An ONNX model parsed without its large initializers' bytes, which stay in the mapped file.
+
+``onnx.load`` parses the whole ModelProto: a 553 MB model costs that much again in protobuf's
+memory, and more in the copies ``raw_data`` makes when it is read. Here the model's file is
+memory-mapped and walked at the wire level (`weightconv.codecs.protowire`) down to the
+graph's initializers: each ``raw_data`` of `HOLLOW_FROM` bytes or more is taken out of the
+bytes handed to protobuf and remembered by its initializer's name and place in the file, so
+the tensor becomes a read-only view of the mapping (which a writer can copy file to file in
+the kernel). Everything else, the graph and the small initializers, is parsed by protobuf
+as it is. Protobuf's rules hold: of a field given twice the last counts, and a message field
+given twice is merged (the graph's initializers of both are kept).
+
+Example::
+
+    hollow, spans = hollowed(memoryview(mapping))
+    model = onnx.ModelProto.FromString(hollow)   # fc6.weight without its raw_data
+    spans["fc6.weight"]                           # (offset, length) in the file
+"""
+
+from __future__ import annotations
+
+from weightconv.codecs.protowire import (
+    LENGTH_DELIMITED,
+    encode_length_delimited_header,
+    iter_field_spans,
+)
+
+#: ModelProto.graph, GraphProto.initializer, TensorProto.name and .raw_data (onnx.proto).
+MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_NAME, TENSOR_RAW_DATA = 7, 5, 8, 9
+#: raw_data from this size on is left in the file.
+HOLLOW_FROM = 64 << 10
+
+
+def hollowed(buffer: memoryview | bytes) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """The model's bytes without the large ``raw_data`` of its graph's initializers, and the
+    (offset, length) of each such ``raw_data`` in `buffer`, by initializer name."""
+    spans: dict[str, tuple[int, int]] = {}
+    out = bytearray()
+    for number, wire_type, field_start, start, end in iter_field_spans(buffer):
+        if number == MODEL_GRAPH and wire_type == LENGTH_DELIMITED:
+            graph = _graph(buffer, start, end, spans)
+            out += encode_length_delimited_header(MODEL_GRAPH, len(graph)) + graph
+        else:
+            out += buffer[field_start:end]
+    return bytes(out), spans
+
+
+def _graph(
+    buffer: memoryview | bytes, start: int, end: int, spans: dict[str, tuple[int, int]]
+) -> bytes:
+    out = bytearray()
+    for number, wire_type, field_start, value_start, value_end in iter_field_spans(
+        buffer, start, end
+    ):
+        if number == GRAPH_INITIALIZER and wire_type == LENGTH_DELIMITED:
+            tensor = _tensor(buffer, value_start, value_end, spans)
+            out += encode_length_delimited_header(GRAPH_INITIALIZER, len(tensor)) + tensor
+        else:
+            out += buffer[field_start:value_end]
+    return bytes(out)
+
+
+def _tensor(
+    buffer: memoryview | bytes, start: int, end: int, spans: dict[str, tuple[int, int]]
+) -> bytes:
+    fields = list(iter_field_spans(buffer, start, end))
+    raw = [(s, e) for number, wire, _, s, e in fields if (number, wire) == (TENSOR_RAW_DATA, 2)]
+    names = [(s, e) for number, wire, _, s, e in fields if (number, wire) == (TENSOR_NAME, 2)]
+    if not raw or raw[-1][1] - raw[-1][0] < HOLLOW_FROM or not names:
+        return bytes(buffer[start:end])
+    try:
+        name = bytes(buffer[names[-1][0] : names[-1][1]]).decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(buffer[start:end])  # protobuf says what it makes of such a name
+    if name in spans:
+        return bytes(buffer[start:end])  # a second initializer of that name: refused later
+    spans[name] = (raw[-1][0], raw[-1][1] - raw[-1][0])
+    out = bytearray()
+    for number, wire_type, field_start, _, value_end in fields:
+        if (number, wire_type) != (TENSOR_RAW_DATA, LENGTH_DELIMITED):
+            out += buffer[field_start:value_end]
+    return bytes(out)
