@@ -10,6 +10,7 @@ import pytest
 
 import weightconv
 from weightconv.codecs.protowire import encode_length_delimited_header, encode_varint
+from weightconv.formats.onnx.tensors import DTYPES
 from weightconv.formats.onnx.wire import (
     GRAPH_INITIALIZER,
     HOLLOW_FROM,
@@ -55,7 +56,7 @@ def _cleared(data: bytes, names: set[str]) -> onnx.ModelProto:
 
 
 def _check(data: bytes, hollowed_names: set[str]) -> dict[str, tuple[int, int]]:
-    hollow, spans = hollowed(data)
+    hollow, spans = hollowed(data, DTYPES)
     assert set(spans) == hollowed_names
     assert onnx.ModelProto.FromString(hollow) == _cleared(data, hollowed_names)
     full: dict[str, bytes] = {}
@@ -132,3 +133,24 @@ def test_a_cut_model_is_refused_in_one_line(tmp_path):
             for _layer, _role, tensor in weights.tensors():
                 np.asarray(tensor)
         assert "\n" not in str(caught.value) and path.name in str(caught.value)
+
+
+@pytest.mark.parametrize("external_data", ["never", "always"])
+def test_a_template_parsed_without_its_large_data_keeps_it_in_the_output(tmp_path, external_data):
+    """Writing into a template: its large initializers were parsed without their bytes; ours
+    replace the weights, and a large one kept (not a weight) gets the template's bytes back,
+    inline or in the data file, as the onnx package then reads them."""
+    kept = numpy_helper.from_array(RNG.standard_normal(BIG, dtype=np.float32), "big_const")
+    template = tmp_path / "template.onnx"
+    onnx.save(_model([kept]), str(template))
+    _, spans = hollowed(template.read_bytes(), DTYPES)
+    assert {"fc.weight", "big_const"} <= set(spans)
+    out = tmp_path / "out.onnx"
+    kept_names = ["under", "typed", "big_const"]  # not weights: the template's are kept
+    weightconv.convert(template, out, model=template, external_data=external_data, skip=kept_names)
+    assert (tmp_path / "out.onnx.data").exists() == (external_data == "always")
+    written = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+    source = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(template)).graph.initializer}
+    assert set(written) == set(source)
+    for name, array in source.items():
+        assert written[name].dtype == array.dtype and np.array_equal(written[name], array), name

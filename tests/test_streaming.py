@@ -210,6 +210,17 @@ LARGE_ROUTES = [
     # ONNX initializers held inline: parsed without them, each a view of the mapped model.
     ("fc6.onnx", "out.npy", {"dense_inputs": {"fc6": FC6_INPUT}}, 1),
     ("fc6.onnx", "out.safetensors", {}, 0),
+    # Into an ONNX template held inline, parsed without its data; ours to the data file.
+    (
+        "fc6.npy",
+        "out.onnx",
+        {
+            "model": "{folder}/fc6.onnx",
+            "external_data": "always",
+            "torch_dense_inputs": {"fc6": FC6_INPUT},
+        },
+        1,
+    ),
 ]
 
 
@@ -220,7 +231,8 @@ def test_a_large_tensor_is_held_at_most_once(fc6, tmp_path, source, target, opti
     whole mapped input."""
     folder, weights = fc6
     baseline = _peak("import")
-    peak = _peak("convert", str(folder / source), str(tmp_path / target), json.dumps(options))
+    given = json.dumps(options).replace("{folder}", str(folder))
+    peak = _peak("convert", str(folder / source), str(tmp_path / target), given)
     added = peak - baseline
     assert added <= tensors * weights.nbytes + SLACK, f"{added / MiB:.0f} MiB over the imports"
     torch_layout = weights.reshape(7, 7, 256, 2048).transpose(3, 2, 0, 1).reshape(2048, -1)
@@ -230,6 +242,13 @@ def test_a_large_tensor_is_held_at_most_once(fc6, tmp_path, source, target, opti
     elif source.endswith(".onnx") and target.endswith(".safetensors"):  # kept in its layout
         loaded = safetensors.numpy.load_file(tmp_path / target)["fc6.weight"]
         np.testing.assert_array_equal(loaded, torch_layout)
+    elif target.endswith(".onnx"):
+        onnx = pytest.importorskip("onnx")
+        from onnx import numpy_helper
+
+        model = onnx.load(str(tmp_path / target))
+        kernel = next(i for i in model.graph.initializer if i.name == "fc6.weight")
+        np.testing.assert_array_equal(numpy_helper.to_array(kernel), torch_layout)
     else:
         back = weightconv.load(tmp_path / target)["fc6"].tensors["weights"]
         assert np.array_equal(np.asarray(back), weights)

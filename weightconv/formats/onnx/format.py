@@ -41,6 +41,7 @@ from weightconv.formats.base import WriteResult
 from weightconv.formats.onnx import EXTERNAL_DATA, output
 from weightconv.formats.onnx.graph import SMALL_BYTES, inferred_shapes, layers_of
 from weightconv.formats.onnx.tensors import (
+    DTYPES,
     ExternalFiles,
     dtype_name,
     external_files,
@@ -62,42 +63,35 @@ def sniff(head: bytes, path: Path) -> bool:
     return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 30 and head[2] in _MODEL_TAGS
 
 
-def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """The model without its external data; one clear line when it is not an ONNX model."""
-    target = Path(path)
-    with open_input(target) as handle:
-        if not handle.read(1):
-            raise FormatError(f"{target}: file is empty")
-    try:
-        model = onnx.load(os.fspath(target), load_external_data=False)
-    except Exception as exc:  # DecodeError, or what a damaged message makes onnx raise
-        raise FormatError(f"{target}: not a readable ONNX model ({_one_line(exc)})") from None
-    _check_model(model, target)
-    return model
-
-
-def _check_model(model: onnx.ModelProto, target: Path) -> None:
-    if model.ir_version < 1 or not model.HasField("graph"):
-        raise FormatError(
-            f"{target}: not an ONNX model (ir_version {model.ir_version}, "
-            f"{'a' if model.HasField('graph') else 'no'} graph)"
-        )
-
-
-def read(path: str | os.PathLike[str], *, dense_inputs: Any = None) -> WeightSet:
-    """Read the initializers of an ONNX model as layers in Caffe's (PyTorch's) layout, the
-    large ones as views of the mapped model (`weightconv.formats.onnx.wire`)."""
+def load_model(
+    path: str | os.PathLike[str],
+) -> tuple[onnx.ModelProto, ExternalFiles, dict[str, tuple[int, int]]]:
+    """The model parsed without its large initializers' bytes (`wire`), the files its data is
+    mapped from, and where each of those bytes lies in the model's file; one clear line when
+    it is not an ONNX model."""
     target = Path(path)
     files = ExternalFiles(target)
     with open_input(target) as handle:
         if not handle.read(1):
             raise FormatError(f"{target}: file is empty")
     try:
-        hollow, spans = hollowed(memoryview(files.mapping(target)))
+        hollow, spans = hollowed(memoryview(files.mapping(target)), DTYPES)
         model = onnx.ModelProto.FromString(hollow)
     except Exception as exc:  # WireError, DecodeError, or what a damaged message makes onnx raise
         raise FormatError(f"{target}: not a readable ONNX model ({_one_line(exc)})") from None
-    _check_model(model, target)
+    if model.ir_version < 1 or not model.HasField("graph"):
+        raise FormatError(
+            f"{target}: not an ONNX model (ir_version {model.ir_version}, "
+            f"{'a' if model.HasField('graph') else 'no'} graph)"
+        )
+    return model, files, spans
+
+
+def read(path: str | os.PathLike[str], *, dense_inputs: Any = None) -> WeightSet:
+    """Read the initializers of an ONNX model as layers in Caffe's (PyTorch's) layout, the
+    large ones as views of the mapped model."""
+    target = Path(path)
+    model, files, spans = load_model(target)
     weights, _ = _weights_of(model, target, dense_inputs, files, spans)
     return weights
 
@@ -106,11 +100,9 @@ def _weights_of(
     model: onnx.ModelProto,
     target: Path,
     dense_inputs: Any,
-    files: ExternalFiles | None = None,
-    spans: Mapping[str, tuple[int, int]] | None = None,
+    files: ExternalFiles,
+    spans: Mapping[str, tuple[int, int]],
 ) -> tuple[WeightSet, ExternalFiles]:
-    files = files if files is not None else ExternalFiles(target)
-    spans = spans or {}
     tensors: dict[str, LazyTensor] = {}
     set_aside = []
     for initializer in model.graph.initializer:
@@ -188,7 +180,8 @@ def template_slots(weights: WeightSet) -> list[Slot]:
 def read_template(path: str | os.PathLike[str]) -> list[Slot]:
     """The weight slots of the ONNX model at `path`."""
     target = Path(path)
-    weights, _ = _weights_of(load_model(target), target, None)
+    model, files, spans = load_model(target)
+    weights, _ = _weights_of(model, target, None, files, spans)
     return template_slots(weights)
 
 
@@ -247,8 +240,8 @@ def write(
     check_output(target, force)
     if external_data_file is not None:
         check_writable(data_path, force)
-    proto = load_model(template)
-    read_back, _ = _weights_of(proto, template, None)
+    proto, files, spans = load_model(template)
+    read_back, _ = _weights_of(proto, template, None, files, spans)
     refuse_other_external(proto, template)
     protected = set() if output.same_file(target, template) else external_files(proto, template)
     if data_path.resolve() in protected:
@@ -266,7 +259,9 @@ def write(
     by_layer = {layer.name: layer for layer in weights.weighted_layers()}
     slot_of = {torch_key(by_layer[p.layer], p.role): p.slot for p in pairs if p.layer}
     dense = _dense_inputs(pairs, read_back, torch_dense_inputs, where)
-    plan = _plan(proto, read_back, slot_of, external_data, external_data_file, data_path, where)
+    plan = _plan(
+        proto, read_back, slot_of, set(spans), external_data, external_data_file, data_path, where
+    )
     del read_back
     external, notes = plan.external, plan.notes
     targets = [target, data_path] if external else [target]
@@ -333,12 +328,14 @@ def _plan(
     proto: onnx.ModelProto,
     read_back: WeightSet,
     slot_of: Mapping[str, Slot],
+    hollow: set[str],
     external_data: str,
     external_data_file: str | None,
     data_path: Path,
     where: str,
 ) -> _Plan:
-    """Strip the initializers that get ours and those the template keeps in external files,
+    """Strip the initializers that get ours and those whose data the template keeps
+    elsewhere (in external files, or, `hollow`, left in its mapped file when it was parsed),
     and decide where the data goes: in the model while it fits protobuf's limit, unless the
     options say otherwise, else in the data file."""
     template = read_back.source.path if read_back.source else "the template"
@@ -350,12 +347,15 @@ def _plan(
     }
     replaced = {slot.name for slot in slot_of.values()}
     kept = [name for name in initializers if name not in replaced]
-    copied = [n for n in kept if initializers[n].data_location == TensorProto.EXTERNAL]
+    copied = [
+        n for n in kept if n in hollow or initializers[n].data_location == TensorProto.EXTERNAL
+    ]
     for name in copied:
         if name not in values:
             raise FormatError(
-                f"{template}: initializer {name!r} is external and of a dtype not "
-                f"read here; it cannot be copied"
+                f"{template}: initializer {name!r} is of a dtype not read here and its data "
+                f"is not in the parsed model ({'large' if name in hollow else 'external'}); "
+                f"it cannot be copied"
             )
     pending = {name: output.nbytes_of(initializers[name]) for name in [*replaced, *copied]}
     for name in pending:

@@ -24,6 +24,7 @@ is marked possibly spatial, and converting it to the canonical layout asks for
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -346,7 +347,8 @@ def _outline(model: onnx.ModelProto) -> onnx.ModelProto:
     for part in ("input", "output", "value_info", "sparse_initializer"):
         getattr(graph, part).extend(getattr(model.graph, part))
     for initializer in model.graph.initializer:
-        if initializer.ByteSize() < SMALL_BYTES:
+        # By its values' count too: a large one parsed without its bytes (`wire`) is small.
+        if initializer.ByteSize() < SMALL_BYTES and math.prod(initializer.dims) < SMALL_BYTES:
             graph.initializer.append(initializer)
             continue
         bare = graph.initializer.add(

@@ -19,26 +19,35 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from weightconv.codecs.protowire import (
     LENGTH_DELIMITED,
+    VARINT,
     encode_length_delimited_header,
     iter_field_spans,
+    read_varint,
 )
 
-#: ModelProto.graph, GraphProto.initializer, TensorProto.name and .raw_data (onnx.proto).
-MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_NAME, TENSOR_RAW_DATA = 7, 5, 8, 9
+#: ModelProto.graph, GraphProto.initializer and TensorProto's data_type, name and raw_data
+#: (onnx.proto).
+MODEL_GRAPH, GRAPH_INITIALIZER = 7, 5
+TENSOR_DATA_TYPE, TENSOR_NAME, TENSOR_RAW_DATA = 2, 8, 9
 #: raw_data from this size on is left in the file.
 HOLLOW_FROM = 64 << 10
 
 
-def hollowed(buffer: memoryview | bytes) -> tuple[bytes, dict[str, tuple[int, int]]]:
-    """The model's bytes without the large ``raw_data`` of its graph's initializers, and the
-    (offset, length) of each such ``raw_data`` in `buffer`, by initializer name."""
+def hollowed(
+    buffer: memoryview | bytes, codes: Collection[int]
+) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """The model's bytes without the large ``raw_data`` of its graph's initializers whose
+    data_type is one of `codes` (those the caller reads), and the (offset, length) of each
+    such ``raw_data`` in `buffer`, by initializer name."""
     spans: dict[str, tuple[int, int]] = {}
     out = bytearray()
     for number, wire_type, field_start, start, end in iter_field_spans(buffer):
         if number == MODEL_GRAPH and wire_type == LENGTH_DELIMITED:
-            graph = _graph(buffer, start, end, spans)
+            graph = _graph(buffer, start, end, codes, spans)
             out += encode_length_delimited_header(MODEL_GRAPH, len(graph)) + graph
         else:
             out += buffer[field_start:end]
@@ -46,14 +55,18 @@ def hollowed(buffer: memoryview | bytes) -> tuple[bytes, dict[str, tuple[int, in
 
 
 def _graph(
-    buffer: memoryview | bytes, start: int, end: int, spans: dict[str, tuple[int, int]]
+    buffer: memoryview | bytes,
+    start: int,
+    end: int,
+    codes: Collection[int],
+    spans: dict[str, tuple[int, int]],
 ) -> bytes:
     out = bytearray()
     for number, wire_type, field_start, value_start, value_end in iter_field_spans(
         buffer, start, end
     ):
         if number == GRAPH_INITIALIZER and wire_type == LENGTH_DELIMITED:
-            tensor = _tensor(buffer, value_start, value_end, spans)
+            tensor = _tensor(buffer, value_start, value_end, codes, spans)
             out += encode_length_delimited_header(GRAPH_INITIALIZER, len(tensor)) + tensor
         else:
             out += buffer[field_start:value_end]
@@ -61,12 +74,18 @@ def _graph(
 
 
 def _tensor(
-    buffer: memoryview | bytes, start: int, end: int, spans: dict[str, tuple[int, int]]
+    buffer: memoryview | bytes,
+    start: int,
+    end: int,
+    codes: Collection[int],
+    spans: dict[str, tuple[int, int]],
 ) -> bytes:
     fields = list(iter_field_spans(buffer, start, end))
     raw = [(s, e) for number, wire, _, s, e in fields if (number, wire) == (TENSOR_RAW_DATA, 2)]
     names = [(s, e) for number, wire, _, s, e in fields if (number, wire) == (TENSOR_NAME, 2)]
-    if not raw or raw[-1][1] - raw[-1][0] < HOLLOW_FROM or not names:
+    types = [s for number, wire, _, s, _ in fields if (number, wire) == (TENSOR_DATA_TYPE, VARINT)]
+    code = read_varint(buffer, types[-1], end)[0] if types else None
+    if not raw or raw[-1][1] - raw[-1][0] < HOLLOW_FROM or not names or code not in codes:
         return bytes(buffer[start:end])
     try:
         name = bytes(buffer[names[-1][0] : names[-1][1]]).decode("utf-8")
