@@ -81,21 +81,29 @@ def _tensor(
     spans: dict[str, tuple[int, int]],
 ) -> bytes:
     fields = list(iter_field_spans(buffer, start, end))
-    raw = [(s, e) for number, wire, _, s, e in fields if (number, wire) == (TENSOR_RAW_DATA, 2)]
-    names = [(s, e) for number, wire, _, s, e in fields if (number, wire) == (TENSOR_NAME, 2)]
-    types = [s for number, wire, _, s, _ in fields if (number, wire) == (TENSOR_DATA_TYPE, VARINT)]
-    code = read_varint(buffer, types[-1], end)[0] if types else None
-    if not raw or raw[-1][1] - raw[-1][0] < HOLLOW_FROM or not names or code not in codes:
+    raw = _last(fields, TENSOR_RAW_DATA, LENGTH_DELIMITED)
+    named = _last(fields, TENSOR_NAME, LENGTH_DELIMITED)
+    typed = _last(fields, TENSOR_DATA_TYPE, VARINT)
+    code = read_varint(buffer, typed[0], end)[0] if typed else None
+    if raw is None or raw[1] - raw[0] < HOLLOW_FROM or named is None or code not in codes:
         return bytes(buffer[start:end])
     try:
-        name = bytes(buffer[names[-1][0] : names[-1][1]]).decode("utf-8")
+        name = bytes(buffer[named[0] : named[1]]).decode("utf-8")
     except UnicodeDecodeError:
         return bytes(buffer[start:end])  # protobuf says what it makes of such a name
     if name in spans:
         return bytes(buffer[start:end])  # a second initializer of that name: refused later
-    spans[name] = (raw[-1][0], raw[-1][1] - raw[-1][0])
+    spans[name] = (raw[0], raw[1] - raw[0])
     out = bytearray()
     for number, wire_type, field_start, _, value_end in fields:
         if (number, wire_type) != (TENSOR_RAW_DATA, LENGTH_DELIMITED):
             out += buffer[field_start:value_end]
     return bytes(out)
+
+
+def _last(
+    fields: list[tuple[int, int, int, int, int]], number: int, wire_type: int
+) -> tuple[int, int] | None:
+    """The value span of the last field `number` of `wire_type` (protobuf keeps the last)."""
+    found = [(s, e) for n, w, _, s, e in fields if (n, w) == (number, wire_type)]
+    return found[-1] if found else None
