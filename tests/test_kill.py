@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,7 +230,8 @@ def big_models(tmp_path_factory) -> dict[str, Path]:
         net.write_caffemodel(paths[f"model{seed}"])
     paths["prototxt"] = folder / "deploy.prototxt"
     paths["prototxt"].write_text(net.deploy_prototxt)
-    return paths
+    yield paths
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _convert(src: Path, dst: Path, prototxt: Path, *extra: str) -> subprocess.Popen[bytes]:

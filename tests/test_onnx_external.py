@@ -7,6 +7,7 @@ published together or neither; memory near one tensor while writing."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -475,7 +476,8 @@ def large(tmp_path_factory):
             model, str(folder / f"{name}.onnx"), save_as_external_data=True, location=f"{name}.bin"
         )
     weightconv.convert(folder / "source.onnx", folder / "source.npy")
-    return {"folder": folder, "largest": n * n * 4, "total": count * n * (n + 1) * 4}
+    yield {"folder": folder, "largest": n * n * 4, "total": count * n * (n + 1) * 4}
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.parametrize("source", ["source.npy", "source.onnx"])

@@ -11,6 +11,7 @@ largest tensor.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -62,12 +63,13 @@ def files(tmp_path_factory):
     largest = max(
         int(np.prod(shape)) * 4 for shapes in net.blob_shapes().values() for shape in shapes
     )
-    return {
+    yield {
         "folder": folder,
         "prototxt": prototxt,
         "largest": largest,
         "total": net.parameter_count * 4,
     }
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _peak(*arguments: str) -> int:
@@ -168,7 +170,8 @@ def fc6(tmp_path_factory):
     weightconv.convert(source, folder / "fc6.npz")
     weightconv.convert(source, folder / "fc6.pt", torch_dense_inputs={"fc6": FC6_INPUT})
     _onnx_gemm(folder / "fc6.onnx", weights.reshape(7, 7, 256, 2048).transpose(3, 2, 0, 1))
-    return folder, weights
+    yield folder, weights
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _onnx_gemm(path: Path, kernel: np.ndarray) -> None:
