@@ -157,6 +157,7 @@ def test_h5_outputs_are_filled_after_hdf5_closes_and_equal_the_npy(files, tmp_pa
 #: fc6 of VGG16 at half width, 103 MB, and the input it reads: large enough that a route
 #: holding one copy too many, or the mapped input, shows over `SLACK`.
 FC6_INPUT = [256, 7, 7]
+DENSE = {"fc6": FC6_INPUT}
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +214,9 @@ LARGE_ROUTES = [
     # ONNX initializers held inline: parsed without them, each a view of the mapped model.
     ("fc6.onnx", "out.npy", {"dense_inputs": {"fc6": FC6_INPUT}}, 1),
     ("fc6.onnx", "out.safetensors", {}, 0),
-    # Into an ONNX template held inline, parsed without its data; ours to the data file.
+    # Into an ONNX template held inline, parsed without its data; ours to the data file, or
+    # inline, each tensor written at its place in the model (protobuf's encoding of the whole
+    # model, and the checker's parse of it, held it twice over: 1.6 GB for a 553 MB model).
     (
         "fc6.npy",
         "out.onnx",
@@ -224,6 +227,8 @@ LARGE_ROUTES = [
         },
         1,
     ),
+    ("fc6.npy", "out.onnx", {"model": "{folder}/fc6.onnx", "torch_dense_inputs": DENSE}, 1),
+    ("fc6.onnx", "out.onnx", {"model": "{folder}/fc6.onnx", "dense_inputs": DENSE}, 1),
 ]
 
 

@@ -4,16 +4,16 @@ package (the reference schema).
 Reading parses the model through protobuf without its large initializers' bytes, which stay
 in the memory-mapped file (`wire`), reads each initializer (`tensors`: raw, typed or external,
 the large raw and the external ones as views of mapped files) and gives each the role the
-node consuming it says (`graph`). A template to write into is loaded whole, without its
-external data (``onnx.load(path, load_external_data=False)``).
+node consuming it says (`graph`). A template to write into is parsed the same way, without
+its large or external data.
 
 Writing (`write`) needs the model to write into (``model=template.onnx``): the graph is kept
 as it is and the initializers that hold weights are replaced, each by name and shape, our
 layers paired with the template's in order (`weightconv.formats.torch.template`): a weight the
 template has and ours lack, or a shape that does not fit, is refused naming both. The other
 initializers (shape constants and such) are kept. The data goes in the model or, past
-protobuf's 2 GB or when asked, in a data file beside it. The output passes
-``onnx.checker.check_model``.
+protobuf's 2 GB or when asked, in a data file beside it; either way a tensor at a time
+(`inline`, `output`). The output passes ``onnx.checker.check_model``.
 
 Example::
 
@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from weightconv._util.files import check_writable, open_input, publish, remove_f
 from weightconv._util.progress import Progress
 from weightconv.errors import FormatError, OutputExistsError, UsageError
 from weightconv.formats.base import WriteResult
-from weightconv.formats.onnx import EXTERNAL_DATA, output
+from weightconv.formats.onnx import EXTERNAL_DATA, inline, output
 from weightconv.formats.onnx.graph import SMALL_BYTES, inferred_shapes, layers_of
 from weightconv.formats.onnx.tensors import (
     DTYPES,
@@ -266,24 +265,27 @@ def write(
     external, notes = plan.external, plan.notes
     targets = [target, data_path] if external else [target]
     with output.temporaries(targets, force, notes) as temporaries:
-        with contextlib.ExitStack() as stack:
-            sink: output.Inline | output.DataFile = output.Inline()
+        with open(temporaries[1 if external else 0], "r+b") as handle:
+            spliced = None
             if external:
-                handle = stack.enter_context(open(temporaries[1], "r+b"))
-                sink = output.DataFile(handle, temporaries[1].name)
+                sink: output.Sink = output.DataFile(handle, temporaries[1].name)
+            else:
+                sizes = {n: output.nbytes_of(plan.initializers[n]) for n in plan.pending}
+                sink = spliced = inline.Spliced(handle, proto, sizes, where)
             parameters, transforms = _put_ours(plan, weights, dense, slot_of, sink, progress, where)
             _put_kept(plan, sink)
-        if external:  # checked while the data file has the temporary's name it is given
+            model_bytes = spliced.finish() if spliced is not None else 0
+        if spliced is not None:
+            del proto, plan
+            inline.check(temporaries[0], target, spliced.layout, where)
+            publish(temporaries[0], target, replace=force)
+        else:  # checked while the data file has the temporary's name it is given
             output.serialize(proto, temporaries[0], where)
             output.check(temporaries[0], where)
             output.point(proto, data_path.name)
-        model_bytes = output.serialize(proto, temporaries[0], where)
-        del proto, plan  # the checker reads a copy of its own: this one goes first
-        if external:
+            model_bytes = output.serialize(proto, temporaries[0], where)
+            del proto, plan  # the checker reads a copy of its own: this one goes first
             output.publish_pair(temporaries, targets, replace=force)
-        else:
-            output.check(temporaries[0], where)
-            publish(temporaries[0], target, replace=force)
     data_bytes = data_path.stat().st_size if external else 0
     if external:
         notes.append(f"{sink.count} initializers' data in {data_path.name} ({data_bytes:,} bytes)")
@@ -390,7 +392,7 @@ def _put_ours(
     weights: WeightSet,
     dense: Mapping[str, tuple[int, ...]],
     slot_of: Mapping[str, Slot],
-    sink: output.Inline | output.DataFile,
+    sink: output.Sink,
     progress: Progress | None,
     where: str,
 ) -> tuple[int, dict[str, list[str]]]:
@@ -411,14 +413,16 @@ def _put_ours(
     return parameters, transforms
 
 
-def _put_kept(plan: _Plan, sink: output.Inline | output.DataFile) -> None:
+def _put_kept(plan: _Plan, sink: output.Sink) -> None:
     """The template's own initializers that go to the data file, or come back from theirs."""
     for name in plan.kept:
         initializer = plan.initializers[name]
         if name not in plan.values:
             continue
-        if plan.external and output.nbytes_of(initializer) >= SMALL_BYTES:
-            into: output.Inline | output.DataFile = sink
+        if not plan.external and name in plan.pending:
+            into: output.Sink = sink
+        elif plan.external and output.nbytes_of(initializer) >= SMALL_BYTES:
+            into = sink
         elif name in plan.pending:
             into = output.Inline()
         else:

@@ -31,7 +31,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import numpy as np
 import onnx
@@ -67,13 +67,21 @@ CHUNK_BYTES = 16 << 20
 Advance = Callable[[int], None] | None
 
 
+class Sink(Protocol):
+    """Where a write puts each initializer's values: inline, in a data file, ..."""
+
+    count: int
+
+    def put(self, initializer: TensorProto, array: np.ndarray, advance: Advance) -> None: ...
+
+
 class Inline:
     """Initializers given their values as inline ``raw_data``."""
 
     count = 0
 
     def put(self, initializer: TensorProto, array: np.ndarray, advance: Advance) -> None:
-        _check_shape(initializer, array)
+        check_shape(initializer, array)
         strip(initializer)
         little = array.dtype.newbyteorder("<")
         initializer.raw_data = np.ascontiguousarray(array, dtype=little).tobytes()
@@ -92,7 +100,7 @@ class DataFile:
         self.count = 0
 
     def put(self, initializer: TensorProto, array: np.ndarray, advance: Advance) -> None:
-        _check_shape(initializer, array)
+        check_shape(initializer, array)
         little = array.dtype.newbyteorder("<")
         nbytes = array.size * little.itemsize
         if nbytes == 0:  # an empty external tensor would point past the end of the file
@@ -101,7 +109,7 @@ class DataFile:
         step = LARGE_ALIGNMENT if nbytes >= LARGE_BYTES else ALIGNMENT
         offset = -(-self.end // step) * step
         self.handle.seek(offset)
-        _stream(array, little, self.handle, advance)
+        stream(array, little, self.handle, advance)
         if self.handle.tell() != offset + nbytes:  # the file would be corrupt
             raise FormatError(
                 f"initializer {initializer.name!r}: wrote {self.handle.tell() - offset:,} of "
@@ -120,7 +128,7 @@ def put_layer(
     named: list[tuple[str, np.ndarray]],
     slot_of: Mapping[str, Slot],
     initializers: Mapping[str, TensorProto],
-    sink: Inline | DataFile,
+    sink: Sink,
     advance: Advance,
     where: str,
 ) -> int:
@@ -140,7 +148,7 @@ def put_layer(
     return parameters
 
 
-def _stream(array: np.ndarray, little: np.dtype, handle: IO[bytes], advance: Advance) -> None:
+def stream(array: np.ndarray, little: np.dtype, handle: IO[bytes], advance: Advance) -> None:
     if array.dtype == little and copy_to_handle(array, handle, advance):
         return
     for chunk in chunks(array, CHUNK_BYTES):
@@ -152,7 +160,7 @@ def _stream(array: np.ndarray, little: np.dtype, handle: IO[bytes], advance: Adv
         release_pages(chunk)
 
 
-def _check_shape(initializer: TensorProto, array: np.ndarray) -> None:
+def check_shape(initializer: TensorProto, array: np.ndarray) -> None:
     if tuple(initializer.dims) != tuple(array.shape):  # the pairing checked it; be sure
         raise FormatError(f"initializer {initializer.name!r}: shape {list(array.shape)} differs")
 
