@@ -46,237 +46,45 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from child_scripts import (
+    H5PY_READ,
+    KERAS_SAVE,
+    NAIVE_PROTOBUF,
+    NAIVE_PROTOBUF_TO,
+    NET_INFO,
+    NPY_TO_SAFETENSORS,
+    NPY_TO_TORCH,
+    TF_READ_SAVE,
+    TF_SAVE,
+    VERIFY,
+    VERSIONS,
+    WRITE_NET,
+)
+from report import (
+    ROUTES,
+    Case,
+    acceptance,
+    machine,
+    row,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 EXTRA_FC = {1: 0, 2: 8, 4: 25}  # scale -> extra 4096-wide fc layers after fc7
-CONVERSIONS = ("caffe2npy", "caffe2ckpt", "caffe2h5", "npy2ckpt", "ckpt2npy", "npy2h5", "h52npy")
-#: The other outputs (today's containers, NumPy's .npz): held to the same memory bound,
-#: timed against their own libraries.
-CONTAINERS = ("caffe2pt", "caffe2safetensors", "npy2safetensors", "npy2pt", "caffe2npz", "npy2npz")
-ROUTES = (*CONVERSIONS, "inspect", *CONTAINERS)
-# Acceptance thresholds.
-CP_RATIO = {"caffe2npy": 1.5, "caffe2ckpt": 1.8, "caffe2h5": 1.8}  # others: DEFAULT_CP_RATIO
-DEFAULT_CP_RATIO = 1.5
-PEAK_SLACK_MIB = 120.0
 #: protobuf's parsers refuse a message of 2 GiB or more ("Wire format was corrupt").
 PROTOBUF_LIMIT = 2**31
-INSPECT_SPEEDUP, INSPECT_MAX_MIB = 20.0, 60.0
-
-# This process stays small (no numpy, no weightconv, no hashlib): Linux gives a spawned
-# child's ru_maxrss at least the peak RSS of the address space it was spawned from (ours),
-# so everything that needs those runs in a child.
-NET_INFO = """
-import json, sys
-from weightconv.testing import synthetic
-net = synthetic.build("vgg16", seed=0, extra_fc=int(sys.argv[1]), width=float(sys.argv[2]))
-print(json.dumps({"parameters": net.parameter_count, "size": net.caffemodel_size(),
-                  "input_shape": net.input_shape}))
-"""
-
-VERSIONS = """
-import json, importlib.metadata, platform
-import weightconv
-from google.protobuf.internal import api_implementation
-def version(package):
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-print(json.dumps({
-    "python": platform.python_version(),
-    **{p: version(p) for p in ("numpy", "h5py", "protobuf", "tensorflow", "keras")},
-    "backend": api_implementation.Type(),
-    "weightconv": weightconv.__version__,
-    "location": weightconv.__file__,
-}))
-"""
-
-WRITE_NET = """
-import sys
-from pathlib import Path
-from weightconv.testing import synthetic
-net = synthetic.build("vgg16", seed=0, extra_fc=int(sys.argv[3]), width=float(sys.argv[4]))
-net.write_caffemodel(sys.argv[1])
-Path(sys.argv[2]).write_text(net.deploy_prototxt)
-"""
-
-VERIFY = """
-import json, sys
-import h5py
-import numpy as np
-import tensorflow as tf
-prefix, npy, h5, parameters = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-expected = np.load(npy, allow_pickle=True).item()
-reader = tf.train.load_checkpoint(prefix)
-names = sorted(reader.get_variable_to_shape_map())
-wanted = sorted(f"{layer}/{role}" for layer in expected for role in ("weights", "biases"))
-assert names == wanted, ("checkpoint names", names, wanted)
-with h5py.File(h5, "r") as f:
-    text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
-    layers = [text(v) for v in f.attrs["layer_names"]]
-    assert layers == list(expected), ("h5 layers", layers, list(expected))
-    for layer, arrays in expected.items():
-        weight_names = [text(v) for v in f[layer].attrs["weight_names"]]
-        assert len(weight_names) == len(arrays) == 2, (layer, weight_names)
-        for name, array in zip(weight_names, arrays):
-            value = f[layer][name][()]
-            assert value.dtype == array.dtype and np.array_equal(value, array), ("h5", name)
-count, largest = 0, ("", 0)
-for layer, arrays in expected.items():
-    for role, array in zip(("weights", "biases"), arrays):
-        value = reader.get_tensor(f"{layer}/{role}")
-        assert value.dtype == array.dtype and np.array_equal(value, array), ("ckpt", layer)
-        count += array.size
-        if array.nbytes > largest[1]:
-            largest = (f"{layer}/{role} {'x'.join(map(str, array.shape))}", array.nbytes)
-assert count == parameters, ("parameters", count, parameters)
-channels = expected["conv5_3"][0].shape[-1]
-side = round((expected["fc6"][0].shape[0] // channels) ** 0.5)
-assert channels * side * side == expected["fc6"][0].shape[0], ("fc6 input", channels, side)
-print(json.dumps({"tensors": len(names), "largest": largest[0], "largest_bytes": largest[1],
-                  "fc6_input": f"{channels},{side},{side}"}))
-"""
-
-NAIVE_PROTOBUF = """
-import sys
-import numpy as np
-from weightconv._proto import caffe_pb2
-net = caffe_pb2.NetParameter()
-with open(sys.argv[1], "rb") as handle:
-    net.ParseFromString(handle.read())
-layers = {
-    layer.name: [np.array(b.data, dtype=np.float32).reshape(b.shape.dim) for b in layer.blobs]
-    for layer in net.layer
-    if layer.blobs
-}
-np.save(sys.argv[2], layers)
-"""
-
-NAIVE_PROTOBUF_TO = """
-import sys
-import numpy as np
-from weightconv._proto import caffe_pb2
-net = caffe_pb2.NetParameter()
-with open(sys.argv[1], "rb") as handle:
-    net.ParseFromString(handle.read())
-tensors = {
-    f"{layer.name}.{role}": np.array(b.data, dtype=np.float32).reshape(b.shape.dim)
-    for layer in net.layer
-    for role, b in zip(("weight", "bias"), layer.blobs)
-}
-if sys.argv[3] == "torch":
-    import torch
-    torch.save({name: torch.from_numpy(array) for name, array in tensors.items()}, sys.argv[2])
-elif sys.argv[3] == "npz":
-    np.savez(sys.argv[2], **tensors)
-else:
-    from safetensors.numpy import save_file
-    save_file(tensors, sys.argv[2], metadata={"format": "pt"})
-"""
-
-NPY_TO_SAFETENSORS = """
-import sys
-import numpy as np
-weights = np.load(sys.argv[1], allow_pickle=True).item()
-tensors = {f"{layer}/{role}": array for layer, pair in weights.items()
-           for role, array in zip(("weights", "biases"), pair)}
-if sys.argv[2].endswith(".npz"):
-    np.savez(sys.argv[2], **tensors)
-else:
-    from safetensors.numpy import save_file
-    save_file(tensors, sys.argv[2], metadata={"format": "tf"})
-"""
-
-NPY_TO_TORCH = """
-import sys
-import numpy as np
-import torch
-weights = np.load(sys.argv[1], allow_pickle=True).item()
-c, h, w = (int(v) for v in sys.argv[3].split(","))
-state = {}
-for layer, (kernel, bias) in weights.items():
-    if kernel.ndim == 4:
-        kernel = kernel.transpose(3, 2, 0, 1)
-    elif layer == "fc6":
-        kernel = kernel.reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(kernel.shape[1], -1)
-    else:
-        kernel = kernel.T
-    state[f"{layer}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel))
-    state[f"{layer}.bias"] = torch.from_numpy(bias)
-torch.save(state, sys.argv[2])
-"""
-
-TF_SAVE = """
-import sys
-import numpy as np
-import tensorflow as tf
-weights = np.load(sys.argv[1], allow_pickle=True).item()
-variables = {}
-for layer, (w, b) in weights.items():
-    variables[f"{layer}/weights"] = tf.Variable(w)
-    variables[f"{layer}/biases"] = tf.Variable(b)
-tf.compat.v1.train.Saver(var_list=variables).save(None, sys.argv[2])
-"""
-
-TF_READ_SAVE = """
-import sys
-import numpy as np
-import tensorflow as tf
-reader = tf.train.load_checkpoint(sys.argv[1])
-layers = {}
-for name in reader.get_variable_to_shape_map():
-    layer, role = name.rsplit("/", 1)
-    layers.setdefault(layer, {})[role] = reader.get_tensor(name)
-np.save(sys.argv[2], {layer: [t["weights"], t["biases"]] for layer, t in layers.items()})
-"""
-
-KERAS_SAVE = """
-import sys
-import numpy as np
-import keras
-weights = np.load(sys.argv[1], allow_pickle=True).item()
-layers, block = [keras.Input(tuple(int(v) for v in sys.argv[3].split(",")))], None
-for name, (kernel, bias) in weights.items():
-    if name.startswith("conv"):
-        if block is not None and name.split("_")[0] != block:
-            layers.append(keras.layers.MaxPooling2D(2))
-        block = name.split("_")[0]
-        layers.append(
-            keras.layers.Conv2D(kernel.shape[-1], kernel.shape[:2], padding="same", name=name)
-        )
-    else:
-        if block is not None:
-            layers += [keras.layers.MaxPooling2D(2), keras.layers.Flatten()]
-            block = None
-        layers.append(keras.layers.Dense(kernel.shape[-1], name=name))
-model = keras.Sequential(layers)
-model.set_weights([array for pair in weights.values() for array in pair])
-model.save_weights(sys.argv[2])
-"""
-
-H5PY_READ = """
-import sys
-import h5py
-import numpy as np
-arrays = {}
-with h5py.File(sys.argv[1], "r") as f:
-    f.visititems(lambda name, o: arrays.update({name: o[()]}) if isinstance(o, h5py.Dataset) else None)
-np.save(sys.argv[2], arrays)
-"""  # noqa: E501
 
 
 def python(source: str, *arguments: object) -> list[str]:
@@ -319,27 +127,6 @@ class Inputs:
 
     def sizes(self) -> dict[str, int]:
         return {p.name: p.stat().st_size if p.exists() else -1 for p in self.files()}
-
-
-@dataclass
-class Case:
-    kind: str  # "cp", "weightconv" or "anchor"
-    label: str
-    command: list[str]
-    samples: list[tuple[float, float]] = field(default_factory=list)  # (wall s, peak MiB)
-
-    @property
-    def wall(self) -> float:
-        return statistics.median(s[0] for s in self.samples)
-
-    @property
-    def peak(self) -> float:
-        return statistics.median(s[1] for s in self.samples)
-
-    def cell(self) -> str:
-        walls = [s[0] for s in self.samples]
-        spread = f" ({min(walls):.2f}–{max(walls):.2f})" if len(walls) > 1 else ""
-        return f"{self.wall:.2f}{spread}"
 
 
 def run_checked(command: list[str], what: str, cwd: Path) -> str:
@@ -576,115 +363,6 @@ HEADER = (
     "| anchor peak (MiB) | anchor / weightconv |\n"
     "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
 )
-
-
-def row(route: str, source: Path, cases: dict[str, Case], largest_mib: float) -> str:
-    cp, ours, anchor = cases["cp"], cases["weightconv"], cases.get("anchor")
-    name = source.name
-    if ".data-" in name:  # a checkpoint: its prefix, and cp copies the .data file
-        name = f"ckpt/{name.split('.data-')[0]} (.data)"
-    cells = [
-        route,
-        f"`{name}`",
-        f"{source.stat().st_size / 1e6:,.0f}",
-        cp.cell(),
-        ours.cell(),
-        f"{ours.peak:,.0f}",
-        f"{ours.wall / cp.wall:.2f}x",
-        f"{ours.peak - largest_mib:+,.0f}",
-    ]
-    if anchor is None:
-        cells += ["(not run)", "", "", ""]
-    else:
-        speed = anchor.wall / ours.wall
-        cells += [anchor.label, anchor.cell(), f"{anchor.peak:,.0f}", f"{speed:.1f}x"]
-    return "| " + " | ".join(cells) + " |"
-
-
-def acceptance(
-    results: dict[int, dict[str, dict[str, Case]]], largest: dict[int, float]
-) -> list[str]:
-    """One computed verdict per line."""
-
-    def verdict(values: list[str], failures: list[str]) -> str:
-        tail = "met" if not failures else f"**NOT met** ({'; '.join(failures)})"
-        return f"{', '.join(values)}: {tail}"
-
-    lines = []
-    for route in ROUTES:
-        runs = {s: r[route] for s, r in results.items() if route in r}
-        if not runs or route in CONTAINERS:  # held to the memory bound below only
-            continue
-        if route != "inspect":
-            limit = CP_RATIO.get(route, DEFAULT_CP_RATIO)
-            ratios = {s: c["weightconv"].wall / c["cp"].wall for s, c in runs.items()}
-            values = [f"{s}x {r:.2f}x" for s, r in ratios.items()]
-            failures = [f"{s}x: {r:.2f}x vs {limit}x" for s, r in ratios.items() if r > limit]
-            lines.append(f"- {route} <= {limit}x `cp`: {verdict(values, failures)}")
-        if route in ("caffe2ckpt", "caffe2h5"):
-            second = route.replace("caffe2", "npy2")
-            text = f"- {route} faster than `caffe2npy && {second}`: "
-            if all("anchor" in c for c in runs.values()):
-                speed = {s: c["anchor"].wall / c["weightconv"].wall for s, c in runs.items()}
-                values = [f"{s}x {v:.2f}x faster" for s, v in speed.items()]
-                failures = [f"{s}x: {v:.2f}x vs > 1x" for s, v in speed.items() if v <= 1]
-                lines.append(text + verdict(values, failures))
-            else:
-                lines.append(text + "not measured (--no-anchors)")
-        if route == "inspect":
-            text = f"- inspect >= {INSPECT_SPEEDUP:.0f}x faster than TF inspect_checkpoint: "
-            if all("anchor" in c for c in runs.values()):
-                speed = {s: c["anchor"].wall / c["weightconv"].wall for s, c in runs.items()}
-                values = [f"{s}x {v:.1f}x" for s, v in speed.items()]
-                failures = [
-                    f"{s}x: {v:.1f}x vs {INSPECT_SPEEDUP:.0f}x"
-                    for s, v in speed.items()
-                    if v < INSPECT_SPEEDUP
-                ]
-                lines.append(text + verdict(values, failures))
-            else:
-                lines.append(text + "not measured (--no-anchors)")
-            peaks = {s: c["weightconv"].peak for s, c in runs.items()}
-            values = [f"{s}x {p:.0f} MiB" for s, p in peaks.items()]
-            failures = [
-                f"{s}x: {p:.0f} vs {INSPECT_MAX_MIB:.0f} MiB"
-                for s, p in peaks.items()
-                if p >= INSPECT_MAX_MIB
-            ]
-            lines.append(f"- inspect under {INSPECT_MAX_MIB:.0f} MiB: {verdict(values, failures)}")
-    for scale, by_route in results.items():
-        limit = largest[scale] + PEAK_SLACK_MIB
-        route_peaks = {route: c["weightconv"].peak for route, c in by_route.items()}
-        worst = max(route_peaks, key=lambda route: route_peaks[route])
-        failures = [
-            f"{r} {p:,.0f} vs {limit:,.0f} MiB" for r, p in route_peaks.items() if p > limit
-        ]
-        lines.append(
-            f"- {scale}x: every weightconv route's peak RSS <= largest tensor + "
-            f"{PEAK_SLACK_MIB:.0f} MiB = {limit:,.0f} MiB: "
-            + verdict([f"highest {worst} {route_peaks[worst]:,.0f} MiB"], failures)
-        )
-    return lines
-
-
-def machine(work: Path, v: dict[str, str]) -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    models = [
-        ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")
-    ]
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    df = subprocess.run(["df", "--output=fstype", str(work)], capture_output=True, text=True)
-    fstype = df.stdout.split()[-1] if df.returncode == 0 and df.stdout.split() else "unknown"
-    cp = subprocess.run(["cp", "--version"], capture_output=True, text=True).stdout or "?"
-    cp = f"`{cp.splitlines()[0]}`"
-    if cp.startswith("`cp (GNU coreutils) ") and int(cp.split()[-1].split(".")[0]) >= 9:
-        cp += ", which copies in the kernel (copy_file_range)"
-    return (
-        f"{os.cpu_count()} cores, {models[0] if models else 'unknown CPU'}, {memory:.1f} GiB "
-        f"RAM, Linux {platform.release()}, work folder on {fstype}; {cp}; Python "
-        f"{v['python']}, numpy {v['numpy']}, h5py {v['h5py']}, protobuf {v['protobuf']} "
-        f"({v['backend']} backend), TensorFlow {v['tensorflow']}, Keras {v['keras']}"
-    )
 
 
 def revision() -> str:
