@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 import weightconv
-from weightconv.errors import FormatError
+from weightconv.errors import FormatError, UsageError
 
 from .test_onnx_wire import BIG, RNG, _model
 
 onnx = pytest.importorskip("onnx")
 from onnx import helper, numpy_helper  # noqa: E402
 
-from weightconv.formats.onnx import inline  # noqa: E402
+from weightconv.formats.onnx import inline, output  # noqa: E402
 
 #: The template's initializers that are not weights: kept as they are.
 KEPT = ["under", "typed", "big_const"]
@@ -114,3 +114,41 @@ def test_a_failure_midway_leaves_no_file(models, tmp_path, monkeypatch):
     with pytest.raises(weightconv.WeightconvError, match=r"out\.onnx: cannot be written"):
         weightconv.convert(source, tmp_path / "out.onnx", model=template, skip=KEPT)
     assert _names(tmp_path) == ["source.onnx", "template.onnx"]
+
+
+@pytest.mark.parametrize("name", [".hidden.onnx", "two..dots.onnx"])
+def test_a_name_whose_temporary_holds_two_dots_is_written_and_checked_whole(
+    models, tmp_path, monkeypatch, name
+):
+    """onnx.checker refuses a location holding '..', as the temporary of a hidden model's
+    name does: that model is checked as a file, its data read whole by the checker."""
+    template, source = models
+    checked = []
+    check = output.check
+    monkeypatch.setattr(
+        output, "check", lambda path, where: checked.append(path) or check(path, where)
+    )
+    weightconv.convert(source, tmp_path / name, model=template, external_data="never", skip=KEPT)
+    assert [p.name.startswith(f".{name}.") for p in checked] == [True]
+    written = {
+        i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / name)).graph.initializer
+    }
+    expected = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(source)).graph.initializer}
+    assert written.keys() == expected.keys()
+    assert all(np.array_equal(written[k], expected[k]) for k in expected)
+    assert _names(tmp_path) == sorted([name, "source.onnx", "template.onnx"])
+
+
+def test_a_hidden_data_file_name_is_refused_before_anything_is_written(models, tmp_path):
+    template, source = models
+    with pytest.raises(
+        UsageError, match=r"\.hidden\.onnx\.data starts with '\.'.*external_data_file"
+    ):
+        weightconv.convert(
+            source, tmp_path / ".hidden.onnx", model=template, external_data="always", skip=KEPT
+        )
+    assert _names(tmp_path) == ["source.onnx", "template.onnx"]
+    weightconv.convert(
+        source, tmp_path / ".hidden.onnx", model=template, external_data_file="data.bin", skip=KEPT
+    )
+    assert (tmp_path / "data.bin").exists()

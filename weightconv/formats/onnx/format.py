@@ -371,10 +371,17 @@ def _plan(
             f"it (auto or always writes the data to {data_path.name})"
         )
     external = over or external_data == "always" or external_data_file is not None
-    if external and ".." in data_path.name:  # onnx.checker refuses any location with ".."
+    # onnx.checker refuses any location with "..", and the data file is checked under its
+    # temporary's name, ".NAME.<pid>.<random>.partial".
+    if external and ".." in f".{data_path.name}":
+        reason = (
+            "holds '..', which ONNX refuses in a location"
+            if ".." in data_path.name
+            else "starts with '.': onnx.checker, which checks it under a temporary name ('.' "
+            "and its name), would refuse the '..' in that"
+        )
         raise UsageError(
-            f"{where}: the data file's name {data_path.name} holds '..', which ONNX refuses "
-            f"in a location; give external_data_file=NAME"
+            f"{where}: the data file's name {data_path.name} {reason}; give external_data_file=NAME"
         )
     notes = [f"graph from {template}: {len(replaced)} initializers replaced"]
     if kept:
