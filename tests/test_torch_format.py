@@ -141,6 +141,40 @@ def test_a_corrupt_storage_is_refused_by_its_crc(tmp_path):
         np.asarray(weights["w"].tensors["value"])
 
 
+def _corrupted(path: Path, member: str) -> None:
+    """One byte of the stored `member` flipped in place (its CRC-32 then differs)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)
+    data[info.header_offset + 30 + name_length + extra_length + 10] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("target", ["out.npy", "o/out.ckpt", "out.h5", "out.npz", "out.pt"])
+@pytest.mark.parametrize("key", ["conv.weight", "fc.weight"])
+def test_a_corrupt_kernel_is_refused_whether_it_is_reordered_or_copied(tmp_path, key, target):
+    """A conv or dense kernel reordered into its output has its CRC checked beside the
+    reorder, one copied as it is beside the copy: either way the conversion is refused and
+    leaves no output."""
+    g = torch.Generator().manual_seed(4)
+    state = {
+        "conv.weight": torch.randn(8, 3, 3, 3, generator=g),
+        "conv.bias": torch.randn(8, generator=g),
+        "fc.weight": torch.randn(10, 8 * 4 * 4, generator=g),
+        "fc.bias": torch.randn(10, generator=g),
+    }
+    source = tmp_path / "m.pt"
+    torch.save(state, source)
+    with zipfile.ZipFile(source) as archive:
+        members = [n for n in archive.namelist() if "/data/" in n and not n.endswith(".pkl")]
+    _corrupted(source, members[list(state).index(key)])
+    out = tmp_path / "out"
+    with pytest.raises(FormatError, match=r"m\.pt:m/data/\d+: CRC-32 .* the member is corrupt"):
+        weightconv.convert(source, out / target, dense_inputs={"fc": (8, 4, 4)})
+    assert not out.exists() or not any(out.rglob("*"))
+
+
 # Writing what torch.load loads ------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from weightconv._util.alongside import while_checking
 from weightconv.arrays import (
     batchnorm_caffe_to_moments,
     contiguous_copy,
@@ -19,7 +20,7 @@ from weightconv.arrays import (
 )
 from weightconv.errors import ShapeError
 from weightconv.model.layers import CAFFE, CANONICAL, Kind, Layer, WeightSet
-from weightconv.model.tensors import FilledTensor, Tensor
+from weightconv.model.tensors import CheckedTensor, FilledTensor, Tensor
 
 #: What both layouts do to a Caffe BatchNorm's blobs (`batchnorm_caffe_to_moments`): Caffe's
 #: own arithmetic, the reciprocal rounded to the blobs' dtype, then one multiply.
@@ -152,19 +153,27 @@ def direct_weights(layer: Layer) -> DirectWeights | None:
     if layer.layout != CAFFE or weights is None:
         return None
     stored = weights  # an array, or a tensor read only when the fill runs
+    convert: Callable[[np.ndarray, np.ndarray], object]
     if layer.kind == Kind.CONV and len(stored.shape) == 4:
-
-        def fill(into: np.ndarray) -> None:
-            conv_oihw_to_hwio_into(np.asarray(stored), into)
-
+        convert = conv_oihw_to_hwio_into
     elif layer.kind == Kind.DENSE and len(stored.shape) == 2:
         _dense_input(layer, stored.shape[0 if layer.params.get("transpose") else 1])
 
-        def fill(into: np.ndarray) -> None:
-            _caffe_dense_to_canonical(layer, np.asarray(stored), into)
+        def convert(values: np.ndarray, into: np.ndarray) -> None:
+            _caffe_dense_to_canonical(layer, values, into)
 
     else:
         return None
+
+    def fill(into: np.ndarray) -> None:
+        # A stored tensor's check (its CRC) runs beside the conversion, not before it.
+        deferred = stored.deferred() if isinstance(stored, CheckedTensor) else None
+        if deferred is None:
+            convert(np.asarray(stored), into)
+        else:
+            values, check = deferred
+            while_checking(check, lambda: convert(values, into))
+
     shape, dtype = canonical_shapes(layer)["weights"]
     return shape, dtype, fill
 

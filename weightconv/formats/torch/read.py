@@ -31,7 +31,10 @@ from weightconv.errors import FormatError, UnsafeInputError
 from weightconv.formats.torch import unpickle
 from weightconv.formats.torch.names import describe, layers_from_state_dict
 from weightconv.formats.torch.unpickle import ScriptModule, StorageRef, TensorRef
-from weightconv.model import LazyTensor, Provenance, SetAside, WeightSet
+from weightconv.model import CheckedTensor, Provenance, SetAside, WeightSet
+
+#: A storage's values, and the check of its CRC-32 still to run on them (None: none is due).
+Storage = tuple[np.ndarray, Callable[[], None] | None]
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -83,7 +86,7 @@ def read(path: str | os.PathLike[str], *, dense_inputs: Any = None) -> WeightSet
 # The zip format ------------------------------------------------------------------------------
 
 
-def _zip(path: Path) -> tuple[Any, Callable[[StorageRef], np.ndarray], dict[str, Any]]:
+def _zip(path: Path) -> tuple[Any, Callable[[StorageRef], Storage], dict[str, Any]]:
     size = path.stat().st_size
     with zipped.open_archive(path) as archive:
         infos = {info.filename: info for info in archive.infolist()}
@@ -131,7 +134,7 @@ def _zip(path: Path) -> tuple[Any, Callable[[StorageRef], np.ndarray], dict[str,
     mapping: list[mmap.mmap] = []
     checked: set[str] = set()
 
-    def storage_of(ref: StorageRef) -> np.ndarray:
+    def storage_of(ref: StorageRef) -> Storage:
         member = f"{folder}/data/{ref.key}"
         info = infos.get(member)
         where = f"{path}:{member}"
@@ -143,7 +146,8 @@ def _zip(path: Path) -> tuple[Any, Callable[[StorageRef], np.ndarray], dict[str,
                 f"{where}: holds {info.file_size:,} bytes, the pickle declares {ref.numel:,} "
                 f"{ref.dtype} elements ({nbytes:,} bytes)"
             )
-        if member in compressed:
+        check: Callable[[], None] | None = None
+        if member in compressed:  # checked as it was inflated
             buffer: Any = compressed[member]
             start = 0
         else:
@@ -152,11 +156,14 @@ def _zip(path: Path) -> tuple[Any, Callable[[StorageRef], np.ndarray], dict[str,
                 with open_input(path) as handle:
                     mapping.append(map_input(handle))
             buffer = mapping[0]
-            if member not in checked:
-                zipped.check_stored_crc(path, start, info, where)  # maps none of it
-                checked.add(member)
+
+            def check() -> None:
+                if member not in checked:
+                    zipped.check_stored_crc(path, start, info, where)  # maps none of it
+                    checked.add(member)
+
         dtype = ref.dtype.newbyteorder(">" if byteorder == "big" else "<")
-        return np.frombuffer(buffer, dtype=dtype, count=ref.numel, offset=start)
+        return np.frombuffer(buffer, dtype=dtype, count=ref.numel, offset=start), check
 
     return content, storage_of, detail
 
@@ -173,7 +180,7 @@ def _record(
 # The legacy format ---------------------------------------------------------------------------
 
 
-def _legacy(path: Path) -> tuple[Any, Callable[[StorageRef], np.ndarray], dict[str, Any]]:
+def _legacy(path: Path) -> tuple[Any, Callable[[StorageRef], Storage], dict[str, Any]]:
     with open_input(path) as handle:
         head = handle.read(512)
         if len(head) >= 262 and head[257:262] == b"ustar":
@@ -219,9 +226,9 @@ def _legacy(path: Path) -> tuple[Any, Callable[[StorageRef], np.ndarray], dict[s
     if missing:
         raise FormatError(f"{path}: storage {missing[0]!r} is used but not in the file")
 
-    def storage_of(ref: StorageRef) -> np.ndarray:
+    def storage_of(ref: StorageRef) -> Storage:
         dtype = ref.dtype.newbyteorder(order)
-        return np.frombuffer(mapping, dtype=dtype, count=ref.numel, offset=places[ref.key])
+        return np.frombuffer(mapping, dtype=dtype, count=ref.numel, offset=places[ref.key]), None
 
     detail = {"container": "legacy", "byteorder": "little" if little else "big"}
     return content, storage_of, detail
@@ -327,8 +334,8 @@ def _aside(name: str, ref: TensorRef, reason: str) -> SetAside:
 
 
 def _lazy(
-    ref: TensorRef, storage_of: Callable[[StorageRef], np.ndarray], path: str, key: str
-) -> LazyTensor:
+    ref: TensorRef, storage_of: Callable[[StorageRef], Storage], path: str, key: str
+) -> CheckedTensor:
     count = math.prod(ref.shape)
     if count:
         last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True))
@@ -339,8 +346,7 @@ def _lazy(
                 f"{ref.storage.numel:,}"
             )
 
-    def load() -> np.ndarray:
-        flat = storage_of(ref.storage)
+    def view(flat: np.ndarray) -> np.ndarray:
         if not count:
             return np.zeros(ref.shape, dtype=flat.dtype)
         contiguous = all(
@@ -357,4 +363,14 @@ def _lazy(
             writeable=False,
         )
 
-    return LazyTensor(ref.shape, ref.storage.dtype, load)
+    def load() -> np.ndarray:
+        flat, check = storage_of(ref.storage)
+        if check is not None:
+            check()
+        return view(flat)
+
+    def deferred() -> tuple[np.ndarray, Callable[[], None]] | None:
+        flat, check = storage_of(ref.storage)
+        return (view(flat), check) if check is not None else None
+
+    return CheckedTensor(ref.shape, ref.storage.dtype, load, None, deferred)
