@@ -141,13 +141,13 @@ def test_a_corrupt_storage_is_refused_by_its_crc(tmp_path):
         np.asarray(weights["w"].tensors["value"])
 
 
-def _corrupted(path: Path, member: str) -> None:
-    """One byte of the stored `member` flipped in place (its CRC-32 then differs)."""
+def _corrupted(path: Path, member: str, at: int = 10) -> None:
+    """Byte `at` of the stored `member` flipped in place (its CRC-32 then differs)."""
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(member)
     name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)
-    data[info.header_offset + 30 + name_length + extra_length + 10] ^= 0xFF
+    data[info.header_offset + 30 + name_length + extra_length + at] ^= 0xFF
     path.write_bytes(bytes(data))
 
 
@@ -172,6 +172,30 @@ def test_a_corrupt_kernel_is_refused_whether_it_is_reordered_or_copied(tmp_path,
     out = tmp_path / "out"
     with pytest.raises(FormatError, match=r"m\.pt:m/data/\d+: CRC-32 .* the member is corrupt"):
         weightconv.convert(source, out / target, dense_inputs={"fc": (8, 4, 4)})
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+@pytest.mark.parametrize("target", ["out.pt", "out.safetensors"])
+@pytest.mark.parametrize("source", ["m.npz", "ckpt/m.ckpt"])
+def test_a_corrupt_kernel_reordered_into_pytorch_s_layout_is_refused(tmp_path, source, target):
+    """A TensorFlow-layout kernel (an .npz member, a checkpoint tensor) has its CRC checked
+    beside its reorder into PyTorch's layout (.pt) or its copy (.safetensors keeps the
+    layout): a mismatch refuses the conversion and leaves no output."""
+    rng = np.random.default_rng(6)
+    arrays = {"conv/weights": rng.standard_normal((3, 3, 8, 16), dtype=np.float32)}
+    arrays["conv/biases"] = np.zeros(16, np.float32)
+    weightconv.save_dict(arrays, tmp_path / "m.npy")
+    weightconv.convert(tmp_path / "m.npy", tmp_path / source)
+    if source.endswith(".npz"):
+        _corrupted(tmp_path / source, "conv/weights.npy", at=300)  # past the .npy header
+    else:
+        shard = tmp_path / "ckpt" / "m.ckpt.data-00000-of-00001"
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # inside the kernel, 4.6 kB of the shard's 4.7
+        shard.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    with pytest.raises(FormatError, match=r"conv/weights.*(CRC-32|checksum mismatch)"):
+        weightconv.convert(tmp_path / source, out / target)
     assert not out.exists() or not any(out.rglob("*"))
 
 

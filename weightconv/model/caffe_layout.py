@@ -27,7 +27,7 @@ from weightconv.arrays import (
 from weightconv.errors import ShapeError
 from weightconv.model.canonical import BATCHNORM_ROLES, BATCHNORM_STEP
 from weightconv.model.layers import CAFFE, CANONICAL, Kind, Layer
-from weightconv.model.tensors import Tensor
+from weightconv.model.tensors import Tensor, converted
 
 #: Kinds whose ``weights`` change between the layouts; any other tensor is the same in both
 #: unless it has three or more axes, whose Caffe layout is not known here.
@@ -51,7 +51,9 @@ def to_caffe_layout(
     tensors: dict[str, Tensor] = dict(layer.tensors)
     for role, tensor in layer.tensors.items():
         if role == "weights" and layer.kind in _KERNEL_KINDS:
-            tensors[role] = _kernel(layer, np.asarray(tensor), input_shape, hint)
+            tensors[role] = converted(
+                tensor, lambda values: _kernel(layer, values, input_shape, hint)
+            )
         elif len(tensor.shape) >= 3:
             shape = "x".join(map(str, tensor.shape))
             raise ShapeError(

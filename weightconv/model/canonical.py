@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from weightconv._util.alongside import while_checking
 from weightconv.arrays import (
     batchnorm_caffe_to_moments,
     contiguous_copy,
@@ -20,7 +19,7 @@ from weightconv.arrays import (
 )
 from weightconv.errors import ShapeError
 from weightconv.model.layers import CAFFE, CANONICAL, Kind, Layer, WeightSet
-from weightconv.model.tensors import CheckedTensor, FilledTensor, Tensor
+from weightconv.model.tensors import FilledTensor, Tensor, converted
 
 #: What both layouts do to a Caffe BatchNorm's blobs (`batchnorm_caffe_to_moments`): Caffe's
 #: own arithmetic, the reciprocal rounded to the blobs' dtype, then one multiply.
@@ -166,13 +165,7 @@ def direct_weights(layer: Layer) -> DirectWeights | None:
         return None
 
     def fill(into: np.ndarray) -> None:
-        # A stored tensor's check (its CRC) runs beside the conversion, not before it.
-        deferred = stored.deferred() if isinstance(stored, CheckedTensor) else None
-        if deferred is None:
-            convert(np.asarray(stored), into)
-        else:
-            values, check = deferred
-            while_checking(check, lambda: convert(values, into))
+        converted(stored, lambda values: convert(values, into))
 
     shape, dtype = canonical_shapes(layer)["weights"]
     return shape, dtype, fill

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+from weightconv._util.alongside import while_checking
+
+T = TypeVar("T")
 
 
 class LazyTensor:
@@ -119,6 +123,17 @@ class CheckedTensor(LazyTensor):
 
     def __repr__(self) -> str:
         return f"CheckedTensor(shape={self.shape}, dtype={self.dtype})"
+
+
+def converted(tensor: Tensor, convert: Callable[[np.ndarray], T]) -> T:
+    """``convert(np.asarray(tensor))``, except that a `CheckedTensor`'s check runs on a second
+    thread while `convert` works on its unchecked values (a failed check raised after it:
+    what `convert` made is to be discarded)."""
+    deferred = tensor.deferred() if isinstance(tensor, CheckedTensor) else None
+    if deferred is None:
+        return convert(np.asarray(tensor))
+    values, check = deferred
+    return while_checking(check, lambda: convert(values))
 
 
 #: What a layer's tensor is: an array, or a tensor read when asked for. Both index and
