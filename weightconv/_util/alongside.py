@@ -1,4 +1,5 @@
-"""Work on this thread while a check of the same input runs on a second one."""
+"""Work on this thread while other work on the same input (a check, a kernel copy) runs on a
+second one."""
 
 from __future__ import annotations
 
@@ -6,23 +7,29 @@ import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
-T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
 
 
-def while_checking(check: Callable[[], object], work: Callable[[], T]) -> T:
-    """`work()`, with `check()` (a CRC summed from the file, which lets the GIL go) running
-    on a second thread meanwhile; what `work` returned once both ended. A failed check is
-    raised after `work` ends, so what `work` made is to be discarded; `work`'s own failure
-    comes first."""
+def beside(background: Callable[[], A], foreground: Callable[[], B]) -> tuple[A, B]:
+    """`background()` on a second thread while `foreground()` runs on this one (for work that
+    lets the GIL go: a CRC summed from a file, a kernel copy); both results once both ended.
+    If `foreground` raises, that is raised once `background` has ended; else `background`'s
+    failure is."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        checking = pool.submit(check)
+        running = pool.submit(background)
         try:
-            result = work()
+            result = foreground()
         except BaseException:
             with contextlib.suppress(Exception):
-                checking.result()  # the check ends before the caller discards the output
+                running.result()  # it ends before the caller discards its output
             raise
-        checking.result()
-        return result
+        return running.result(), result
+
+
+def while_checking(check: Callable[[], object], work: Callable[[], B]) -> B:
+    """`work()`, with `check()` running beside it (`beside`): a failed check is raised after
+    `work` ends, so what `work` made is to be discarded; `work`'s own failure comes first."""
+    return beside(check, work)[1]

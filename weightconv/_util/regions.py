@@ -19,6 +19,7 @@ from typing import IO, TypeVar
 
 import numpy as np
 
+from weightconv._util.alongside import beside
 from weightconv._util.files import reserve
 from weightconv._util.memory import populate_for_writing, release_pages
 
@@ -143,17 +144,7 @@ def copy_while(
     """`copy_region` on a second thread while `alongside()` runs on this one (the copy needs
     no GIL): (copied, what `alongside` returned). If `alongside` raises, that is raised once
     the copy has ended; the caller's output is then to be discarded."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        copy = pool.submit(copy_region, array, fd, offset, advance)
-        try:
-            result = alongside()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                copy.result()  # the copy ends before the caller discards its output
-            raise
-        return copy.result(), result
+    return beside(lambda: copy_region(array, fd, offset, advance), alongside)
 
 
 def copy_to_handle(
